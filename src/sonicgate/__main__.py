@@ -1,0 +1,5 @@
+import sys
+
+from sonicgate.cli import main
+
+sys.exit(main())

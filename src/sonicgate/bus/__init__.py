@@ -1,0 +1,1 @@
+"""Events for UIs: session, transcription and response events."""

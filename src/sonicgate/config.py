@@ -1,0 +1,43 @@
+"""Server settings, with the defaults a single machine wants."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(os.environ.get("SONICGATE_DATA_DIR", Path(base) / "sonicgate"))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    engine: str = "local"
+    # "sqlite" (a file in the data dir) or "sqlite:///path/to/file.db".
+    store: str = "sqlite"
+    data_dir: Path = field(default_factory=default_data_dir)
+    log_level: str = "info"
+    # Largest accepted WebSocket message; bigger ones get a frame_too_large error.
+    max_message_bytes: int = 8 * 1024 * 1024
+    # How many out-of-order voice_chunk messages are held while waiting for a gap.
+    reorder_window: int = 8
+    # Sessions idle longer than this are ended by /api/nova-sonic/cleanup.
+    stale_after_seconds: float = 30 * 60
+    audio_retention_days: float = 7.0
+
+    @property
+    def store_path(self) -> Path:
+        if self.store == "sqlite":
+            return self.data_dir / "sonicgate.db"
+        prefix = "sqlite:///"
+        if not self.store.startswith(prefix):
+            raise ValueError(f"unsupported store '{self.store}': use 'sqlite' or sqlite:///PATH")
+        return Path(self.store.removeprefix(prefix))
+
+    @property
+    def audio_dir(self) -> Path:
+        return self.data_dir / "audio"

@@ -1,0 +1,1 @@
+"""Speech-to-speech engines behind one small interface (see ``base``)."""

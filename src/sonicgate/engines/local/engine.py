@@ -1,0 +1,412 @@
+"""The local cascade: Silero VAD -> Whisper -> small LLM -> TTS, all on CPU.
+
+Models load once per process (``LocalEngine``); each conversation is a
+``LocalSession``. Inference runs on one worker thread per model so the event
+loop never blocks and sessions share the models safely. Latency comes from
+overlap: the answer starts speculatively during the endpointing silence (its
+output held back until the turn really ends), the reply is cut into clauses,
+and each is synthesized while the LLM writes the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sonicgate.engines.base import (
+    Capabilities,
+    EngineConfig,
+    EngineError,
+    Message,
+    Role,
+    supports_language,
+)
+from sonicgate.engines.local.llm import ChatModel
+from sonicgate.engines.local.stt import Transcriber
+from sonicgate.engines.local.text import SentenceSplitter
+from sonicgate.engines.local.tts import Synthesizer
+from sonicgate.engines.local.turns import FRAME_SAMPLES, Cue, Endpointer, TurnOptions
+from sonicgate.engines.local.vad import SileroVad, VadStream
+from sonicgate.events import (
+    AudioOut,
+    EngineEvent,
+    Error,
+    Interrupted,
+    Metrics,
+    ResponseTextDelta,
+    ResponseTextFinal,
+    SpeechStarted,
+    TranscriptFinal,
+    TranscriptPartial,
+    TriggerReason,
+    TurnEnded,
+)
+from sonicgate.models import locate
+
+log = logging.getLogger(__name__)
+
+FRAME_BYTES = FRAME_SAMPLES * 2
+PREROLL_BYTES = 16_000 * 2 * 3 // 10  # 300 ms kept before the speech onset
+LANGUAGES = ("en-US", "en-GB")  # Whisper tiny.en and hibari speak English only
+MAX_REPLY_TOKENS = 160
+
+
+@dataclass(slots=True)
+class LocalModels:
+    vad: SileroVad
+    stt: Transcriber
+    llm: ChatModel
+    tts: Synthesizer
+    names: tuple[str, ...]
+
+
+class LocalEngine:
+    name = "local"
+
+    def __init__(self, models: LocalModels, options: TurnOptions | None = None) -> None:
+        self.models = models
+        self.options = options or TurnOptions()
+        # One thread per model: models are not re-entrant, and the three stages overlap.
+        self.stt_pool = ThreadPoolExecutor(1, thread_name_prefix="stt")
+        self.llm_pool = ThreadPoolExecutor(1, thread_name_prefix="llm")
+        self.tts_pool = ThreadPoolExecutor(1, thread_name_prefix="tts")
+
+    @classmethod
+    def load(cls, data_dir: Path, options: TurnOptions | None = None) -> LocalEngine:
+        paths = locate(data_dir)
+        started = time.perf_counter()
+        log.info("loading local models from %s", data_dir)
+        models = LocalModels(
+            vad=SileroVad(paths.vad),
+            stt=Transcriber(paths.stt),
+            llm=ChatModel(paths.llm),
+            tts=Synthesizer(),
+            names=("whisper-tiny.en", paths.llm.stem, "hibari"),
+        )
+        log.info("local models loaded in %.1f s", time.perf_counter() - started)
+        return cls(models, options)
+
+    def capabilities(self) -> Capabilities:
+        tts = self.models.tts
+        return Capabilities(LANGUAGES, self.models.names, tts.voices, tts.sample_rate)
+
+    async def start(self, config: EngineConfig) -> LocalSession:
+        capabilities = self.capabilities()
+        if not supports_language(capabilities, config.language):
+            raise EngineError(
+                "unsupported_language",
+                f"the local engine speaks English only ({', '.join(LANGUAGES)}), "
+                f"not '{config.language}'",
+            )
+        if config.voice is not None and config.voice not in capabilities.voices:
+            raise EngineError(
+                "unknown_voice",
+                f"voice '{config.voice}' is not installed; available: "
+                f"{', '.join(capabilities.voices)}",
+            )
+        return LocalSession(self, config)
+
+    async def aclose(self) -> None:
+        for pool in (self.stt_pool, self.llm_pool, self.tts_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(eq=False)
+class Turn:
+    """One answer under way; its output is held until the turn is committed."""
+
+    reason: TriggerReason
+    pcm: bytes = b""
+    text: str | None = None  # typed input skips recognition
+    reference: float = field(default_factory=time.perf_counter)  # end of user speech
+    committed: bool = False
+    held: list[EngineEvent] = field(default_factory=list)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    task: asyncio.Task[None] | None = None
+    user_text: str = ""
+    spoken: list[str] = field(default_factory=list)  # reply text whose audio went out
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, stage: str) -> None:
+        self.stages.setdefault(stage, round(time.perf_counter() - self.reference, 4))
+
+
+class LocalSession:
+    def __init__(self, engine: LocalEngine, config: EngineConfig) -> None:
+        self._engine = engine
+        self._models = engine.models
+        self._config = config
+        self._language = config.language.split("-")[0].lower()
+        self._history: list[Message] = list(config.history)
+        self._out: asyncio.Queue[EngineEvent | None] = asyncio.Queue()
+        self._vad = VadStream(engine.models.vad)
+        self._endpointer = Endpointer(engine.options)
+        self._frames = bytearray()  # input not yet a whole VAD frame
+        self._preroll = bytearray()
+        self._utterance = bytearray()
+        self._last_voiced = time.perf_counter()
+        self._turn: Turn | None = None
+        self._partial: asyncio.Task[None] | None = None
+
+    # Input ----------------------------------------------------------------
+
+    async def push_audio(self, pcm: bytes) -> None:
+        self._frames += pcm
+        whole = len(self._frames) - len(self._frames) % FRAME_BYTES
+        if not whole:
+            return
+        chunk = bytes(self._frames[:whole])
+        del self._frames[:whole]
+        probabilities = self._vad.process(chunk)  # ~0.1 ms a frame: fine on the loop
+        for index, probability in enumerate(probabilities):
+            frame = chunk[index * FRAME_BYTES : (index + 1) * FRAME_BYTES]
+            await self._on_frame(frame, probability)
+
+    async def push_text(self, text: str) -> None:
+        await self._barge_in()
+        self._start_turn(Turn(TriggerReason.TEXT, text=text, committed=True))
+
+    async def end_turn(self, reason: TriggerReason) -> None:
+        if not self._endpointer.in_turn:
+            return  # the turn already ended by itself (or nothing was said)
+        self._endpointer.reset()
+        await self._commit(reason)
+
+    async def push_utterance(self, pcm: bytes, reason: TriggerReason) -> None:
+        await self._barge_in()
+        self._start_turn(Turn(reason, pcm=pcm, committed=True))
+
+    async def interrupt(self) -> None:
+        await self._barge_in()
+
+    async def events(self) -> AsyncIterator[EngineEvent]:
+        while (event := await self._out.get()) is not None:
+            yield event
+
+    async def close(self) -> None:
+        for task in (self._partial, self._turn.task if self._turn else None):
+            if task is not None:
+                task.cancel()
+        if self._turn is not None:
+            self._turn.cancel.set()
+        await self._out.put(None)
+
+    # Turn-taking ------------------------------------------------------------
+
+    async def _on_frame(self, frame: bytes, probability: float) -> None:
+        in_turn = self._endpointer.in_turn
+        cue = self._endpointer.step(probability)
+        if in_turn or cue is Cue.SPEECH_STARTED:
+            self._utterance += frame
+            if probability >= self._engine.options.end_threshold:
+                self._last_voiced = time.perf_counter()
+        else:
+            self._preroll += frame
+            del self._preroll[:-PREROLL_BYTES]
+        match cue:
+            case Cue.SPEECH_STARTED:
+                self._utterance[:0] = self._preroll[: -len(frame)]
+                self._preroll.clear()
+                await self._barge_in()
+                await self._out.put(SpeechStarted())
+            case Cue.PARTIAL:
+                if self._partial is None or self._partial.done():
+                    self._partial = asyncio.create_task(self._transcribe_partial())
+            case Cue.SPECULATE:
+                self._start_turn(
+                    Turn(
+                        TriggerReason.SILENCE,
+                        pcm=bytes(self._utterance),
+                        reference=self._last_voiced,
+                    )
+                )
+            case Cue.RESUMED:
+                self._drop_speculation()
+            case Cue.END_OF_TURN:
+                await self._commit(TriggerReason.SILENCE)
+            case Cue.NOISE:
+                self._drop_speculation()
+                self._utterance.clear()
+
+    async def _commit(self, reason: TriggerReason) -> None:
+        turn = self._turn
+        if turn is None or turn.committed:
+            turn = Turn(reason, pcm=bytes(self._utterance), reference=self._last_voiced)
+            self._start_turn(turn)
+        self._utterance.clear()
+        turn.mark("endpoint")
+        turn.committed = True
+        held, turn.held = turn.held, []
+        for event in held:
+            await self._out.put(event)
+        if any(isinstance(event, AudioOut) for event in held):
+            turn.mark("first_audio")
+
+    def _start_turn(self, turn: Turn) -> None:
+        if self._partial is not None:
+            self._partial.cancel()
+        self._turn = turn
+        turn.task = asyncio.create_task(self._answer(turn))
+
+    def _drop_speculation(self) -> None:
+        turn = self._turn
+        if turn is not None and not turn.committed and turn.task is not None:
+            turn.cancel.set()
+            turn.task.cancel()
+            self._turn = None
+
+    async def _barge_in(self) -> None:
+        """The user spoke (or typed) over the reply: stop it, keep what was said."""
+        turn = self._turn
+        if turn is None or not turn.committed or turn.task is None or turn.task.done():
+            return
+        turn.cancel.set()
+        turn.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await turn.task
+        self._turn = None
+        if not turn.user_text:
+            return  # cut before anything was said back
+        spoken = " ".join(turn.spoken)
+        self._remember(turn.user_text, spoken)
+        await self._out.put(Interrupted())
+        await self._out.put(ResponseTextFinal(spoken))
+        await self._out.put(TurnEnded(interrupted=True))
+
+    # The answer -----------------------------------------------------------------
+
+    async def _emit(self, turn: Turn, event: EngineEvent) -> None:
+        if turn.committed:
+            await self._out.put(event)
+        else:
+            turn.held.append(event)
+
+    async def _answer(self, turn: Turn) -> None:
+        try:
+            await self._answer_turn(turn)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("local engine turn failed")
+            await self._emit(turn, Error("engine_failed", f"the local engine failed: {exc}"))
+            await self._emit(turn, TurnEnded())
+
+    async def _answer_turn(self, turn: Turn) -> None:
+        if turn.text is not None:
+            text, confidence = turn.text, 1.0
+        else:
+            transcript = await self._run(
+                self._engine.stt_pool, self._models.stt.transcribe, turn.pcm, self._language
+            )
+            text, confidence = transcript.text.strip(), transcript.confidence
+        turn.mark("transcript")
+        seconds = len(turn.pcm) / 32_000
+        turn.user_text = text
+        await self._emit(turn, TranscriptFinal(text, confidence, turn.reason, seconds))
+        if not text:
+            if turn.reason in (TriggerReason.EXPLICIT, TriggerReason.VOICE_DATA):
+                await self._emit(turn, Error("no_speech", "no speech was recognised"))
+            await self._emit(turn, TurnEnded())
+            return
+
+        messages = await self._run(self._engine.llm_pool, self._prompt, text)
+        synthesis: asyncio.Queue[str | None] = asyncio.Queue()
+        speaker = asyncio.create_task(self._speak(turn, synthesis))
+        splitter = SentenceSplitter()
+        reply: list[str] = []
+        try:
+            async for delta in self._generate(messages, turn.cancel):
+                turn.mark("llm_first_token")
+                reply.append(delta)
+                await self._emit(turn, ResponseTextDelta(delta))
+                for piece in splitter.push(delta):
+                    await synthesis.put(piece)
+            for piece in splitter.flush():
+                await synthesis.put(piece)
+            await synthesis.put(None)
+            await speaker
+        finally:
+            speaker.cancel()
+        full = "".join(reply).strip()
+        self._remember(text, full)
+        await self._emit(turn, ResponseTextFinal(full))
+        await self._emit(turn, Metrics(dict(turn.stages)))
+        await self._emit(turn, TurnEnded())
+        if self._turn is turn:
+            self._turn = None
+
+    async def _speak(self, turn: Turn, pieces: asyncio.Queue[str | None]) -> None:
+        tts = self._models.tts
+        while (piece := await pieces.get()) is not None:
+            if self._config.text_only:
+                turn.spoken.append(piece)
+                continue
+            pcm = await self._run(self._engine.tts_pool, tts.synthesize, piece)
+            turn.mark("first_sentence_synthesized")
+            await self._emit(turn, AudioOut(pcm, tts.sample_rate))
+            if turn.committed:
+                turn.mark("first_audio")
+            turn.spoken.append(piece)
+
+    async def _generate(
+        self, messages: list[dict[str, str]], cancel: threading.Event
+    ) -> AsyncIterator[str]:
+        """Stream LLM deltas from the model's worker thread."""
+        loop = asyncio.get_running_loop()
+        deltas: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+
+        def produce() -> None:
+            try:
+                for delta in self._models.llm.stream(messages, cancel, MAX_REPLY_TOKENS):
+                    loop.call_soon_threadsafe(deltas.put_nowait, delta)
+            except BaseException as exc:  # handed to the loop, raised there
+                loop.call_soon_threadsafe(deltas.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(deltas.put_nowait, None)
+
+        loop.run_in_executor(self._engine.llm_pool, produce)
+        try:
+            while (item := await deltas.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancel.set()  # stops the worker at its next token if we left early
+
+    def _prompt(self, text: str) -> list[dict[str, str]]:
+        """System prompt, then as much recent history as fits the context."""
+        llm = self._models.llm
+        system = {"role": "system", "content": self._config.system_prompt}
+        user = {"role": "user", "content": text}
+        budget = llm.n_ctx - MAX_REPLY_TOKENS - 64  # 64: chat-template overhead
+        budget -= llm.count_tokens(system["content"]) + llm.count_tokens(text)
+        kept: list[dict[str, str]] = []
+        for message in reversed(self._history):
+            budget -= llm.count_tokens(message.text) + 8
+            if budget < 0:
+                break
+            kept.append({"role": message.role.value, "content": message.text})
+        return [system, *reversed(kept), user]
+
+    def _remember(self, user: str, assistant: str) -> None:
+        self._history.append(Message(Role.USER, user))
+        if assistant:
+            self._history.append(Message(Role.ASSISTANT, assistant))
+
+    async def _transcribe_partial(self) -> None:
+        pcm = bytes(self._utterance)
+        transcript = await self._run(
+            self._engine.stt_pool, self._models.stt.transcribe, pcm, self._language
+        )
+        if self._endpointer.in_turn and transcript.text.strip():
+            await self._out.put(TranscriptPartial(transcript.text.strip(), transcript.confidence))
+
+    async def _run[T](self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)

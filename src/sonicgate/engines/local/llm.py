@@ -1,0 +1,37 @@
+"""A small chat model through llama.cpp, streamed and cancellable."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from llama_cpp import Llama
+
+
+class ChatModel:
+    def __init__(self, path: Path, n_ctx: int = 2048, threads: int = 1) -> None:
+        # One thread beat two here: STT and TTS need the other core at the same time.
+        self._llama = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, verbose=False)
+        self.n_ctx = n_ctx
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False))
+
+    def stream(
+        self, messages: list[dict[str, str]], cancel: threading.Event, max_tokens: int = 160
+    ) -> Iterator[str]:
+        chunks: Any = self._llama.create_chat_completion(
+            messages=messages,  # type: ignore[arg-type]
+            stream=True,
+            max_tokens=max_tokens,
+            temperature=0.6,
+            top_p=0.9,
+        )
+        for chunk in chunks:
+            if cancel.is_set():
+                break
+            delta = chunk["choices"][0]["delta"].get("content")
+            if delta:
+                yield delta

@@ -1,0 +1,108 @@
+"""Turn-taking for the local engine: where speech starts and ends.
+
+Pure logic over VAD probabilities, driven by audio time (frames), not the
+wall clock, so it is tested without sleeping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, auto
+
+FRAME_SAMPLES = 512  # Silero's frame at 16 kHz
+FRAME_MS = FRAME_SAMPLES * 1000 / 16_000
+
+
+@dataclass(frozen=True, slots=True)
+class TurnOptions:
+    """Endpointing knobs, in milliseconds of audio."""
+
+    silence_ms: int = 500  # silence that ends a turn
+    speculate_ms: int = 160  # silence after which the answer starts speculatively
+    min_speech_ms: int = 200  # shorter bursts are noise, not a turn
+    onset_ms: int = 64  # speech this long starts a turn (and barges in)
+    partial_every_ms: int = 500  # re-decode the growing utterance this often
+    first_partial_ms: int = 1000  # no partials in the first second
+    max_turn_ms: int = 28_000  # Whisper hears 30 s at most: end the turn before
+    start_threshold: float = 0.5
+    end_threshold: float = 0.35
+
+
+class Cue(Enum):
+    SPEECH_STARTED = auto()
+    PARTIAL = auto()  # time for a partial transcript
+    SPECULATE = auto()  # probably the end: start answering, hold the output
+    RESUMED = auto()  # the user went on speaking: drop the speculative answer
+    END_OF_TURN = auto()
+    NOISE = auto()  # the burst was too short to be a turn
+
+
+def frames(ms: int) -> int:
+    return max(1, round(ms / FRAME_MS))
+
+
+class Endpointer:
+    """Turns per-frame speech probabilities into turn cues."""
+
+    def __init__(self, options: TurnOptions) -> None:
+        self.options = options
+        self.in_turn = False
+        self._voiced_run = 0  # consecutive voiced frames (onset detection)
+        self._silent_run = 0
+        self._speech_frames = 0
+        self._turn_frames = 0
+        self._speculating = False
+        self._next_partial = frames(options.first_partial_ms)
+
+    @property
+    def turn_ms(self) -> float:
+        return self._turn_frames * FRAME_MS
+
+    def reset(self) -> None:
+        self.in_turn = False
+        self._voiced_run = self._silent_run = self._speech_frames = self._turn_frames = 0
+        self._speculating = False
+        self._next_partial = frames(self.options.first_partial_ms)
+
+    def step(self, probability: float) -> Cue | None:
+        o = self.options
+        voiced = probability >= (o.end_threshold if self.in_turn else o.start_threshold)
+        self._voiced_run = self._voiced_run + 1 if voiced else 0
+        if not self.in_turn:
+            if self._voiced_run >= frames(o.onset_ms):
+                self.in_turn = True
+                self._speech_frames = self._turn_frames = self._voiced_run
+                self._silent_run = 0
+                return Cue.SPEECH_STARTED
+            return None
+
+        self._turn_frames += 1
+        if voiced:
+            self._speech_frames += 1
+            self._silent_run = 0
+            if self._speculating:
+                self._speculating = False
+                return Cue.RESUMED
+            if self._turn_frames >= frames(o.max_turn_ms):
+                return self._end()
+            if self._turn_frames >= self._next_partial:
+                self._next_partial = self._turn_frames + frames(o.partial_every_ms)
+                return Cue.PARTIAL
+            return None
+
+        self._silent_run += 1
+        if self._silent_run >= frames(o.silence_ms):
+            return self._end()
+        if (
+            not self._speculating
+            and self._silent_run >= frames(o.speculate_ms)
+            and self._speech_frames >= frames(o.min_speech_ms)
+        ):
+            self._speculating = True
+            return Cue.SPECULATE
+        return None
+
+    def _end(self) -> Cue:
+        long_enough = self._speech_frames >= frames(self.options.min_speech_ms)
+        self.reset()
+        return Cue.END_OF_TURN if long_enough else Cue.NOISE

@@ -1,0 +1,167 @@
+"""The internal event vocabulary.
+
+Every engine produces these events and every wire dialect (seed 000, seed 001,
+and later Nova and OpenAI) is a thin adapter to and from them. Each event is a
+small frozen dataclass with a ``type`` tag, in the manner of Wyoming.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import ClassVar
+
+
+class TriggerReason(StrEnum):
+    """Why a user turn ended (the first seed's ``triggerReason``)."""
+
+    SILENCE = "auto_processing"  # endpointing detected the end of speech
+    EXPLICIT = "explicit_end"  # the client marked the turn complete
+    VOICE_DATA = "voice_data"  # a complete recording was sent
+    SESSION_END = "session_end"  # the session ended with speech pending
+    TEXT = "text_message"  # typed input
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStarted:
+    type: ClassVar[str] = "session_started"
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnded:
+    type: ClassVar[str] = "session_ended"
+    session_id: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    """The engine heard the user start speaking (used for barge-in and UI)."""
+
+    type: ClassVar[str] = "speech_started"
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptPartial:
+    type: ClassVar[str] = "transcript_partial"
+    text: str
+    confidence: float
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptFinal:
+    type: ClassVar[str] = "transcript_final"
+    text: str
+    confidence: float
+    reason: TriggerReason
+    audio_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseTextDelta:
+    type: ClassVar[str] = "response_text_delta"
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseTextFinal:
+    """The reply text as the user received it (cut short on barge-in)."""
+
+    type: ClassVar[str] = "response_text_final"
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class AudioOut:
+    """A chunk of synthesized speech: mono pcm16 little-endian."""
+
+    type: ClassVar[str] = "audio_out"
+    pcm: bytes
+    sample_rate: int
+
+
+@dataclass(frozen=True, slots=True)
+class TurnEnded:
+    type: ClassVar[str] = "turn_ended"
+    interrupted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupted:
+    """The user barged in: the client must stop playback now."""
+
+    type: ClassVar[str] = "interrupted"
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+    fatal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """Per-turn timings in seconds, measured from the end of user speech."""
+
+    type: ClassVar[str] = "metrics"
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+EngineEvent = (
+    SpeechStarted
+    | TranscriptPartial
+    | TranscriptFinal
+    | ResponseTextDelta
+    | ResponseTextFinal
+    | AudioOut
+    | TurnEnded
+    | Interrupted
+    | Error
+    | Metrics
+)
+Event = SessionStarted | SessionEnded | EngineEvent
+
+
+# Client input, as every dialect's parser produces it.
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    session_id: str | None
+    user_id: str
+    audio_format: str = "pcm16"
+    language: str = "en-US"
+    engine: str | None = None
+    voice: str | None = None
+    system_prompt: str | None = None
+    text_only: bool = False
+    # Used for this session only; never stored or logged (excluded from repr).
+    credentials: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AudioIn:
+    """Encoded audio from the client (``audio_format`` names the encoding)."""
+
+    data: bytes
+    audio_format: str | None = None
+    sequence: int | None = None
+    end_of_turn: bool = False
+    # A whole recording of one turn (the first seed's ``voice_data``).
+    complete_recording: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TextIn:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    pass
+
+
+ClientEvent = Start | AudioIn | TextIn | End

@@ -1,0 +1,90 @@
+"""What every dialect provides, and the field checks they share."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sonicgate.engines.base import Capabilities
+from sonicgate.events import ClientEvent, EngineEvent
+from sonicgate.store.base import VoiceSession
+
+JsonObject = dict[str, Any]
+
+
+class ProtocolError(Exception):
+    """A client message that cannot be honoured; answered in the client's dialect."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """What a dialect may say about the session it is rendering for."""
+
+    session: VoiceSession
+    language: str
+    engine: str
+    capabilities: Capabilities
+    output_sample_rate: int
+    last_sequence: int | None = None
+    resumed: bool = False
+
+
+class Dialect(Protocol):
+    name: str
+
+    def parse(self, message: JsonObject) -> ClientEvent:
+        """Turn one client message into an input event; raises ``ProtocolError``."""
+        ...
+
+    def ready(self, view: SessionView) -> JsonObject: ...
+
+    async def render(self, event: EngineEvent, view: SessionView) -> list[JsonObject]:
+        """Wire messages for one engine event (often none or one)."""
+        ...
+
+    def error(self, code: str, message: str, session_id: str | None) -> JsonObject: ...
+
+    def ended(self, view: SessionView) -> JsonObject: ...
+
+
+def get_str(message: JsonObject, key: str, *, required: bool = False) -> str | None:
+    value = message.get(key)
+    if value is None:
+        if required:
+            raise ProtocolError("missing_field", f"'{key}' is required")
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError("invalid_field", f"'{key}' must be a string")
+    return value
+
+
+def get_object(message: JsonObject, key: str) -> JsonObject:
+    value = message.get(key, {})
+    if not isinstance(value, dict):
+        raise ProtocolError("invalid_field", f"'{key}' must be an object")
+    return value
+
+
+def get_bool(message: JsonObject, key: str) -> bool:
+    value = message.get(key, False)
+    if not isinstance(value, bool):
+        raise ProtocolError("invalid_field", f"'{key}' must be true or false")
+    return value
+
+
+def get_base64(message: JsonObject, key: str) -> bytes:
+    text = get_str(message, key, required=True)
+    assert text is not None
+    if text.startswith("data:"):  # tolerate data URLs from browsers' FileReader
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolError("bad_base64", f"'{key}' is not valid base64") from exc

@@ -1,0 +1,115 @@
+"""The Starlette application: routes, and the services they share."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from sonicgate import __version__
+from sonicgate.bus.memory import MemoryBus
+from sonicgate.config import Settings
+from sonicgate.engines.base import Engine
+from sonicgate.server.stream import ClientConnection
+from sonicgate.sessions.manager import Limits, SessionManager
+from sonicgate.sessions.session import Services
+from sonicgate.store.audio import FileAudioStore
+from sonicgate.store.sqlite import SqliteStore
+
+
+def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = SqliteStore(settings.store_path)
+    services = Services(store=store, bus=MemoryBus(), audio=FileAudioStore(settings.audio_dir))
+    manager = SessionManager(
+        engines,
+        settings.engine,
+        services,
+        Limits(
+            reorder_window=settings.reorder_window,
+            stale_after_seconds=settings.stale_after_seconds,
+            audio_retention_days=settings.audio_retention_days,
+        ),
+    )
+    started = time.monotonic()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await store.open()
+        try:
+            yield
+        finally:
+            await manager.close_all()
+            for engine in engines.values():
+                await engine.aclose()
+            await store.close()
+
+    async def stream(websocket: WebSocket) -> None:
+        await ClientConnection(websocket, manager, settings.max_message_bytes).run()
+
+    async def events(websocket: WebSocket) -> None:
+        await websocket.accept()
+        params = websocket.query_params
+        subscription = services.bus.subscribe(params.get("sessionId"), params.get("userId"))
+
+        async def forward() -> None:
+            async for event in subscription:
+                await websocket.send_text(json.dumps(event.to_json()))
+
+        forwarder = asyncio.create_task(forward())
+        try:
+            while (await websocket.receive())["type"] != "websocket.disconnect":
+                pass  # subscribers only listen; anything they send is ignored
+        except WebSocketDisconnect:
+            pass
+        finally:
+            forwarder.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await forwarder
+            await subscription.aclose()
+
+    async def status(request: Request) -> JSONResponse:
+        body: dict[str, Any] = {
+            "status": "ok",
+            "service": "sonicgate",
+            "version": __version__,
+            "uptimeSeconds": round(time.monotonic() - started, 3),
+            "defaultEngine": settings.engine,
+            "engines": {
+                name: {
+                    "languages": list(caps.languages),
+                    "models": list(caps.models),
+                    "voices": list(caps.voices),
+                    "outputSampleRate": caps.output_sample_rate,
+                }
+                for name, engine in engines.items()
+                if (caps := engine.capabilities())
+            },
+            "activeSessions": len(manager.live),
+            "activeConnections": len(await store.list_connections()),
+        }
+        return JSONResponse(body)
+
+    async def cleanup(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", **await manager.cleanup()})
+
+    app = Starlette(
+        routes=[
+            WebSocketRoute("/api/nova-sonic/stream", stream),
+            WebSocketRoute("/api/events", events),
+            Route("/api/nova-sonic/status", status),
+            Route("/api/nova-sonic/cleanup", cleanup, methods=["GET", "POST"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.manager = manager
+    return app

@@ -1,0 +1,142 @@
+"""``/api/nova-sonic/stream``: one client connection, in whichever seed dialect it speaks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from sonicgate.events import End, Start
+from sonicgate.protocol import Dialect, ProtocolError, detect
+from sonicgate.protocol.base import JsonObject
+from sonicgate.sessions.manager import SessionManager
+from sonicgate.sessions.session import LiveSession
+from sonicgate.store.base import Connection, SessionStatus
+
+log = logging.getLogger(__name__)
+
+# Replies queued for a client that reads slowly; beyond this the client is cut off.
+OUTBOX_LIMIT = 2048
+
+
+class ClientConnection:
+    def __init__(self, websocket: WebSocket, manager: SessionManager, max_bytes: int) -> None:
+        self.id = f"conn-{uuid.uuid4()}"
+        self._ws = websocket
+        self._manager = manager
+        self._max_bytes = max_bytes
+        self._dialect: Dialect | None = None
+        self._session: LiveSession | None = None
+        self._outbox: asyncio.Queue[JsonObject | None] = asyncio.Queue(OUTBOX_LIMIT)
+
+    async def run(self) -> None:
+        await self._ws.accept()
+        writer = asyncio.create_task(self._write(), name=f"writer-{self.id}")
+        try:
+            while True:
+                frame = await self._ws.receive()
+                if frame["type"] == "websocket.disconnect":
+                    break
+                await self._on_frame(frame.get("text"), frame.get("bytes"))
+        except WebSocketDisconnect:
+            pass
+        finally:
+            await self._detach()
+            await self._outbox.put(None)
+            with contextlib.suppress(Exception):
+                await writer
+
+    async def send(self, message: JsonObject) -> None:
+        await self._outbox.put(message)
+
+    async def _write(self) -> None:
+        while (message := await self._outbox.get()) is not None:
+            try:
+                await self._ws.send_text(json.dumps(message, separators=(",", ":")))
+            except (WebSocketDisconnect, RuntimeError):
+                return  # the client is gone; the reader loop notices too
+
+    async def _on_frame(self, text: str | None, data: bytes | None) -> None:
+        try:
+            message = self._decode(text, data)
+            if self._dialect is None:
+                self._dialect = detect(message)
+                await self._manager.services.store.put_connection(
+                    Connection(self.id, None, "anonymous", self._dialect.name)
+                )
+            await self._dispatch(self._dialect, message)
+        except ProtocolError as exc:
+            await self._error(exc.code, exc.message)
+
+    def _decode(self, text: str | None, data: bytes | None) -> JsonObject:
+        if text is None:
+            size = len(data or b"")
+            raise ProtocolError(
+                "binary_frame",
+                f"binary frames are not accepted ({size} bytes): send JSON text messages "
+                "with audio as base64",
+            )
+        if len(text) > self._max_bytes:
+            raise ProtocolError(
+                "frame_too_large",
+                f"message of {len(text)} bytes exceeds the limit of {self._max_bytes} bytes",
+            )
+        try:
+            message: Any = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ProtocolError("malformed_json", f"message is not valid JSON: {exc.msg}") from exc
+        if not isinstance(message, dict):
+            raise ProtocolError("invalid_message", "a message must be a JSON object")
+        return message
+
+    async def _dispatch(self, dialect: Dialect, message: JsonObject) -> None:
+        event = dialect.parse(message)
+        if isinstance(event, Start):
+            if self._session is not None:
+                raise ProtocolError(
+                    "session_active", f"session {self._session.session_id} is already running"
+                )
+            self._session = await self._manager.open(event, self.id, dialect, self.send)
+            await self._manager.services.store.put_connection(
+                Connection(self.id, self._session.session_id, event.user_id, dialect.name)
+            )
+            log.info("session %s started on %s", self._session.session_id, self.id)
+            await self.send(dialect.ready(self._session.view))
+            return
+        session = self._session
+        if session is None:
+            raise ProtocolError("no_session", "no session: start one first")
+        claimed = message.get("sessionId")
+        if isinstance(claimed, str) and claimed != session.session_id:
+            raise ProtocolError("unknown_session", f"session '{claimed}' is not open here")
+        if isinstance(event, End):
+            self._session = None
+            await self._manager.close(session, SessionStatus.COMPLETED)
+            log.info("session %s ended", session.session_id)
+            await self.send(dialect.ended(session.view))
+            return
+        try:
+            await session.handle(event)
+        except ProtocolError:
+            raise
+        except Exception as exc:  # the engine broke: tell the client, keep the connection
+            log.exception("session %s failed on input", session.session_id)
+            raise ProtocolError("engine_error", f"the engine failed: {exc}") from exc
+
+    async def _error(self, code: str, message: str) -> None:
+        dialect = self._dialect or detect({})
+        session_id = self._session.session_id if self._session else None
+        log.info("client error on %s: %s", self.id, code)
+        await self.send(dialect.error(code, message, session_id))
+
+    async def _detach(self) -> None:
+        """The socket closed: keep the session resumable, forget the connection."""
+        if self._session is not None:
+            await self._manager.close(self._session, None)
+            self._session = None
+        await self._manager.services.store.delete_connection(self.id)

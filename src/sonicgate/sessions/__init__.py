@@ -1,0 +1,1 @@
+"""Session lifecycle: the StreamingContext state machine, chunk ordering, live sessions."""

@@ -1,0 +1,190 @@
+"""Opens, resumes, ends and cleans up sessions; knows which ones are live."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sonicgate.audio.decoder import InputDecoder
+from sonicgate.audio.formats import AudioFormatError
+from sonicgate.bus.base import SESSION_EVENT, BusEvent
+from sonicgate.engines.base import Engine, EngineConfig, EngineError, supports_language
+from sonicgate.events import Start
+from sonicgate.protocol.base import Dialect, ProtocolError, SessionView
+from sonicgate.sessions.session import LiveSession, Send, Services
+from sonicgate.store.base import (
+    ProcessingState,
+    SessionStatus,
+    StreamingContext,
+    VoiceSession,
+    utc_now,
+)
+
+SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    reorder_window: int = 8
+    stale_after_seconds: float = 30 * 60
+    audio_retention_days: float = 7.0
+
+
+class SessionManager:
+    def __init__(
+        self,
+        engines: Mapping[str, Engine],
+        default_engine: str,
+        services: Services,
+        limits: Limits,
+    ) -> None:
+        if default_engine not in engines:
+            raise ValueError(f"default engine '{default_engine}' is not loaded")
+        self.engines = engines
+        self.default_engine = default_engine
+        self.services = services
+        self.limits = limits
+        self.live: dict[str, LiveSession] = {}
+
+    async def open(
+        self, start: Start, connection_id: str, dialect: Dialect, send: Send
+    ) -> LiveSession:
+        name = start.engine or self.default_engine
+        engine = self.engines.get(name)
+        if engine is None:
+            raise ProtocolError(
+                "unknown_engine", f"no engine '{name}'; available: {', '.join(self.engines)}"
+            )
+        capabilities = engine.capabilities()
+        if not supports_language(capabilities, start.language):
+            raise ProtocolError(
+                "unsupported_language",
+                f"engine '{name}' handles {', '.join(capabilities.languages)}, "
+                f"not '{start.language}'",
+            )
+        try:
+            InputDecoder(start.audio_format).close()
+        except AudioFormatError as exc:
+            raise ProtocolError("audio_format", str(exc)) from exc
+        if start.session_id is not None and not SESSION_ID.match(start.session_id):
+            raise ProtocolError(
+                "invalid_field", "'sessionId' must be 1-128 letters, digits, '_', '-', '.', ':'"
+            )
+
+        store = self.services.store
+        record = await store.get_session(start.session_id) if start.session_id else None
+        resumed = record is not None
+        if record is None:
+            record = VoiceSession(
+                sessionId=start.session_id or str(uuid.uuid4()),
+                novaSonicSessionId=f"ns-{uuid.uuid4()}",
+                connectionId=connection_id,
+                userId=start.user_id,
+                audioFormat=start.audio_format,
+            )
+            history = []
+        else:
+            if start.user_id not in ("anonymous", record.userId):
+                raise ProtocolError("forbidden", "this session belongs to another user")
+            if (previous := self.live.get(record.sessionId)) is not None:
+                await self.close(previous, None)  # the client moved to a new connection
+            history = await store.history(record.sessionId)
+
+        config = EngineConfig(
+            language=start.language,
+            voice=start.voice,
+            history=tuple(history),
+            text_only=start.text_only,
+            credentials=start.credentials,
+            **({"system_prompt": start.system_prompt} if start.system_prompt else {}),
+        )
+        try:
+            engine_session = await engine.start(config)
+        except EngineError as exc:
+            raise ProtocolError(exc.code, exc.message) from exc
+
+        context = await store.get_context(record.sessionId) if resumed else None
+        if context is None:
+            context = StreamingContext(
+                sessionId=record.sessionId,
+                connectionId=connection_id,
+                userId=record.userId,
+                audioFormat=start.audio_format,
+                language=start.language,
+                model=name,
+            )
+        context.connectionId = connection_id
+        context.audioFormat = record.audioFormat = start.audio_format
+        context.language, context.model = start.language, name
+        context.processingState = ProcessingState.IDLE  # a fresh engine has no turn under way
+        record.connectionId, record.status = connection_id, SessionStatus.ACTIVE
+        if resumed:
+            await store.update_session(record)
+        else:
+            await store.create_session(record)
+        await store.put_context(context)
+
+        view = SessionView(
+            session=record,
+            language=start.language,
+            engine=name,
+            capabilities=capabilities,
+            output_sample_rate=capabilities.output_sample_rate,
+            resumed=resumed,
+        )
+        live = LiveSession(
+            record=record,
+            context=context,
+            engine=engine_session,
+            view=view,
+            dialect=dialect,
+            send=send,
+            services=self.services,
+            reorder_window=self.limits.reorder_window,
+        )
+        self.live[record.sessionId] = live
+        await self.services.bus.publish(
+            BusEvent(
+                SESSION_EVENT,
+                record.sessionId,
+                record.userId,
+                {"event": "resumed" if resumed else "started", "status": str(record.status)},
+                utc_now(),
+            )
+        )
+        return live
+
+    async def close(self, live: LiveSession, status: SessionStatus | None) -> None:
+        if self.live.get(live.session_id) is live:
+            del self.live[live.session_id]
+        await live.close(status)
+
+    async def close_all(self) -> None:
+        for live in list(self.live.values()):
+            await self.close(live, None)
+
+    async def cleanup(self) -> dict[str, int]:
+        """End sessions nobody has touched for a while; drop audio past retention."""
+        cutoff = time.time() - self.limits.stale_after_seconds
+        ended = 0
+        for live in list(self.live.values()):
+            if live.last_activity < cutoff:
+                await self.close(live, SessionStatus.COMPLETED)
+                ended += 1
+        store = self.services.store
+        for record in await store.list_sessions(SessionStatus.ACTIVE):
+            if record.sessionId not in self.live and _epoch(record.updatedAt) < cutoff:
+                record.status = SessionStatus.COMPLETED
+                await store.update_session(record)
+                ended += 1
+        retention = self.limits.audio_retention_days * 86400
+        deleted = await self.services.audio.delete_older_than(time.time() - retention)
+        return {"endedSessions": ended, "deletedAudioFiles": deleted}
+
+
+def _epoch(timestamp: str) -> float:
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).astimezone(UTC).timestamp()

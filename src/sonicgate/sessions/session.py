@@ -1,0 +1,256 @@
+"""One live conversation: client input in, engine events out, state kept.
+
+A ``LiveSession`` sits between a connection's dialect and an engine session.
+It orders and decodes audio, follows the StreamingContext state machine,
+writes history and audio, publishes UI events, and hands each engine event to
+the dialect for the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+
+from sonicgate.audio.decoder import InputDecoder
+from sonicgate.audio.formats import AudioFormatError, decode_file, wav_bytes
+from sonicgate.bus.base import (
+    RESPONSE_EVENT,
+    SESSION_EVENT,
+    TRANSCRIPTION_EVENT,
+    Bus,
+    BusEvent,
+)
+from sonicgate.engines.base import INPUT_SAMPLE_RATE, EngineError, EngineSession, Message, Role
+from sonicgate.events import (
+    AudioIn,
+    AudioOut,
+    ClientEvent,
+    EngineEvent,
+    Error,
+    ResponseTextFinal,
+    TextIn,
+    TranscriptFinal,
+    TranscriptPartial,
+    TriggerReason,
+    TurnEnded,
+)
+from sonicgate.protocol.base import Dialect, JsonObject, ProtocolError, SessionView
+from sonicgate.sessions.sequencer import Sequencer
+from sonicgate.sessions.state import StateMachine
+from sonicgate.store.audio import AudioStore
+from sonicgate.store.base import (
+    SessionStatus,
+    Store,
+    StreamingContext,
+    VoiceSession,
+    utc_now,
+)
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[JsonObject], Awaitable[None]]
+BYTES_PER_SECOND = INPUT_SAMPLE_RATE * 2
+KEPT_SEQUENCE_NUMBERS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    store: Store
+    bus: Bus
+    audio: AudioStore
+
+
+class LiveSession:
+    def __init__(
+        self,
+        *,
+        record: VoiceSession,
+        context: StreamingContext,
+        engine: EngineSession,
+        view: SessionView,
+        dialect: Dialect,
+        send: Send,
+        services: Services,
+        reorder_window: int,
+    ) -> None:
+        self.record = record
+        self.context = context
+        self.view = view
+        self._engine = engine
+        self._dialect = dialect
+        self._send = send
+        self._services = services
+        self._state = StateMachine(context.processingState)
+        self._decoder = InputDecoder(context.audioFormat)
+        last = max(context.chunks) + 1 if context.chunks else None
+        self._sequencer: Sequencer[bytes] = Sequencer(reorder_window, last)
+        self._user_audio = bytearray()
+        self._reply_audio = bytearray()
+        self._turn = record.messageCount
+        self._pump = asyncio.create_task(self._run_engine(), name=f"engine-{record.sessionId}")
+        self.closed = False
+        self.last_activity = time.time()  # wall clock: compared with stored timestamps
+
+    @property
+    def session_id(self) -> str:
+        return self.record.sessionId
+
+    async def handle(self, event: ClientEvent) -> None:
+        """Apply one client event; raises ``ProtocolError`` for the client."""
+        if self.closed:
+            raise ProtocolError("session_ended", f"session {self.session_id} has ended")
+        self.last_activity = time.time()
+        if isinstance(event, TextIn):
+            await self._engine.push_text(event.text)
+        elif isinstance(event, AudioIn):
+            await self._audio_in(event)
+        else:
+            raise ProtocolError(
+                "invalid_message", "a session is already started on this connection"
+            )
+
+    async def _audio_in(self, event: AudioIn) -> None:
+        if event.complete_recording:
+            pcm = await asyncio.to_thread(_decode_recording, event.data)
+            await self._received(pcm)
+            await self._engine.push_utterance(pcm, TriggerReason.VOICE_DATA)
+            return
+        if event.audio_format and event.audio_format != self.context.audioFormat:
+            raise ProtocolError(
+                "audio_format",
+                f"this session streams '{self.context.audioFormat}', not '{event.audio_format}'",
+            )
+        ready, notices = self._sequencer.accept(event.sequence, event.data)
+        if event.end_of_turn:
+            held, late_notices = self._sequencer.drain()
+            ready, notices = ready + held, notices + late_notices
+        for notice in notices:
+            await self._send(self._dialect.error(notice.code, notice.message, self.session_id))
+        if event.sequence is not None:
+            self.context.chunks = [*self.context.chunks, event.sequence][-KEPT_SEQUENCE_NUMBERS:]
+            self.view = _with_sequence(self.view, self._sequencer.last_released)
+        for data in ready:
+            try:
+                pcm = self._decoder.feed(data)
+            except AudioFormatError as exc:
+                raise ProtocolError("audio_format", str(exc)) from exc
+            await self._received(pcm)
+            await self._engine.push_audio(pcm)
+        if event.end_of_turn:
+            await self._engine.end_turn(TriggerReason.EXPLICIT)
+
+    async def _received(self, pcm: bytes) -> None:
+        self._user_audio += pcm
+        self.record.totalDuration = (self.record.totalDuration or 0.0) + len(pcm) / BYTES_PER_SECOND
+
+    async def _run_engine(self) -> None:
+        try:
+            async for event in self._engine.events():
+                await self._on_engine_event(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # an engine failure must not take the connection down
+            log.exception("engine failed in session %s", self.session_id)
+            await self._on_engine_event(Error("engine_failed", f"the engine failed: {exc}"))
+
+    async def _on_engine_event(self, event: EngineEvent) -> None:
+        if self._state.follow(event):
+            self.context.processingState = self._state.state
+            await self._services.store.put_context(self.context)
+            await self._publish(SESSION_EVENT, {"processingState": str(self._state.state)})
+        match event:
+            case TranscriptPartial(text=text, confidence=confidence):
+                self.context.transcriptionBuffer = text
+                await self._publish(
+                    TRANSCRIPTION_EVENT, {"text": text, "isFinal": False, "confidence": confidence}
+                )
+            case TranscriptFinal(text=text, confidence=confidence, reason=reason):
+                await self._user_turn(text)
+                await self._publish(
+                    TRANSCRIPTION_EVENT,
+                    {
+                        "text": text,
+                        "isFinal": True,
+                        "confidence": confidence,
+                        "reason": str(reason),
+                    },
+                )
+            case AudioOut(pcm=pcm):
+                self._reply_audio += pcm
+            case ResponseTextFinal(text=text):
+                if text:
+                    await self._services.store.append_message(
+                        self.session_id, Message(Role.ASSISTANT, text)
+                    )
+                    self.record.messageCount += 1
+                await self._publish(RESPONSE_EVENT, {"text": text})
+            case TurnEnded():
+                await self._assistant_audio()
+        for message in await self._dialect.render(event, self.view):
+            await self._send(message)
+
+    async def _user_turn(self, text: str) -> None:
+        self.context.transcriptionBuffer = text
+        if text:
+            await self._services.store.append_message(self.session_id, Message(Role.USER, text))
+            self.record.messageCount += 1
+        if self._user_audio:
+            self._turn += 1
+            await self._save_audio("user", bytes(self._user_audio), INPUT_SAMPLE_RATE)
+        self._user_audio.clear()
+        await self._persist()
+
+    async def _assistant_audio(self) -> None:
+        if self._reply_audio:
+            await self._save_audio(
+                "assistant", bytes(self._reply_audio), self.view.output_sample_rate
+            )
+        self._reply_audio.clear()
+        await self._persist()
+
+    async def _save_audio(self, role: str, pcm: bytes, rate: int) -> None:
+        await self._services.audio.save(self.session_id, self._turn, role, wav_bytes(pcm, rate))
+
+    async def _persist(self) -> None:
+        await self._services.store.update_session(self.record)
+        await self._services.store.put_context(self.context)
+
+    async def _publish(self, channel: str, data: JsonObject) -> None:
+        await self._services.bus.publish(
+            BusEvent(channel, self.session_id, self.record.userId, data, utc_now())
+        )
+
+    async def close(self, status: SessionStatus | None) -> None:
+        """Stop the engine; ``status`` ends the session, ``None`` leaves it resumable."""
+        if self.closed:
+            return
+        self.closed = True
+        held, _ = self._sequencer.drain()
+        with contextlib.suppress(AudioFormatError, EngineError):
+            for data in held:
+                await self._engine.push_audio(self._decoder.feed(data))
+        self._decoder.close()
+        await self._engine.close()
+        self._pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._pump
+        if status is not None:
+            self.record.status = status
+        await self._persist()
+        event = "ended" if status is not None else "detached"
+        await self._publish(SESSION_EVENT, {"event": event, "status": str(self.record.status)})
+
+
+def _decode_recording(data: bytes) -> bytes:
+    try:
+        return decode_file(data)
+    except AudioFormatError as exc:
+        raise ProtocolError("audio_format", str(exc)) from exc
+
+
+def _with_sequence(view: SessionView, last: int | None) -> SessionView:
+    return replace(view, last_sequence=last)

@@ -1,0 +1,1 @@
+"""Where sessions, connections, streaming contexts and history live."""

@@ -1,0 +1,140 @@
+"""Shared fixtures: a real uvicorn server on a free port, and WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+import websockets
+
+from sonicgate.config import Settings
+from sonicgate.engines.base import Engine
+from sonicgate.server.app import create_app
+from tests.scripted_engine import ScriptedEngine
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    settings: Settings
+    url: str
+    server: uvicorn.Server
+
+    def ws(self, path: str = "/api/nova-sonic/stream") -> str:
+        return self.url.replace("http", "ws") + path
+
+
+async def start_server(settings: Settings, engines: dict[str, Engine]) -> RunningServer:
+    app = create_app(settings, engines)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=settings.port,
+        log_level="warning",
+        ws_max_size=settings.max_message_bytes * 4,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    server_task[id(server)] = task
+    return RunningServer(settings, f"http://127.0.0.1:{settings.port}", server)
+
+
+server_task: dict[int, asyncio.Task[None]] = {}
+
+
+async def stop_server(running: RunningServer) -> None:
+    running.server.should_exit = True
+    await server_task.pop(id(running.server))
+
+
+@pytest.fixture
+def scripted() -> ScriptedEngine:
+    return ScriptedEngine()
+
+
+ServerFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
+    running: list[RunningServer] = []
+
+    async def factory(engines: dict[str, Engine], **overrides: Any) -> RunningServer:
+        engine = next(iter(engines))
+        settings = Settings(
+            port=free_port(), engine=engine, data_dir=tmp_path / "data", **overrides
+        )
+        server = await start_server(settings, engines)
+        running.append(server)
+        return server
+
+    yield factory
+    for server in running:
+        if not server.server.should_exit:
+            await stop_server(server)
+
+
+@pytest.fixture
+async def server(make_server: ServerFactory, scripted: ScriptedEngine) -> RunningServer:
+    result: RunningServer = await make_server({"scripted": scripted})
+    return result
+
+
+class Client:
+    """A WebSocket client speaking JSON, with a timeout on every receive."""
+
+    def __init__(self, connection: websockets.ClientConnection) -> None:
+        self.connection = connection
+
+    async def send(self, message: dict[str, Any] | str | bytes) -> None:
+        await self.connection.send(
+            message if isinstance(message, str | bytes) else json.dumps(message)
+        )
+
+    async def recv(self, within: float = 10.0) -> dict[str, Any]:
+        raw = await asyncio.wait_for(self.connection.recv(), within)
+        result: dict[str, Any] = json.loads(raw)
+        return result
+
+    async def until(
+        self, kind: str, within: float = 30.0
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Receive until a message of ``kind``; returns it and everything before it."""
+        seen: list[dict[str, Any]] = []
+        async with asyncio.timeout(within):
+            while True:
+                message = await self.recv(within)
+                if message.get("type") == kind:
+                    return message, seen
+                seen.append(message)
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Callable[[str], Any]]:
+    opened: list[websockets.ClientConnection] = []
+
+    async def factory(url: str) -> Client:
+        connection = await websockets.connect(url, max_size=64 * 1024 * 1024)
+        opened.append(connection)
+        return Client(connection)
+
+    yield factory
+    for connection in opened:
+        await connection.close()

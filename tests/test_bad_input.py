@@ -1,0 +1,166 @@
+"""Every kind of bad input gets an error in the client's dialect; nothing falls over."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from tests.conftest import Client, RunningServer
+from tests.scripted_engine import ScriptedEngine
+
+B64 = base64.b64encode(b"\0\0" * 100).decode()
+
+
+async def typed(connect, server: RunningServer) -> Client:
+    client: Client = await connect(server.ws())
+    await client.send({"type": "initialize"})
+    assert (await client.recv())["type"] == "initialized"
+    return client
+
+
+async def action(connect, server: RunningServer, audio_format: str = "pcm16") -> tuple[Client, str]:
+    client: Client = await connect(server.ws())
+    await client.send(
+        {"action": "voice_session_start", "userId": "u", "data": {"audioFormat": audio_format}}
+    )
+    ready = await client.recv()
+    assert ready["type"] == "voice_session_initialized", ready
+    return client, ready["sessionId"]
+
+
+async def still_works(client: Client) -> None:
+    """The connection and its session keep serving after an error."""
+    await client.send({"type": "text_message", "text": "still there?"})
+    message, _ = await client.until("text_response")
+    assert message["type"] == "text_response"
+
+
+async def expect_error(client: Client, code: str, dialect: str = "type") -> dict[str, object]:
+    message = await client.recv()
+    if dialect == "type":
+        assert message["type"] == "error", message
+        assert message["code"] == code, message
+        assert message["message"]
+    else:
+        assert message["type"] == "voice_error", message
+        assert message["data"]["code"] == code, message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("{not json", "malformed_json"),
+        ("[1, 2]", "invalid_message"),
+        ({"type": "audio_chunk"}, "missing_field"),
+        ({"type": "audio_chunk", "audio": "%%% not base64"}, "bad_base64"),
+        ({"type": "audio_chunk", "audio": 12}, "invalid_field"),
+        ({"type": "audio_chunk", "audio": base64.b64encode(b"\1\2\3").decode()}, "audio_format"),
+        ({"type": "audio_chunk", "audio": B64, "audioFormat": "webm"}, "audio_format"),
+        ({"type": "dance"}, "unknown_type"),
+        ({"type": "text_message", "text": "  "}, "invalid_field"),
+        ({"type": "initialize"}, "session_active"),
+        ({"type": "audio_chunk", "audio": B64, "sessionId": "someone-else"}, "unknown_session"),
+        (b"\x00\x01binary", "binary_frame"),
+    ],
+)
+async def test_typed_bad_input(server: RunningServer, connect, frame, code) -> None:
+    client = await typed(connect, server)
+    await client.send(frame)
+    await expect_error(client, code)
+    await still_works(client)
+
+
+async def test_oversize_frame(make_server, scripted, connect) -> None:
+    server = await make_server({"scripted": scripted}, max_message_bytes=10_000)
+    client = await typed(connect, server)
+    await client.send({"type": "audio_chunk", "audio": base64.b64encode(bytes(20_000)).decode()})
+    message = await expect_error(client, "frame_too_large")
+    assert "10000" in str(message["message"])
+    await still_works(client)
+
+
+async def test_input_before_a_session(server: RunningServer, connect) -> None:
+    client = await connect(server.ws())
+    await client.send({"type": "audio_chunk", "audio": B64})
+    await expect_error(client, "no_session")
+    first = await connect(server.ws())
+    await first.send({"action": "voice_chunk", "sessionId": "nope", "data": {"audioData": B64}})
+    await expect_error(first, "no_session", "action")
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ({"action": "voice_dance"}, "unknown_action"),
+        ({"action": "voice_chunk", "data": {"audioData": "***"}}, "bad_base64"),
+        (
+            {"action": "voice_chunk", "data": {"audioData": B64, "sequenceNumber": "x"}},
+            "invalid_field",
+        ),
+        ({"action": "voice_chunk", "data": "nope"}, "invalid_field"),
+        (
+            {"action": "voice_data", "data": {"audioData": B64, "audioFormat": "wav"}},
+            "audio_format",
+        ),
+    ],
+)
+async def test_action_bad_input(server: RunningServer, connect, message, code) -> None:
+    client, session_id = await action(connect, server)
+    await client.send({**message, "sessionId": session_id})
+    await expect_error(client, code, "action")
+    await client.send({"action": "voice_session_end", "sessionId": session_id})
+    ended, _ = await client.until("voice_session_ended")
+    assert ended["data"]["status"] == "COMPLETED"
+
+
+async def test_corrupt_webm_stream(server: RunningServer, connect) -> None:
+    client, session_id = await action(connect, server, "webm")
+    garbage = base64.b64encode(b"this is not webm at all" * 200).decode()
+    await client.send(
+        {
+            "action": "voice_chunk",
+            "sessionId": session_id,
+            "data": {"audioData": garbage, "sequenceNumber": 1, "isFinal": True},
+        }
+    )
+    message, _ = await client.until("voice_error")
+    assert message["data"]["code"] == "audio_format"
+
+
+async def test_unsupported_session_settings(server: RunningServer, connect) -> None:
+    client = await connect(server.ws())
+    for fields, code in [
+        ({"language": "ja-JP"}, "unsupported_language"),
+        ({"engine": "nope"}, "unknown_engine"),
+        ({"audioFormat": "flac"}, "audio_format"),
+        ({"voice": "missing"}, "unknown_voice"),
+        ({"sessionId": "../../etc"}, "invalid_field"),
+    ]:
+        await client.send({"type": "initialize", **fields})
+        await expect_error(client, code)
+    await client.send({"type": "initialize"})
+    assert (await client.recv())["type"] == "initialized"
+
+
+async def test_chunks_after_the_session_ended(server: RunningServer, connect) -> None:
+    client, session_id = await action(connect, server)
+    await client.send({"action": "voice_session_end", "sessionId": session_id})
+    await client.until("voice_session_ended")
+    await client.send(
+        {"action": "voice_chunk", "sessionId": session_id, "data": {"audioData": B64}}
+    )
+    await expect_error(client, "no_session", "action")
+
+
+async def test_engine_failure_keeps_the_connection(
+    server: RunningServer, connect, scripted: ScriptedEngine
+) -> None:
+    client = await typed(connect, server)
+    scripted.fail_on_audio = True
+    await client.send({"type": "audio_chunk", "audio": B64})
+    message = await expect_error(client, "engine_error")
+    assert "scripted engine failure" in str(message["message"])
+    scripted.fail_on_audio = False
+    await still_works(client)

@@ -1,0 +1,227 @@
+"""SqliteStore: every Store method, restart, concurrency and WAL."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import AsyncIterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from sonicgate.engines.base import Message, Role
+from sonicgate.store.base import (
+    Connection,
+    ProcessingState,
+    SessionStatus,
+    Store,
+    StreamingContext,
+    VoiceSession,
+)
+from sonicgate.store.sqlite import MIGRATIONS, SqliteStore
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    opened = SqliteStore(tmp_path / "store.db")
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+def session(session_id: str = "s1", user_id: str = "u1") -> VoiceSession:
+    return VoiceSession(
+        sessionId=session_id,
+        novaSonicSessionId=f"ns-{session_id}",
+        connectionId="c1",
+        userId=user_id,
+        audioFormat="pcm",
+    )
+
+
+def context(session_id: str = "s1") -> StreamingContext:
+    return StreamingContext(
+        sessionId=session_id,
+        connectionId="c1",
+        userId="u1",
+        audioFormat="pcm",
+        language="en-US",
+        model="local",
+    )
+
+
+def test_sqlite_store_satisfies_the_protocol(tmp_path: Path) -> None:
+    typed: Store = SqliteStore(tmp_path / "store.db")
+    assert typed is not None
+
+
+async def test_sessions_round_trip_with_enums(store: SqliteStore) -> None:
+    record = session()
+    await store.create_session(record)
+    loaded = await store.get_session("s1")
+    assert loaded == record
+    assert loaded is not None and loaded.status is SessionStatus.ACTIVE
+    assert await store.get_session("missing") is None
+
+
+async def test_creating_a_session_twice_fails(store: SqliteStore) -> None:
+    await store.create_session(session())
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.create_session(session())
+
+
+async def test_update_session_writes_everything_and_sets_updated_at(store: SqliteStore) -> None:
+    record = session()
+    record.updatedAt = "2000-01-01T00:00:00.000Z"
+    await store.create_session(record)
+    record.status = SessionStatus.COMPLETED
+    record.totalDuration = 12.5
+    record.connectionId = "c2"
+    await store.update_session(record)
+    assert record.updatedAt > "2000-01-01T00:00:00.000Z"
+    assert await store.get_session("s1") == record
+
+
+async def test_updating_a_missing_session_fails(store: SqliteStore) -> None:
+    with pytest.raises(KeyError):
+        await store.update_session(session("missing"))
+
+
+async def test_list_sessions_filters_by_status(store: SqliteStore) -> None:
+    for name in ("a", "b", "c"):
+        await store.create_session(session(name))
+    ended = await store.get_session("b")
+    assert ended is not None
+    ended.status = SessionStatus.ERROR
+    await store.update_session(ended)
+
+    assert [s.sessionId for s in await store.list_sessions()] == ["a", "b", "c"]
+    active = await store.list_sessions(SessionStatus.ACTIVE)
+    assert [s.sessionId for s in active] == ["a", "c"]
+    assert [s.sessionId for s in await store.list_sessions(SessionStatus.ERROR)] == ["b"]
+    assert await store.list_sessions(SessionStatus.COMPLETED) == []
+
+
+async def test_connections_put_replace_list_delete(store: SqliteStore) -> None:
+    first = Connection(connectionId="c1", sessionId=None, userId="u1", dialect="action")
+    second = Connection(connectionId="c2", sessionId="s2", userId="u2", dialect="typed")
+    await store.put_connection(first)
+    await store.put_connection(second)
+    assert await store.list_connections() == [first, second]
+
+    first.sessionId = "s1"
+    await store.put_connection(first)
+    assert await store.list_connections() == [first, second]
+
+    await store.delete_connection("c1")
+    await store.delete_connection("never-there")
+    assert await store.list_connections() == [second]
+
+
+async def test_contexts_put_get_replace(store: SqliteStore) -> None:
+    assert await store.get_context("s1") is None
+    record = context()
+    await store.put_context(record)
+    assert await store.get_context("s1") == record
+
+    record.chunks = [1, 2, 3]
+    record.transcriptionBuffer = "hello"
+    record.processingState = ProcessingState.RESPONDING
+    await store.put_context(record)
+    loaded = await store.get_context("s1")
+    assert loaded == record
+    assert loaded is not None and loaded.processingState is ProcessingState.RESPONDING
+
+
+async def test_append_message_keeps_history_and_counts(store: SqliteStore) -> None:
+    await store.create_session(session("s1"))
+    await store.create_session(session("s2"))
+    await store.append_message("s1", Message(Role.USER, "hi"))
+    await store.append_message("s1", Message(Role.ASSISTANT, "hello"))
+    await store.append_message("s2", Message(Role.USER, "other"))
+
+    history = await store.history("s1")
+    assert history == [Message(Role.USER, "hi"), Message(Role.ASSISTANT, "hello")]
+    assert history[1].role is Role.ASSISTANT
+    first = await store.get_session("s1")
+    assert first is not None and first.messageCount == 2
+    assert await store.history("missing") == []
+
+
+async def test_append_to_a_missing_session_fails_and_stores_nothing(store: SqliteStore) -> None:
+    with pytest.raises(KeyError):
+        await store.append_message("missing", Message(Role.USER, "lost"))
+    assert await store.history("missing") == []
+
+
+async def test_concurrent_appends_are_all_counted(store: SqliteStore) -> None:
+    await store.create_session(session())
+    await asyncio.gather(
+        *(store.append_message("s1", Message(Role.USER, f"m{i}")) for i in range(200))
+    )
+    loaded = await store.get_session("s1")
+    assert loaded is not None and loaded.messageCount == 200
+    assert [m.text for m in await store.history("s1")] == [f"m{i}" for i in range(200)]
+
+
+async def test_data_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "store.db"
+    first = SqliteStore(path)
+    await first.open()
+    await first.create_session(session())
+    await first.append_message("s1", Message(Role.USER, "remember me"))
+    await first.put_context(context())
+    await first.put_connection(Connection("c1", "s1", "u1", "action"))
+    await first.close()
+
+    second = SqliteStore(path)
+    await second.open()
+    try:
+        loaded = await second.get_session("s1")
+        assert loaded is not None and loaded.messageCount == 1
+        assert await second.history("s1") == [Message(Role.USER, "remember me")]
+        assert await second.get_context("s1") == context()
+        assert [c.connectionId for c in await second.list_connections()] == ["c1"]
+    finally:
+        await second.close()
+
+
+async def test_wal_mode_and_schema_version(store: SqliteStore) -> None:
+    with closing(sqlite3.connect(store.path)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(len(MIGRATIONS),)]
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        db.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS) + 1,))
+        db.commit()
+    newer = SqliteStore(path)
+    with pytest.raises(RuntimeError, match="newer"):
+        await newer.open()
+    with pytest.raises(RuntimeError, match="not open"):
+        await newer.get_session("s1")
+
+
+async def test_work_runs_on_one_thread_off_the_loop(store: SqliteStore) -> None:
+    seen: set[int] = set()
+
+    def job(db: sqlite3.Connection) -> None:
+        seen.add(threading.get_ident())
+
+    await asyncio.gather(*(store._run(job) for _ in range(20)))
+    assert len(seen) == 1
+    assert threading.get_ident() not in seen
+
+
+async def test_calls_after_close_fail(tmp_path: Path) -> None:
+    closed = SqliteStore(tmp_path / "store.db")
+    await closed.open()
+    await closed.close()
+    await closed.close()  # closing twice is harmless
+    with pytest.raises(RuntimeError, match="not open"):
+        await closed.list_sessions()

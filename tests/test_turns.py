@@ -1,0 +1,65 @@
+"""Endpointing over VAD probabilities: audio time, no sleeping."""
+
+from __future__ import annotations
+
+from sonicgate.engines.local.turns import Cue, Endpointer, TurnOptions, frames
+
+OPTIONS = TurnOptions(silence_ms=480, speculate_ms=160, min_speech_ms=192, onset_ms=64)
+
+
+def run(endpointer: Endpointer, pattern: list[tuple[float, int]]) -> list[tuple[int, Cue]]:
+    """Feed (probability, milliseconds) runs; return (frame index, cue) pairs."""
+    cues = []
+    index = 0
+    for probability, ms in pattern:
+        for _ in range(frames(ms)):
+            cue = endpointer.step(probability)
+            if cue is not None:
+                cues.append((index, cue))
+            index += 1
+    return cues
+
+
+def test_speech_then_silence_ends_the_turn_after_speculating() -> None:
+    cues = run(Endpointer(OPTIONS), [(0.0, 320), (0.9, 800), (0.05, 800)])
+    kinds = [cue for _, cue in cues]
+    assert kinds == [Cue.SPEECH_STARTED, Cue.SPECULATE, Cue.END_OF_TURN]
+    _, speculate, end = (index for index, _ in cues)
+    assert speculate - (10 + 25) == frames(160) - 1
+    assert end - speculate == frames(480) - frames(160)
+
+
+def turn_cues(pattern: list[tuple[float, int]]) -> list[Cue]:
+    return [cue for _, cue in run(Endpointer(OPTIONS), pattern) if cue is not Cue.PARTIAL]
+
+
+def test_a_short_pause_resumes_the_turn() -> None:
+    kinds = turn_cues([(0.9, 640), (0.0, 256), (0.9, 640), (0.0, 800)])
+    assert kinds == [Cue.SPEECH_STARTED, Cue.SPECULATE, Cue.RESUMED, Cue.SPECULATE, Cue.END_OF_TURN]
+
+
+def test_a_click_is_noise_not_a_turn() -> None:
+    kinds = [c for _, c in run(Endpointer(OPTIONS), [(0.9, 96), (0.0, 800)])]
+    assert kinds == [Cue.SPEECH_STARTED, Cue.NOISE]
+
+
+def test_a_single_voiced_frame_does_not_start_a_turn() -> None:
+    assert run(Endpointer(OPTIONS), [(0.9, 32), (0.0, 500)]) == []
+
+
+def test_partials_every_half_second_after_the_first_second() -> None:
+    cues = run(Endpointer(OPTIONS), [(0.9, 2600)])
+    partials = [index for index, cue in cues if cue is Cue.PARTIAL]
+    assert len(partials) == 4
+    assert partials[1] - partials[0] == frames(500)
+
+
+def test_hysteresis_keeps_quieter_speech_in_the_turn() -> None:
+    kinds = turn_cues([(0.9, 320), (0.4, 800), (0.0, 800)])
+    assert kinds == [Cue.SPEECH_STARTED, Cue.SPECULATE, Cue.END_OF_TURN]
+
+
+def test_max_turn_length_forces_an_end() -> None:
+    options = TurnOptions(max_turn_ms=2000)
+    kinds = [c for _, c in run(Endpointer(options), [(0.9, 2500)])]
+    assert Cue.END_OF_TURN in kinds
