@@ -1,7 +1,7 @@
 """Incremental decoding of a connection's audio stream to 16 kHz mono pcm16.
 
 ``webm`` (Opus from MediaRecorder) arrives split across messages and only the
-first carries the header, so a background thread runs PyAV's demuxer over a
+first carries the header, so a background thread runs FFmpeg's demuxer over a
 blocking pipe: chunks go in as they arrive, decoded audio comes out while the
 stream is still open.
 """
@@ -9,30 +9,34 @@ stream is still open.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 
 import av
 
-from sonicgate.audio.formats import RATE, AudioFormatError, check_pcm16, decode_wav
+from sonicgate.audio.formats import RATE, AudioFormatError, check_pcm16, decode_wav, to_pcm16
 
 FORMATS = ("pcm16", "wav", "webm")
 EBML_MAGIC = b"\x1a\x45\xdf\xa3"  # every WebM/Matroska stream starts with it
+FEED_WAIT = 0.25  # seconds ``feed`` waits for the chunk it was given to be decoded
+JOIN_WAIT = 5.0  # seconds ``flush``/``close`` wait for the decoder thread to end
 
 
 class _Pipe:
-    """A file-like object whose ``read`` waits for bytes fed from another thread."""
+    """A file-like object whose ``read`` waits for bytes written from another thread."""
 
     def __init__(self) -> None:
         self._data = bytearray()
         self._closed = False
+        self._reader_waiting = False
         self._cond = threading.Condition()
 
     def write(self, data: bytes) -> None:
         with self._cond:
-            self._data += data
-            self._cond.notify_all()
+            if not self._closed:
+                self._data += data
+                self._cond.notify_all()
 
     def close(self) -> None:
+        """End of stream: ``read`` returns what is left, then ``b""``."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -40,33 +44,49 @@ class _Pipe:
     def read(self, size: int = -1) -> bytes:
         with self._cond:
             while not self._data and not self._closed:
+                self._reader_waiting = True
+                self._cond.notify_all()
                 self._cond.wait()
+            self._reader_waiting = False
             size = len(self._data) if size < 0 else min(size, len(self._data))
             out = bytes(self._data[:size])
             del self._data[:size]
             return out
 
+    def wait_drained(self, timeout: float) -> None:
+        """Wait until the reader has used up every byte and asks for more (or it is closed)."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._closed or (self._reader_waiting and not self._data), timeout
+            )
 
-class _WebmDecoder:
+
+class _WebmStream:
+    """Decodes one WebM/Opus stream on a thread started by the first chunk."""
+
     def __init__(self) -> None:
         self._pipe = _Pipe()
         self._out = bytearray()
         self._lock = threading.Lock()
         self._error: str | None = None
-        self._started = False
-        self._thread = threading.Thread(target=self._run, name="webm-decoder", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
 
     def _run(self) -> None:
         try:
-            with av.open(self._pipe, format="webm", mode="r") as container:
+            with av.open(self._pipe, mode="r", format="webm") as container:
                 resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
                 for frame in container.decode(audio=0):
-                    for converted in resampler.resample(frame):
-                        with self._lock:
-                            self._out += bytes(converted.planes[0])[: converted.samples * 2]
-        except (av.error.FFmpegError, ValueError, IndexError) as exc:
-            self._error = f"could not decode the webm stream: {exc}"
+                    self._emit(to_pcm16(resampler, frame))
+                self._emit(to_pcm16(resampler, None))
+        except Exception as exc:  # the thread's end: every failure goes to the client
+            detail = exc.strerror if isinstance(exc, av.error.FFmpegError) else exc
+            self._error = f"could not decode the webm stream: {detail}"
+        finally:
+            self._pipe.close()  # wakes a waiting ``feed`` and drops later writes
+
+    def _emit(self, pcm: bytes) -> None:
+        with self._lock:
+            self._out += pcm
 
     def _take(self) -> bytes:
         if self._error is not None:
@@ -77,51 +97,53 @@ class _WebmDecoder:
         return out
 
     def feed(self, data: bytes) -> bytes:
-        if not self._started:
-            # Fail fast on garbage: the demuxer would otherwise wait for more bytes.
+        if self._thread is None:
+            if not data:
+                return b""
+            # Fail fast on garbage: the demuxer would otherwise keep waiting for a header.
             if not data.startswith(EBML_MAGIC):
                 raise AudioFormatError("not a webm stream: the first chunk lacks the EBML header")
-            self._started = True
+            self._thread = threading.Thread(target=self._run, name="webm-decoder", daemon=True)
+            self._thread.start()
         self._pipe.write(data)
+        self._pipe.wait_drained(FEED_WAIT)
         return self._take()
 
     def flush(self) -> bytes:
-        self._pipe.close()
-        self._thread.join(timeout=5)
+        self.close()
         return self._take()
 
     def close(self) -> None:
         self._pipe.close()
-
-
-def _pcm16(data: bytes) -> bytes:
-    check_pcm16(data)
-    return data
+        if self._thread is not None:
+            self._thread.join(JOIN_WAIT)
 
 
 class InputDecoder:
+    """One connection's audio in ``audio_format`` -> 16 kHz mono pcm16."""
+
     def __init__(self, audio_format: str) -> None:
-        self.audio_format = audio_format
-        self._webm: _WebmDecoder | None = None
-        self._convert: Callable[[bytes], bytes]
-        if audio_format == "pcm16":
-            self._convert = _pcm16
-        elif audio_format == "wav":
-            self._convert = decode_wav
-        elif audio_format == "webm":
-            self._webm = _WebmDecoder()
-            self._convert = self._webm.feed
-        else:
+        if audio_format not in FORMATS:
             raise AudioFormatError(
                 f"unsupported audio format '{audio_format}'; use one of {', '.join(FORMATS)}"
             )
+        self.audio_format = audio_format
+        self._webm = _WebmStream() if audio_format == "webm" else None
 
     def feed(self, data: bytes) -> bytes:
-        return self._convert(data)
+        """Decode the next chunk; returns the audio decoded so far (maybe ``b""``)."""
+        if self._webm is not None:
+            return self._webm.feed(data)
+        if self.audio_format == "wav":
+            return decode_wav(data)  # each chunk is a whole WAV file
+        check_pcm16(data)
+        return data
 
     def flush(self) -> bytes:
+        """End of stream: the audio still held back."""
         return self._webm.flush() if self._webm is not None else b""
 
     def close(self) -> None:
+        """Stop decoding; ends the decoder thread, if any."""
         if self._webm is not None:
             self._webm.close()

@@ -66,6 +66,13 @@ class LocalModels:
     tts: Synthesizer
     names: tuple[str, ...]
 
+    def warm_up(self) -> None:
+        """Run each model once: first calls pay for allocation and caches."""
+        self.stt.transcribe(bytes(32_000))
+        for _ in self.llm.stream([{"role": "user", "content": "Hi"}], threading.Event(), 1):
+            pass
+        self.tts.synthesize("Ready.")
+
 
 class LocalEngine:
     name = "local"
@@ -90,7 +97,8 @@ class LocalEngine:
             tts=Synthesizer(),
             names=("whisper-tiny.en", paths.llm.stem, "hibari"),
         )
-        log.info("local models loaded in %.1f s", time.perf_counter() - started)
+        models.warm_up()
+        log.info("local models loaded and warmed up in %.1f s", time.perf_counter() - started)
         return cls(models, options)
 
     def capabilities(self) -> Capabilities:

@@ -18,7 +18,7 @@ class TurnOptions:
     """Endpointing knobs, in milliseconds of audio."""
 
     silence_ms: int = 500  # silence that ends a turn
-    speculate_ms: int = 160  # silence after which the answer starts speculatively
+    speculate_ms: int = 96  # silence after which the answer starts speculatively
     min_speech_ms: int = 200  # shorter bursts are noise, not a turn
     onset_ms: int = 64  # speech this long starts a turn (and barges in)
     partial_every_ms: int = 500  # re-decode the growing utterance this often

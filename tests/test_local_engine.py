@@ -1,0 +1,167 @@
+"""The local engine with the real models, on speech made by espeak-ng."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.speech import silence, speak
+from sonicgate.config import default_data_dir
+from sonicgate.engines.base import EngineConfig, EngineError
+from sonicgate.engines.local import LocalEngine
+from sonicgate.events import (
+    AudioOut,
+    EngineEvent,
+    Interrupted,
+    Metrics,
+    ResponseTextFinal,
+    SpeechStarted,
+    TranscriptFinal,
+    TriggerReason,
+    TurnEnded,
+)
+from sonicgate.models import install
+
+pytestmark = pytest.mark.models
+
+CHUNK = 4096 * 2  # the second seed's 4096-sample chunks
+
+
+@pytest.fixture(scope="module")
+def engine() -> LocalEngine:
+    data_dir: Path = default_data_dir()
+    install(data_dir, progress=False)
+    return LocalEngine.load(data_dir)
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def heard(text: str, expected: str) -> bool:
+    """Most of the expected words were recognised (tiny.en on espeak is not perfect)."""
+    got = set(words(text))
+    wanted = words(expected)
+    return sum(word in got for word in wanted) >= 0.75 * len(wanted)
+
+
+async def collect(events: AsyncIterator[EngineEvent], until: type, into: list[EngineEvent]) -> None:
+    async for event in events:
+        into.append(event)
+        if isinstance(event, until):
+            return
+
+
+async def stream(session: object, pcm: bytes, pace: float = 0.0) -> None:
+    for offset in range(0, len(pcm), CHUNK):
+        await session.push_audio(pcm[offset : offset + CHUNK])  # type: ignore[attr-defined]
+        await asyncio.sleep(pace)
+
+
+async def test_a_spoken_turn_gets_a_spoken_reply(engine: LocalEngine) -> None:
+    session = await engine.start(EngineConfig())
+    events: list[EngineEvent] = []
+    reader = asyncio.create_task(collect(session.events(), TurnEnded, events))
+    await stream(session, silence(0.3) + speak("What is the capital of France?") + silence(1.5))
+    await asyncio.wait_for(reader, 60)
+    await session.close()
+
+    assert isinstance(events[0], SpeechStarted)
+    final = next(e for e in events if isinstance(e, TranscriptFinal))
+    assert heard(final.text, "what is the capital of france"), final.text
+    assert final.reason is TriggerReason.SILENCE
+    assert 0.5 < final.confidence <= 1.0
+    reply = next(e for e in events if isinstance(e, ResponseTextFinal))
+    assert "paris" in words(reply.text)
+    audio = b"".join(e.pcm for e in events if isinstance(e, AudioOut))
+    assert all(e.sample_rate == 24_000 for e in events if isinstance(e, AudioOut))
+    samples = np.frombuffer(audio, dtype="<i2").astype(np.float32) / 32768
+    assert len(samples) > 24_000 * 0.5
+    rms_dbfs = 20 * np.log10(np.sqrt(np.mean(samples**2)))
+    assert rms_dbfs > -30, rms_dbfs  # audible, not a whisper
+    metrics = next(e for e in events if isinstance(e, Metrics))
+    assert set(metrics.stages) >= {"endpoint", "transcript", "llm_first_token", "first_audio"}
+
+
+async def test_speech_during_the_reply_interrupts_it(engine: LocalEngine) -> None:
+    session = await engine.start(
+        EngineConfig(system_prompt="You are a storyteller. Tell long, detailed stories.")
+    )
+    events: list[EngineEvent] = []
+    await session.push_text("Tell me a long story about a dragon and a knight.")
+    await asyncio.wait_for(collect(session.events(), AudioOut, events), 30)
+    reader = asyncio.create_task(collect(session.events(), Interrupted, events))
+    await stream(session, speak("Stop, please stop.") + silence(0.2))
+    await asyncio.wait_for(reader, 30)
+    ended: list[EngineEvent] = []
+    await asyncio.wait_for(collect(session.events(), TurnEnded, ended), 10)
+    await session.close()
+
+    cut = next(e for e in ended if isinstance(e, ResponseTextFinal))
+    full_stream = "".join(getattr(e, "text", "") for e in events if e.type == "response_text_delta")
+    assert cut.text  # what was spoken before the barge-in is kept ...
+    assert len(cut.text) <= len(full_stream) + 1  # ... and nothing that was not sent
+    assert isinstance(ended[-1], TurnEnded) and ended[-1].interrupted
+
+
+async def test_two_sessions_at_once(engine: LocalEngine) -> None:
+    async def converse(text: str) -> str:
+        session = await engine.start(EngineConfig())
+        events: list[EngineEvent] = []
+        reader = asyncio.create_task(collect(session.events(), TurnEnded, events))
+        await stream(session, speak(text) + silence(1.5), pace=0.05)
+        await asyncio.wait_for(reader, 90)
+        await session.close()
+        return next(e.text for e in events if isinstance(e, TranscriptFinal))
+
+    first, second = await asyncio.gather(
+        converse("What is the capital of Italy?"), converse("Tell me a short joke.")
+    )
+    assert heard(first, "what is the capital of italy"), first
+    assert heard(second, "tell me a short joke"), second
+
+
+async def test_languages_it_cannot_speak_are_refused(engine: LocalEngine) -> None:
+    assert engine.capabilities().languages == ("en-US", "en-GB")
+    with pytest.raises(EngineError) as error:
+        await engine.start(EngineConfig(language="fr-FR"))
+    assert error.value.code == "unsupported_language"
+
+
+async def test_a_recording_with_no_speech_says_so(engine: LocalEngine) -> None:
+    session = await engine.start(EngineConfig())
+    events: list[EngineEvent] = []
+    reader = asyncio.create_task(collect(session.events(), TurnEnded, events))
+    await session.push_utterance(silence(1.0), TriggerReason.VOICE_DATA)
+    await asyncio.wait_for(reader, 30)
+    await session.close()
+    assert any(e.type == "error" and getattr(e, "code", "") == "no_speech" for e in events)
+
+
+async def test_seed_client_talks_to_the_local_engine_through_the_server(
+    engine: LocalEngine, make_server, connect
+) -> None:
+    # Its own executors: the server shuts them down when it stops.
+    server = await make_server({"local": LocalEngine(engine.models)})
+    client = await connect(server.ws())
+    await client.send({"type": "initialize"})
+    ready = await client.recv()
+    assert ready["engine"] == "local"
+    audio = speak("What is the largest ocean?") + silence(1.5)
+    for offset in range(0, len(audio), CHUNK):
+        chunk = base64.b64encode(audio[offset : offset + CHUNK]).decode()
+        await client.send({"type": "audio_chunk", "audio": chunk, "isComplete": False})
+    final, before = await client.until("text_response", within=60)
+    transcript = [m for m in before if m["type"] == "transcription" and m["isFinal"]]
+    assert heard(transcript[0]["text"], "what is the largest ocean"), transcript
+    while not (final["type"] == "text_response" and final["isFinal"]):
+        final = await client.recv(within=60)
+        before.append(final)
+    assert final["text"]
+    assert any(m["type"] == "audio_response" and m["sampleRate"] == 24000 for m in before)
