@@ -7,9 +7,12 @@ cd "$(dirname "$0")/.."
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 find_python() {
-  for candidate in python3.12 "$(pyenv root 2>/dev/null)/versions/"3.12*/bin/python3.12 \
+  # pyenv's shim may exist without a 3.12 selected: try each candidate for real.
+  for candidate in "$(pyenv root 2>/dev/null)/versions/"3.12*/bin/python3.12 python3.12 \
                    /usr/bin/python3.12 /usr/local/bin/python3.12; do
-    if command -v "$candidate" >/dev/null 2>&1; then echo "$candidate"; return; fi
+    if "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; then
+      echo "$candidate"; return
+    fi
   done
   echo "error: Python 3.12 is required (install it with pyenv or your package manager)" >&2
   exit 1

@@ -7,6 +7,7 @@ import io
 import wave
 
 import av
+import numpy as np
 
 from tests.conftest import Client, RunningServer
 from tests.scripted_engine import ScriptedEngine, tone
@@ -166,3 +167,42 @@ async def test_session_end_and_resume(server: RunningServer, connect, scripted) 
     assert resumed["resumed"] is True
     history = scripted.configs[-1].history
     assert [m.text for m in history] == [scripted.transcript, scripted.reply]
+
+
+def webm_opus(seconds: float) -> bytes:
+    """What a browser's MediaRecorder sends: Opus at 48 kHz in WebM."""
+    rate = 48_000
+    samples = np.frombuffer(tone(seconds, rate), dtype="<i2").reshape(1, -1)
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="webm") as container:
+        stream = container.add_stream("libopus", rate=rate)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+async def test_webm_split_across_chunks(server: RunningServer, connect) -> None:
+    client = await connect(server.ws())
+    ready = await start(client, audioFormat="webm")
+    data = webm_opus(2.0)
+    pieces = [data[i : i + 1000] for i in range(0, len(data), 1000)]
+    for number, piece in enumerate(pieces, start=1):
+        await client.send(
+            {
+                "action": "voice_chunk",
+                "sessionId": ready["sessionId"],
+                "data": {
+                    "audioData": base64.b64encode(piece).decode(),
+                    "sequenceNumber": number,
+                    "audioFormat": "webm",
+                    "isFinal": number == len(pieces),
+                },
+            }
+        )
+    response, before = await client.until("voice_response_triggered")
+    # Decoded while streaming: the scripted engine gives a partial per second heard.
+    assert [m for m in before if m["type"] == "voice_transcription_partial"]
+    assert response["data"]["transcription"]

@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 import sqlite3
+import wave
 
 import httpx
 import pytest
@@ -151,3 +152,22 @@ async def test_events_websocket_filters_by_session(server: RunningServer, connec
     assert all(m["sessionId"] == ready["sessionId"] for m in before)
     assert {m["type"] for m in before} <= {"voice_session_event", "voice_transcription_event"}
     json.dumps(response)
+
+
+async def test_each_turn_audio_is_saved_as_wav(server: RunningServer, connect) -> None:
+    client = await connect(server.ws())
+    ready = await initialize(client)
+    await stream_speech(client, 1.0)
+    final, _ = await client.until("text_response")
+    while not final["isFinal"]:
+        final, _ = await client.until("text_response")
+    await client.send({"type": "end_conversation"})
+    await client.until("conversation_ended")
+    folder = server.settings.audio_dir / str(ready["sessionId"])
+    names = sorted(path.name for path in folder.iterdir())
+    assert names == ["00001-assistant.wav", "00001-user.wav"]
+    with wave.open(str(folder / "00001-user.wav")) as user:
+        assert user.getframerate() == 16000
+        assert abs(user.getnframes() - 16000) < 4096
+    with wave.open(str(folder / "00001-assistant.wav")) as reply:
+        assert reply.getframerate() == 24000

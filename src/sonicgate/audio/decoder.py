@@ -74,6 +74,8 @@ class _WebmStream:
     def _run(self) -> None:
         try:
             with av.open(self._pipe, mode="r", format="webm") as container:
+                if not container.streams.audio:
+                    raise AudioFormatError("it has no audio track")
                 resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
                 for frame in container.decode(audio=0):
                     self._emit(to_pcm16(resampler, frame))

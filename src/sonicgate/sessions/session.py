@@ -240,7 +240,7 @@ class LiveSession:
             await self._pump
         if status is not None:
             self.record.status = status
-        await self._persist()
+        await self._assistant_audio()  # saves a reply cut short by the close, then persists
         event = "ended" if status is not None else "detached"
         await self._publish(SESSION_EVENT, {"event": event, "status": str(self.record.status)})
 
