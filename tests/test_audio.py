@@ -62,6 +62,7 @@ def encode(samples: npt.NDArray[np.float32], rate: int, container: str, codec: s
     sink = _Sink()
     with av.open(sink, "w", format=container) as out:
         stream = out.add_stream(codec, rate=rate, layout=layout)
+        assert isinstance(stream, av.AudioStream)
         frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=layout)
         frame.sample_rate = rate
         for packet in [*stream.encode(frame), *stream.encode(None)]:
