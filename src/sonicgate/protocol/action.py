@@ -31,6 +31,7 @@ from sonicgate.protocol.base import (
     get_base64,
     get_bool,
     get_object,
+    get_sequence,
     get_str,
 )
 from sonicgate.store.base import utc_now
@@ -63,13 +64,10 @@ class ActionDialect:
         if action == "voice_session_end":
             return End()
         if action == "voice_chunk":
-            sequence = data.get("sequenceNumber")
-            if sequence is not None and (type(sequence) is not int or sequence < 0):
-                raise ProtocolError("invalid_field", "'sequenceNumber' must be an integer >= 0")
             return AudioIn(
                 data=get_base64(data, "audioData"),
                 audio_format=get_str(data, "audioFormat"),
-                sequence=sequence,
+                sequence=get_sequence(data),
                 end_of_turn=get_bool(data, "isFinal"),
             )
         if action == "voice_data":

@@ -79,6 +79,13 @@ def get_bool(message: JsonObject, key: str) -> bool:
     return value
 
 
+def get_sequence(message: JsonObject) -> int | None:
+    value = message.get("sequenceNumber")
+    if value is not None and (type(value) is not int or value < 0):
+        raise ProtocolError("invalid_field", "'sequenceNumber' must be an integer >= 0")
+    return value
+
+
 def get_base64(message: JsonObject, key: str) -> bytes:
     text = get_str(message, key, required=True)
     assert text is not None

@@ -32,6 +32,7 @@ from sonicgate.protocol.base import (
     SessionView,
     get_base64,
     get_bool,
+    get_sequence,
     get_str,
 )
 from sonicgate.store.base import utc_now
@@ -71,13 +72,10 @@ class TypedDialect:
                 credentials=credentials,
             )
         if kind == "audio_chunk":
-            sequence = message.get("sequenceNumber")
-            if sequence is not None and (type(sequence) is not int or sequence < 0):
-                raise ProtocolError("invalid_field", "'sequenceNumber' must be an integer >= 0")
             return AudioIn(
                 data=get_base64(message, "audio"),
                 audio_format=get_str(message, "audioFormat"),
-                sequence=sequence,
+                sequence=get_sequence(message),
                 end_of_turn=get_bool(message, "isComplete"),
             )
         if kind == "text_message":

@@ -26,7 +26,6 @@ from sonicgate.engines.base import (
     EngineError,
     Message,
     Role,
-    supports_language,
 )
 from sonicgate.engines.local.llm import ChatModel
 from sonicgate.engines.local.stt import Transcriber
@@ -106,13 +105,8 @@ class LocalEngine:
         return Capabilities(LANGUAGES, self.models.names, tts.voices, tts.sample_rate)
 
     async def start(self, config: EngineConfig) -> LocalSession:
+        # The language was checked against capabilities by the session manager.
         capabilities = self.capabilities()
-        if not supports_language(capabilities, config.language):
-            raise EngineError(
-                "unsupported_language",
-                f"the local engine speaks English only ({', '.join(LANGUAGES)}), "
-                f"not '{config.language}'",
-            )
         if config.voice is not None and config.voice not in capabilities.voices:
             raise EngineError(
                 "unknown_voice",
