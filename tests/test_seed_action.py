@@ -34,6 +34,24 @@ async def start(client: Client, **data: object) -> dict[str, object]:
     return await client.recv()
 
 
+async def send_chunks(client: Client, session_id: str, data: bytes, size: int, fmt: str) -> None:
+    """``data`` as numbered voice_chunk messages; the last one ends the turn."""
+    pieces = [data[i : i + size] for i in range(0, len(data), size)]
+    for number, piece in enumerate(pieces, start=1):
+        await client.send(
+            {
+                "action": "voice_chunk",
+                "sessionId": session_id,
+                "data": {
+                    "audioData": base64.b64encode(piece).decode(),
+                    "sequenceNumber": number,
+                    "audioFormat": fmt,
+                    "isFinal": number == len(pieces),
+                },
+            }
+        )
+
+
 async def test_session_initialized_has_the_seed_shape(server: RunningServer, connect) -> None:
     client = await connect(server.ws())
     ready = await start(client)
@@ -55,21 +73,7 @@ async def test_chunks_give_partials_and_a_triggered_response(
     client = await connect(server.ws())
     ready = await start(client)
     session_id = ready["sessionId"]
-    audio = tone(2.0, 16_000)
-    chunks = [audio[i : i + 8192] for i in range(0, len(audio), 8192)]
-    for number, chunk in enumerate(chunks, start=1):
-        await client.send(
-            {
-                "action": "voice_chunk",
-                "sessionId": session_id,
-                "data": {
-                    "audioData": base64.b64encode(chunk).decode(),
-                    "sequenceNumber": number,
-                    "audioFormat": "pcm16",
-                    "isFinal": number == len(chunks),
-                },
-            }
-        )
+    await send_chunks(client, session_id, tone(2.0, 16_000), 8192, "pcm16")
     response, before = await client.until("voice_response_triggered")
     partials = [m for m in before if m["type"] == "voice_transcription_partial"]
     assert partials, before
@@ -187,21 +191,7 @@ def webm_opus(seconds: float) -> bytes:
 async def test_webm_split_across_chunks(server: RunningServer, connect) -> None:
     client = await connect(server.ws())
     ready = await start(client, audioFormat="webm")
-    data = webm_opus(2.0)
-    pieces = [data[i : i + 1000] for i in range(0, len(data), 1000)]
-    for number, piece in enumerate(pieces, start=1):
-        await client.send(
-            {
-                "action": "voice_chunk",
-                "sessionId": ready["sessionId"],
-                "data": {
-                    "audioData": base64.b64encode(piece).decode(),
-                    "sequenceNumber": number,
-                    "audioFormat": "webm",
-                    "isFinal": number == len(pieces),
-                },
-            }
-        )
+    await send_chunks(client, str(ready["sessionId"]), webm_opus(2.0), 1000, "webm")
     response, before = await client.until("voice_response_triggered")
     # Decoded while streaming: the scripted engine gives a partial per second heard.
     assert [m for m in before if m["type"] == "voice_transcription_partial"]

@@ -135,7 +135,8 @@ class LiveSession:
             self.view = _with_sequence(self.view, self._sequencer.last_released)
         for data in ready:
             try:
-                pcm = self._decoder.feed(data)
+                # Off the loop: a webm chunk waits (briefly) for its decoder thread.
+                pcm = await asyncio.to_thread(self._decoder.feed, data)
             except AudioFormatError as exc:
                 raise ProtocolError("audio_format", str(exc)) from exc
             await self._received(pcm)
@@ -232,7 +233,7 @@ class LiveSession:
         held, _ = self._sequencer.drain()
         with contextlib.suppress(AudioFormatError, EngineError):
             for data in held:
-                await self._engine.push_audio(self._decoder.feed(data))
+                await self._engine.push_audio(await asyncio.to_thread(self._decoder.feed, data))
         self._decoder.close()
         await self._engine.close()
         self._pump.cancel()
