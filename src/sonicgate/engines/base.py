@@ -41,7 +41,8 @@ class EngineConfig:
     language: str = "en-US"
     voice: str | None = None
     system_prompt: str = (
-        "You are a helpful voice assistant. Answer in one or two short, plain spoken sentences."
+        "You are a helpful voice assistant. Your words are spoken aloud: answer in one or "
+        "two short, plain sentences, with no code, lists, markdown or emoji."
     )
     history: tuple[Message, ...] = ()
     text_only: bool = False
@@ -66,8 +67,11 @@ class EngineSession(Protocol):
     async def push_text(self, text: str) -> None:
         """A typed user turn."""
 
-    async def end_turn(self, reason: TriggerReason) -> None:
-        """The client says the user turn is complete: answer what was heard."""
+    async def end_turn(self, reason: TriggerReason) -> bool:
+        """The client says the user turn is complete: answer what was heard.
+
+        True when an answer is coming (there was speech not yet answered).
+        """
 
     async def push_utterance(self, pcm: bytes, reason: TriggerReason) -> None:
         """A complete recording of one user turn: answer it as a whole,

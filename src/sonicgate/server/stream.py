@@ -115,6 +115,7 @@ class ClientConnection:
         if isinstance(claimed, str) and claimed != session.session_id:
             raise ProtocolError("unknown_session", f"session '{claimed}' is not open here")
         if isinstance(event, End):
+            await session.finish()
             self._session = None
             await self._manager.close(session, SessionStatus.COMPLETED)
             log.info("session %s ended", session.session_id)

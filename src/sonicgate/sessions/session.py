@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 Send = Callable[[JsonObject], Awaitable[None]]
 BYTES_PER_SECOND = INPUT_SAMPLE_RATE * 2
 KEPT_SEQUENCE_NUMBERS = 64
+LAST_REPLY_TIMEOUT = 20.0  # seconds an ending session waits for its last answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,9 @@ class LiveSession:
         self._user_audio = bytearray()
         self._reply_audio = bytearray()
         self._turn = record.messageCount
+        # finish(): set once the answer to the speech pending at the end went out.
+        self._last_reply = asyncio.Event()
+        self._answering_last = False
         self._pump = asyncio.create_task(self._run_engine(), name=f"engine-{record.sessionId}")
         self.closed = False
         self.last_activity = time.time()  # wall clock: compared with stored timestamps
@@ -193,6 +197,11 @@ class LiveSession:
                 await self._assistant_audio()
         for message in await self._dialect.render(event, self.view):
             await self._send(message)
+        match event:
+            case TranscriptFinal(reason=TriggerReason.SESSION_END):
+                self._answering_last = True
+            case TurnEnded() if self._answering_last:
+                self._last_reply.set()
 
     async def _user_turn(self, text: str) -> None:
         self.context.transcriptionBuffer = text
@@ -225,15 +234,28 @@ class LiveSession:
             BusEvent(channel, self.session_id, self.record.userId, data, utc_now())
         )
 
+    async def finish(self) -> None:
+        """The client ends the session: speech it has not heard answered yet still is."""
+        await self._release_held()
+        if await self._engine.end_turn(TriggerReason.SESSION_END):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._last_reply.wait(), LAST_REPLY_TIMEOUT)
+
+    async def _release_held(self) -> None:
+        """Chunks still waiting for a gap to fill go to the engine as they are."""
+        held, _ = self._sequencer.drain()
+        with contextlib.suppress(AudioFormatError, EngineError):
+            for data in held:
+                pcm = await asyncio.to_thread(self._decoder.feed, data)
+                await self._received(pcm)
+                await self._engine.push_audio(pcm)
+
     async def close(self, status: SessionStatus | None) -> None:
         """Stop the engine; ``status`` ends the session, ``None`` leaves it resumable."""
         if self.closed:
             return
         self.closed = True
-        held, _ = self._sequencer.drain()
-        with contextlib.suppress(AudioFormatError, EngineError):
-            for data in held:
-                await self._engine.push_audio(await asyncio.to_thread(self._decoder.feed, data))
+        await self._release_held()
         self._decoder.close()
         await self._engine.close()
         self._pump.cancel()

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sonicgate.engines.base import (
@@ -29,8 +29,8 @@ from sonicgate.engines.base import (
 )
 from sonicgate.engines.local.llm import ChatModel
 from sonicgate.engines.local.stt import Transcriber
-from sonicgate.engines.local.text import SentenceSplitter
-from sonicgate.engines.local.tts import Synthesizer
+from sonicgate.engines.local.text import SentenceSplitter, before_code
+from sonicgate.engines.local.tts import Synthesizer, load_synthesizer
 from sonicgate.engines.local.turns import FRAME_SAMPLES, Cue, Endpointer, TurnOptions
 from sonicgate.engines.local.vad import SileroVad, VadStream
 from sonicgate.events import (
@@ -47,14 +47,17 @@ from sonicgate.events import (
     TriggerReason,
     TurnEnded,
 )
-from sonicgate.models import locate
+from sonicgate.models import Kind, Selection, locate
 
 log = logging.getLogger(__name__)
 
 FRAME_BYTES = FRAME_SAMPLES * 2
 PREROLL_BYTES = 16_000 * 2 * 3 // 10  # 300 ms kept before the speech onset
-LANGUAGES = ("en-US", "en-GB")  # Whisper tiny.en and hibari speak English only
+# Whisper base hears many languages, but every installed voice (hibari, Piper joe)
+# speaks English only: answering in English would be the silent fallback we refuse.
+LANGUAGES = ("en-US", "en-GB")
 MAX_REPLY_TOKENS = 160
+BARGE_IN_WAIT = 0.15  # seconds to wait for the LLM worker to stop after a barge-in
 
 
 @dataclass(slots=True)
@@ -85,16 +88,22 @@ class LocalEngine:
         self.tts_pool = ThreadPoolExecutor(1, thread_name_prefix="tts")
 
     @classmethod
-    def load(cls, data_dir: Path, options: TurnOptions | None = None) -> LocalEngine:
-        paths = locate(data_dir)
+    def load(
+        cls,
+        data_dir: Path,
+        selection: Selection | None = None,
+        options: TurnOptions | None = None,
+    ) -> LocalEngine:
+        paths = locate(data_dir, selection)
         started = time.perf_counter()
-        log.info("loading local models from %s", data_dir)
+        chosen = tuple(paths.names.values())
+        log.info("loading local models %s from %s", ", ".join(chosen), data_dir)
         models = LocalModels(
             vad=SileroVad(paths.vad),
             stt=Transcriber(paths.stt),
             llm=ChatModel(paths.llm),
-            tts=Synthesizer(),
-            names=("whisper-tiny.en", paths.llm.stem, "hibari"),
+            tts=load_synthesizer(paths.names[Kind.TTS], paths.tts),
+            names=chosen,
         )
         models.warm_up()
         log.info("local models loaded and warmed up in %.1f s", time.perf_counter() - started)
@@ -132,12 +141,27 @@ class Turn:
     held: list[EngineEvent] = field(default_factory=list)
     cancel: threading.Event = field(default_factory=threading.Event)
     task: asyncio.Task[None] | None = None
+    generation: asyncio.Future[None] | None = None  # the LLM worker's job, once queued
     user_text: str = ""
     spoken: list[str] = field(default_factory=list)  # reply text whose audio went out
+    # Estimated client playback, which runs on after the reply is all sent.
+    audio_started: float | None = None
+    audio_seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)
 
     def mark(self, stage: str) -> None:
         self.stages.setdefault(stage, round(time.perf_counter() - self.reference, 4))
+
+    def sent(self, audio: AudioOut) -> None:
+        if self.audio_started is None:
+            self.audio_started = time.perf_counter()
+            self.mark("first_audio")
+        self.audio_seconds += len(audio.pcm) / 2 / audio.sample_rate
+
+    def playing(self) -> bool:
+        """Whether the client is likely still playing the reply (played at real time)."""
+        started = self.audio_started
+        return started is not None and time.perf_counter() < started + self.audio_seconds
 
 
 class LocalSession:
@@ -175,11 +199,12 @@ class LocalSession:
         await self._barge_in()
         self._start_turn(Turn(TriggerReason.TEXT, text=text, committed=True))
 
-    async def end_turn(self, reason: TriggerReason) -> None:
+    async def end_turn(self, reason: TriggerReason) -> bool:
         if not self._endpointer.in_turn:
-            return  # the turn already ended by itself (or nothing was said)
+            return False  # the turn already ended by itself (or nothing was said)
         self._endpointer.reset()
         await self._commit(reason)
+        return True
 
     async def push_utterance(self, pcm: bytes, reason: TriggerReason) -> None:
         await self._barge_in()
@@ -245,11 +270,13 @@ class LocalSession:
         self._utterance.clear()
         turn.mark("endpoint")
         turn.committed = True
+        # A speculative turn began as "silence"; the commit knows the real reason.
+        turn.reason = reason
         held, turn.held = turn.held, []
         for event in held:
-            await self._out.put(event)
-        if any(isinstance(event, AudioOut) for event in held):
-            turn.mark("first_audio")
+            if isinstance(event, TranscriptFinal):
+                event = replace(event, reason=reason)
+            await self._deliver(turn, event)
 
     def _start_turn(self, turn: Turn) -> None:
         if self._partial is not None:
@@ -267,12 +294,23 @@ class LocalSession:
     async def _barge_in(self) -> None:
         """The user spoke (or typed) over the reply: stop it, keep what was said."""
         turn = self._turn
-        if turn is None or not turn.committed or turn.task is None or turn.task.done():
+        if turn is None or not turn.committed or turn.task is None:
             return
+        if turn.task.done():
+            self._turn = None
+            if turn.playing():
+                await self._out.put(Interrupted())  # all sent, not all heard: stop playback
+            return
+        onset = time.perf_counter()
         turn.cancel.set()
         turn.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await turn.task
+        if turn.generation is not None:
+            # The worker sees the cancel at its next token (~30 ms); one queued
+            # behind other sessions' work is dropped unstarted.
+            turn.generation.cancel()
+            await asyncio.wait([turn.generation], timeout=BARGE_IN_WAIT)
         self._turn = None
         if not turn.user_text:
             return  # cut before anything was said back
@@ -280,15 +318,21 @@ class LocalSession:
         self._remember(turn.user_text, spoken)
         await self._out.put(Interrupted())
         await self._out.put(ResponseTextFinal(spoken))
+        await self._out.put(Metrics({"barge_in_stopped": round(time.perf_counter() - onset, 4)}))
         await self._out.put(TurnEnded(interrupted=True))
 
     # The answer -----------------------------------------------------------------
 
     async def _emit(self, turn: Turn, event: EngineEvent) -> None:
         if turn.committed:
-            await self._out.put(event)
+            await self._deliver(turn, event)
         else:
             turn.held.append(event)
+
+    async def _deliver(self, turn: Turn, event: EngineEvent) -> None:
+        if isinstance(event, AudioOut):
+            turn.sent(event)
+        await self._out.put(event)
 
     async def _answer(self, turn: Turn) -> None:
         try:
@@ -324,12 +368,16 @@ class LocalSession:
         splitter = SentenceSplitter()
         reply: list[str] = []
         try:
-            async for delta in self._generate(messages, turn.cancel):
+            async for delta in self._generate(messages, turn):
                 turn.mark("llm_first_token")
+                delta, code = before_code("".join(reply), delta)
                 reply.append(delta)
-                await self._emit(turn, ResponseTextDelta(delta))
+                if delta:
+                    await self._emit(turn, ResponseTextDelta(delta))
                 for piece in splitter.push(delta):
                     await synthesis.put(piece)
+                if code:
+                    break
             for piece in splitter.flush():
                 await synthesis.put(piece)
             await synthesis.put(None)
@@ -341,8 +389,6 @@ class LocalSession:
         await self._emit(turn, ResponseTextFinal(full))
         await self._emit(turn, Metrics(dict(turn.stages)))
         await self._emit(turn, TurnEnded())
-        if self._turn is turn:
-            self._turn = None
 
     async def _speak(self, turn: Turn, pieces: asyncio.Queue[str | None]) -> None:
         tts = self._models.tts
@@ -353,16 +399,13 @@ class LocalSession:
             pcm = await self._run(self._engine.tts_pool, tts.synthesize, piece)
             turn.mark("first_sentence_synthesized")
             await self._emit(turn, AudioOut(pcm, tts.sample_rate))
-            if turn.committed:
-                turn.mark("first_audio")
             turn.spoken.append(piece)
 
-    async def _generate(
-        self, messages: list[dict[str, str]], cancel: threading.Event
-    ) -> AsyncIterator[str]:
+    async def _generate(self, messages: list[dict[str, str]], turn: Turn) -> AsyncIterator[str]:
         """Stream LLM deltas from the model's worker thread."""
         loop = asyncio.get_running_loop()
         deltas: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+        cancel = turn.cancel
 
         def produce() -> None:
             try:
@@ -373,7 +416,7 @@ class LocalSession:
             finally:
                 loop.call_soon_threadsafe(deltas.put_nowait, None)
 
-        loop.run_in_executor(self._engine.llm_pool, produce)
+        turn.generation = loop.run_in_executor(self._engine.llm_pool, produce)
         try:
             while (item := await deltas.get()) is not None:
                 if isinstance(item, BaseException):

@@ -16,6 +16,18 @@ MIN_CLAUSE_WORDS = 4
 FIRST_CLAUSE_WORDS = 2
 FIRST_PIECE_WORDS = 7
 MARKUP = re.compile(r"[*#`_]+")
+CODE_FENCE = "```"
+
+
+def before_code(so_far: str, delta: str) -> tuple[str, bool]:
+    """The part of ``delta`` before a code block opens, and whether one did.
+
+    Code is not speakable: a voice reply ends where a fence opens.
+    """
+    fence = (so_far + delta).find(CODE_FENCE)
+    if fence < 0:
+        return delta, False
+    return delta[: max(fence - len(so_far), 0)], True
 
 
 class SentenceSplitter:

@@ -1,9 +1,18 @@
-"""hibari TTS (24 kHz), its quiet output brought to a normal level."""
+"""Speech synthesis: hibari (24 kHz, the default) or a Piper voice (22.05 kHz).
+
+Both come out at the same loudness, so switching voices does not change the level.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Protocol
+
 import numpy as np
 from hibari import Hibari
+from numpy.typing import NDArray
+
+from sonicgate.models import PIPER_JOE
 
 # hibari alone sits near -27 dBFS RMS, its peaks ~18 dB higher: lift speech to
 # about -16 dBFS RMS and bend the few peaks above the knee (-4 dBFS) smoothly
@@ -15,23 +24,62 @@ KNEE = 10 ** (-4 / 20)
 CEILING = 10 ** (-1 / 20)
 
 
-class Synthesizer:
-    sample_rate = 24_000
-    voices = ("heart",)  # the one voice inside the package (others download: not here)
+class Synthesizer(Protocol):
+    sample_rate: int
+    voices: tuple[str, ...]
+
+    def synthesize(self, text: str) -> bytes:
+        """Mono pcm16 little-endian at ``sample_rate``; empty when there is nothing to say."""
+        ...
+
+
+def level(audio: NDArray[np.float32]) -> bytes:
+    """Float samples to pcm16 at the common speech level, peaks softly limited."""
+    if not audio.size:
+        return b""
+    audio = audio.copy()
+    rms = float(np.sqrt(np.mean(np.square(audio))))
+    if rms > 0:
+        audio *= min(TARGET_RMS / rms, MAX_GAIN)
+    loud = np.abs(audio) > KNEE
+    room = CEILING - KNEE
+    excess = (np.abs(audio[loud]) - KNEE) / room
+    audio[loud] = np.sign(audio[loud]) * (KNEE + room * np.tanh(excess))
+    return (audio * 32767).astype("<i2").tobytes()
+
+
+class HibariSynthesizer:
+    sample_rate: int = 24_000
+    voices: tuple[str, ...] = (
+        "heart",
+    )  # the one voice inside the package (others download: not here)
 
     def __init__(self) -> None:
         self._tts = Hibari(voice="heart", threads=1)
 
     def synthesize(self, text: str) -> bytes:
-        """Mono pcm16 little-endian at ``sample_rate``; empty when there is nothing to say."""
-        audio = np.asarray(self._tts(text), dtype=np.float32)
-        if not audio.size:
+        return level(np.asarray(self._tts(text), dtype=np.float32))
+
+
+class PiperSynthesizer:
+    voices: tuple[str, ...] = ("joe",)
+
+    def __init__(self, model: Path) -> None:
+        from piper import PiperVoice  # an optional package: imported only when chosen
+
+        # Piper's own phonemizer data (espeak-ng, inside the wheel): nothing downloads.
+        self._voice = PiperVoice.load(model)
+        self.sample_rate: int = self._voice.config.sample_rate
+
+    def synthesize(self, text: str) -> bytes:
+        chunks = [chunk.audio_float_array for chunk in self._voice.synthesize(text)]
+        if not chunks:
             return b""
-        rms = float(np.sqrt(np.mean(np.square(audio))))
-        if rms > 0:
-            audio *= min(TARGET_RMS / rms, MAX_GAIN)
-        loud = np.abs(audio) > KNEE
-        room = CEILING - KNEE
-        excess = (np.abs(audio[loud]) - KNEE) / room
-        audio[loud] = np.sign(audio[loud]) * (KNEE + room * np.tanh(excess))
-        return (audio * 32767).astype("<i2").tobytes()
+        return level(np.concatenate(chunks).astype(np.float32))
+
+
+def load_synthesizer(name: str, model: Path) -> Synthesizer:
+    """The synthesizer for a TTS model of the catalog (``sonicgate.models``)."""
+    if name == PIPER_JOE.name:
+        return PiperSynthesizer(model)
+    return HibariSynthesizer()
