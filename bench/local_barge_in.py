@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import sys
@@ -68,6 +69,16 @@ async def next_message(ws: Any, kind: str, within: float = 30) -> dict[str, Any]
                 return message
 
 
+async def until_reply_done(ws: Any) -> None:
+    """Until the whole reply text came (``isFinal``), or a quiet spell if none is due."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(20):
+            while True:
+                message = json.loads(await ws.recv())
+                if message["type"] == "text_response" and message["isFinal"]:
+                    return
+
+
 async def run_trials(url: str, trials: int) -> list[dict[str, Any]]:
     question = silence(0.3) + speak(QUESTION) + silence(0.1)
     interruption = speak(INTERRUPTION)
@@ -88,7 +99,7 @@ async def run_trials(url: str, trials: int) -> list[dict[str, Any]]:
                 heard = time.perf_counter() - mic.speech_sent_at
                 stages = (await next_message(ws, "metrics"))["stages"]
                 # The interruption is itself a question: let its answer finish.
-                await next_message(ws, "metrics")
+                await until_reply_done(ws)
                 trial = {
                     "barge_in_stopped": stages["barge_in_stopped"],
                     "speech_sent_to_interrupted": round(heard, 4),

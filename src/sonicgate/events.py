@@ -110,6 +110,15 @@ class Metrics:
     stages: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens a cloud model counted for the conversation so far (Nova's usageEvent)."""
+
+    type: ClassVar[str] = "usage"
+    input_tokens: int
+    output_tokens: int
+
+
 EngineEvent = (
     SpeechStarted
     | TranscriptPartial
@@ -121,6 +130,7 @@ EngineEvent = (
     | Interrupted
     | Error
     | Metrics
+    | Usage
 )
 Event = SessionStarted | SessionEnded | EngineEvent
 

@@ -25,6 +25,7 @@ from sonicgate.events import (
     TextIn,
     TranscriptFinal,
     TranscriptPartial,
+    Usage,
 )
 from sonicgate.protocol.base import (
     JsonObject,
@@ -139,6 +140,15 @@ class TypedDialect:
                 return [{"type": "interrupted", "sessionId": session_id}]
             case Metrics(stages=stages):
                 return [{"type": "metrics", "sessionId": session_id, "stages": stages}]
+            case Usage(input_tokens=used_in, output_tokens=used_out):
+                return [
+                    {
+                        "type": "usage",
+                        "sessionId": session_id,
+                        "inputTokens": used_in,
+                        "outputTokens": used_out,
+                    }
+                ]
             case Error(code=code, message=text):
                 return [self.error(code, text, session_id)]
         return []

@@ -129,6 +129,10 @@ class LocalEngine:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _since(moment: float) -> float:
+    return round(time.perf_counter() - moment, 4)
+
+
 @dataclass(eq=False)
 class Turn:
     """One answer under way; its output is held until the turn is committed."""
@@ -150,7 +154,7 @@ class Turn:
     stages: dict[str, float] = field(default_factory=dict)
 
     def mark(self, stage: str) -> None:
-        self.stages.setdefault(stage, round(time.perf_counter() - self.reference, 4))
+        self.stages.setdefault(stage, _since(self.reference))
 
     def sent(self, audio: AudioOut) -> None:
         if self.audio_started is None:
@@ -296,20 +300,21 @@ class LocalSession:
         turn = self._turn
         if turn is None or not turn.committed or turn.task is None:
             return
+        onset = time.perf_counter()
         if turn.task.done():
             self._turn = None
-            if turn.playing():
-                await self._out.put(Interrupted())  # all sent, not all heard: stop playback
+            if turn.playing():  # all sent, not all heard: the client stops playback
+                await self._out.put(Interrupted())
+                await self._out.put(Metrics({"barge_in_stopped": _since(onset)}))
             return
-        onset = time.perf_counter()
         turn.cancel.set()
         turn.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await turn.task
         if turn.generation is not None:
-            # The worker sees the cancel at its next token (~30 ms); one queued
-            # behind other sessions' work is dropped unstarted.
-            turn.generation.cancel()
+            # The worker sees the cancel at its next token (~30 ms), or returns at
+            # once when it starts. Not cancelled here: that would only mark the
+            # future done while the thread still ran.
             await asyncio.wait([turn.generation], timeout=BARGE_IN_WAIT)
         self._turn = None
         if not turn.user_text:
@@ -318,7 +323,7 @@ class LocalSession:
         self._remember(turn.user_text, spoken)
         await self._out.put(Interrupted())
         await self._out.put(ResponseTextFinal(spoken))
-        await self._out.put(Metrics({"barge_in_stopped": round(time.perf_counter() - onset, 4)}))
+        await self._out.put(Metrics({"barge_in_stopped": _since(onset)}))
         await self._out.put(TurnEnded(interrupted=True))
 
     # The answer -----------------------------------------------------------------

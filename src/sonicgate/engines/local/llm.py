@@ -14,8 +14,15 @@ class ChatModel:
     """One caller at a time (llama.cpp is not re-entrant): give it one worker thread."""
 
     def __init__(self, path: Path, n_ctx: int = 2048, threads: int = 1) -> None:
-        # One thread beat two here: STT and TTS need the other core at the same time.
-        self._llama = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, verbose=False)
+        # Decoding on one thread beat two: TTS needs the other core at the same time.
+        # The prompt is read on both: nothing else runs between transcript and first token.
+        self._llama = Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_threads=threads,
+            n_threads_batch=2,
+            verbose=False,
+        )
         self.n_ctx = n_ctx
 
     def count_tokens(self, text: str) -> int:

@@ -1,0 +1,150 @@
+"""One engine backed by another: when the first fails, the conversation goes on.
+
+``FallbackEngine`` serves each session from its primary engine. When that
+session reports a fatal error (the service is unreachable, refuses the
+credentials, throttles, or the stream breaks mid-reply), the same
+conversation moves to a session of the backup engine, seeded with the
+history so far; a turn cut by the failure is answered again there. The client
+gets one ``engine_fallback`` notice instead of a dead session.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+from sonicgate.engines.base import (
+    Capabilities,
+    Engine,
+    EngineConfig,
+    EngineError,
+    EngineSession,
+    Message,
+    Role,
+    supports_language,
+)
+from sonicgate.events import (
+    EngineEvent,
+    Error,
+    ResponseTextFinal,
+    TranscriptFinal,
+    TriggerReason,
+)
+
+log = logging.getLogger(__name__)
+
+
+class FallbackEngine:
+    def __init__(self, primary: Engine, backup: Engine) -> None:
+        self.primary = primary
+        self.backup = backup
+        self.name = primary.name
+
+    def capabilities(self) -> Capabilities:
+        return self.primary.capabilities()
+
+    async def start(self, config: EngineConfig) -> FallbackSession:
+        session = FallbackSession(self, config)
+        try:
+            session.current = await self.primary.start(config)
+        except EngineError as exc:
+            if exc.code == "unknown_voice" or not session.can_switch():
+                raise  # the client asked for something the backup cannot do either
+            await session.switch(exc.message)
+        return session
+
+    async def aclose(self) -> None:
+        await self.primary.aclose()
+
+
+class FallbackSession:
+    def __init__(self, engine: FallbackEngine, config: EngineConfig) -> None:
+        self._engine = engine
+        self._config = config
+        self._history: list[Message] = list(config.history)
+        self._unanswered: str | None = None  # a user turn not answered yet
+        self._notices: list[EngineEvent] = []  # to tell the client, first thing
+        self._asked_again: str | None = None  # the backup's echo of it is dropped
+        self.current: EngineSession | None = None
+        self.on_backup = False
+
+    def _session(self) -> EngineSession:
+        if self.current is None:
+            raise EngineError("engine_unavailable", f"{self._engine.name} is not available")
+        return self.current
+
+    async def push_audio(self, pcm: bytes) -> None:
+        await self._session().push_audio(pcm)
+
+    async def push_text(self, text: str) -> None:
+        await self._session().push_text(text)
+
+    async def end_turn(self, reason: TriggerReason) -> bool:
+        return await self._session().end_turn(reason)
+
+    async def push_utterance(self, pcm: bytes, reason: TriggerReason) -> None:
+        await self._session().push_utterance(pcm, reason)
+
+    async def interrupt(self) -> None:
+        await self._session().interrupt()
+
+    async def close(self) -> None:
+        await self._session().close()
+
+    async def events(self) -> AsyncIterator[EngineEvent]:
+        while True:
+            session = self._session()
+            for notice in self._notices:
+                yield notice
+            self._notices.clear()
+            async for event in session.events():
+                if isinstance(event, Error) and event.fatal and self.can_switch():
+                    await self.switch(event.message)
+                    break
+                if isinstance(event, TranscriptFinal) and event.text == self._asked_again:
+                    self._asked_again = None  # the client saw this turn already
+                    continue
+                self._follow(event)
+                yield event
+            else:
+                return  # the session was closed
+
+    def can_switch(self) -> bool:
+        # Never answer in another language than asked: then the failure stands.
+        backup = self._engine.backup.capabilities()
+        return not self.on_backup and supports_language(backup, self._config.language)
+
+    def _follow(self, event: EngineEvent) -> None:
+        """Keep the history the backup will need."""
+        match event:
+            case TranscriptFinal(text=text) if text:
+                self._history.append(Message(Role.USER, text))
+                self._unanswered = text
+            case ResponseTextFinal(text=text):
+                if text:
+                    self._history.append(Message(Role.ASSISTANT, text))
+                self._unanswered = None
+
+    async def switch(self, reason: str) -> None:
+        """Move the conversation to the backup engine, the cut turn with it."""
+        engine = self._engine
+        log.warning("%s failed (%s): continuing on %s", engine.name, reason, engine.backup.name)
+        if self.current is not None:
+            await self.current.close()
+        # The cut turn is asked again: keep it out of the seeded history.
+        history = self._history[:-1] if self._unanswered else self._history
+        # The backup's own voice: the primary's voices are not its own.
+        config = replace(self._config, history=tuple(history), voice=None)
+        self.current = await engine.backup.start(config)
+        self.on_backup = True
+        self._notices.append(
+            Error(
+                "engine_fallback",
+                f"{engine.name} failed ({reason}); the conversation continues on "
+                f"{engine.backup.name}",
+            )
+        )
+        if self._unanswered:
+            self._asked_again = self._unanswered
+            await self.current.push_text(self._unanswered)

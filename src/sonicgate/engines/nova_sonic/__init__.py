@@ -1,0 +1,1 @@
+"""Amazon Nova Sonic / Nova 2 Sonic over Bedrock's bidirectional stream."""

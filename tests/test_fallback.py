@@ -1,0 +1,119 @@
+"""FallbackEngine: a failing primary hands the conversation to the backup, history and all."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sonicgate.engines.base import EngineConfig, EngineError, Message, Role
+from sonicgate.engines.fallback import FallbackEngine
+from sonicgate.events import (
+    EngineEvent,
+    Error,
+    ResponseTextDelta,
+    ResponseTextFinal,
+    TranscriptFinal,
+    TriggerReason,
+    TurnEnded,
+)
+from tests.scripted_engine import ScriptedEngine, ScriptedSession
+
+
+class BreakingEngine(ScriptedEngine):
+    """Answers the first turn, then breaks in the middle of the second reply."""
+
+    name = "breaking"
+    fail_at_start: EngineError | None = None
+
+    async def start(self, config: EngineConfig) -> ScriptedSession:
+        if self.fail_at_start is not None:
+            raise self.fail_at_start
+        session = await super().start(config)
+        turns = 0
+
+        async def respond() -> None:
+            nonlocal turns
+            turns += 1
+            if turns == 1:
+                await ScriptedSession._respond(session)
+                return
+            await session.queue.put(ResponseTextDelta("Half a "))
+            await session.queue.put(Error("stream_error", "connection reset", fatal=True))
+
+        session._respond = respond  # type: ignore[method-assign]
+        return session
+
+
+async def take(events: object, count: int) -> list[EngineEvent]:
+    taken: list[EngineEvent] = []
+    async with asyncio.timeout(5):
+        async for event in events:  # type: ignore[attr-defined]
+            taken.append(event)
+            if len(taken) == count:
+                return taken
+    return taken
+
+
+async def until_turn_ended(stream: object) -> list[EngineEvent]:
+    taken: list[EngineEvent] = []
+    async with asyncio.timeout(5):
+        while True:
+            [event] = await take(stream, 1)
+            taken.append(event)
+            if isinstance(event, TurnEnded):
+                return taken
+
+
+async def test_a_break_mid_reply_moves_the_turn_and_history_to_the_backup() -> None:
+    backup = ScriptedEngine()
+    engine = FallbackEngine(BreakingEngine(), backup)
+    prior = (Message(Role.USER, "earlier question"), Message(Role.ASSISTANT, "earlier answer"))
+    session = await engine.start(EngineConfig(history=prior, voice="tone"))
+    stream = session.events()
+
+    await session.push_audio(bytes(3200))
+    await session.end_turn(TriggerReason.EXPLICIT)
+    first = await until_turn_ended(stream)
+    assert any(isinstance(e, ResponseTextFinal) for e in first)
+
+    await session.push_audio(bytes(3200))
+    await session.end_turn(TriggerReason.EXPLICIT)
+    second = await until_turn_ended(stream)
+    await session.close()
+
+    notices = [e for e in second if isinstance(e, Error)]
+    assert [n.code for n in notices] == ["engine_fallback"]  # one notice, not the raw failure
+    assert "connection reset" in notices[0].message
+    # The cut turn is answered by the backup, without a second transcript of it.
+    assert sum(isinstance(e, TranscriptFinal) for e in second) == 1
+    assert isinstance(second[-2], ResponseTextFinal) and second[-2].text == backup.reply
+    [config] = backup.configs
+    assert config.voice is None  # the backup speaks with its own voice
+    assert [m.text for m in config.history] == [
+        "earlier question",
+        "earlier answer",
+        "hello there gateway",
+        "Hi! How can I help you today?",
+    ]  # the history so far, without the turn being asked again
+    assert backup.texts == ["hello there gateway"]
+
+
+async def test_a_primary_that_cannot_start_hands_over_at_once() -> None:
+    primary = BreakingEngine()
+    primary.fail_at_start = EngineError("access_denied", "the credentials were refused")
+    backup = ScriptedEngine()
+    session = await FallbackEngine(primary, backup).start(EngineConfig())
+    [notice] = await take(session.events(), 1)
+    assert isinstance(notice, Error) and notice.code == "engine_fallback"
+    assert "credentials were refused" in notice.message
+    await session.push_text("hello")
+    assert backup.texts == ["hello"]
+    await session.close()
+
+
+async def test_no_fallback_to_an_engine_that_does_not_speak_the_language() -> None:
+    primary = BreakingEngine()
+    primary.fail_at_start = EngineError("unavailable", "no route to the service")
+    with pytest.raises(EngineError, match="no route"):
+        await FallbackEngine(primary, ScriptedEngine()).start(EngineConfig(language="fr-FR"))
