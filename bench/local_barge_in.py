@@ -30,6 +30,8 @@ from bench.local_latency import percentile, start_server, wait_ready
 from bench.speech import silence, speak
 
 QUESTION = "Tell me a long story about a brave knight and a dragon."
+# Long replies: the barge-in lands while the LLM is still writing.
+STORYTELLER = "You are a storyteller. Tell long, detailed stories."
 INTERRUPTION = "Stop, wait a moment please."
 RESULTS = Path(__file__).parent / "results" / "local_barge_in.json"
 CHUNK = 1024 * 2
@@ -84,7 +86,9 @@ async def run_trials(url: str, trials: int) -> list[dict[str, Any]]:
     interruption = speak(INTERRUPTION)
     results: list[dict[str, Any]] = []
     async with websockets.connect(url, max_size=None) as ws:
-        await ws.send(json.dumps({"type": "initialize", "userId": "bench"}))
+        await ws.send(
+            json.dumps({"type": "initialize", "userId": "bench", "systemPrompt": STORYTELLER})
+        )
         assert (await next_message(ws, "initialized"))["type"] == "initialized"
         mic = Microphone(ws)
         sender = asyncio.create_task(mic.run())
@@ -100,15 +104,18 @@ async def run_trials(url: str, trials: int) -> list[dict[str, Any]]:
                 stages = (await next_message(ws, "metrics"))["stages"]
                 # The interruption is itself a question: let its answer finish.
                 await until_reply_done(ws)
+                # barge_in_stopped: generation was under way; barge_in_playback: the
+                # reply was all sent and only its playback had to stop.
+                [(stage, stopped)] = stages.items()
                 trial = {
-                    "barge_in_stopped": stages["barge_in_stopped"],
+                    "stage": stage,
+                    "stopped": stopped,
                     "speech_sent_to_interrupted": round(heard, 4),
                 }
                 results.append(trial)
                 print(
-                    f"trial {index + 1:2d}: stopped {trial['barge_in_stopped'] * 1000:5.0f} ms "
-                    f"after onset detection; client told {heard * 1000:5.0f} ms after its "
-                    "speech began",
+                    f"trial {index + 1:2d}: {stage} {stopped * 1000:5.0f} ms after onset "
+                    f"detection; client told {heard * 1000:5.0f} ms after its speech began",
                     file=sys.stderr,
                 )
                 await asyncio.sleep(0.5)
@@ -119,14 +126,17 @@ async def run_trials(url: str, trials: int) -> list[dict[str, Any]]:
 
 
 def summarize(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    def spread(values: list[float]) -> dict[str, float]:
+        return {"p50": percentile(values, 50), "p95": percentile(values, 95), "max": max(values)}
+
     summary: dict[str, Any] = {"trials": len(trials)}
-    for name in ("barge_in_stopped", "speech_sent_to_interrupted"):
-        values = [t[name] for t in trials]
-        summary[name] = {
-            "p50": percentile(values, 50),
-            "p95": percentile(values, 95),
-            "max": max(values),
-        }
+    for stage in ("barge_in_stopped", "barge_in_playback"):
+        values = [t["stopped"] for t in trials if t["stage"] == stage]
+        if values:
+            summary[stage] = {"count": len(values), **spread(values)}
+    summary["speech_sent_to_interrupted"] = spread(
+        [t["speech_sent_to_interrupted"] for t in trials]
+    )
     return summary
 
 

@@ -305,7 +305,7 @@ class LocalSession:
             self._turn = None
             if turn.playing():  # all sent, not all heard: the client stops playback
                 await self._out.put(Interrupted())
-                await self._out.put(Metrics({"barge_in_stopped": _since(onset)}))
+                await self._out.put(Metrics({"barge_in_playback": _since(onset)}))
             return
         turn.cancel.set()
         turn.task.cancel()
