@@ -71,14 +71,21 @@ async def next_message(ws: Any, kind: str, within: float = 30) -> dict[str, Any]
                 return message
 
 
-async def until_reply_done(ws: Any) -> None:
-    """Until the whole reply text came (``isFinal``), or a quiet spell if none is due."""
+async def until_reply_played(ws: Any) -> None:
+    """Until the whole reply came (``isFinal`` text) and the client would have played it."""
+    first_audio: float | None = None
+    seconds = 0.0
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(30):
             while True:
                 message = json.loads(await ws.recv())
+                if message["type"] == "audio_response":
+                    first_audio = first_audio or time.perf_counter()
+                    seconds += len(base64.b64decode(message["audio"])) / 2 / message["sampleRate"]
                 if message["type"] == "text_response" and message["isFinal"]:
-                    return
+                    break
+    if first_audio is not None:
+        await asyncio.sleep(max(0.0, first_audio + seconds - time.perf_counter()) + 0.3)
 
 
 async def run_trials(url: str, trials: int) -> list[dict[str, Any]]:
@@ -103,7 +110,7 @@ async def run_trials(url: str, trials: int) -> list[dict[str, Any]]:
                 heard = time.perf_counter() - mic.speech_sent_at
                 stages = (await next_message(ws, "metrics"))["stages"]
                 # The interruption is itself a question: let its answer finish.
-                await until_reply_done(ws)
+                await until_reply_played(ws)
                 # barge_in_stopped: generation was under way; barge_in_playback: the
                 # reply was all sent and only its playback had to stop.
                 [(stage, stopped)] = stages.items()
