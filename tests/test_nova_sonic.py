@@ -1,0 +1,267 @@
+"""The Nova Sonic engine, driven through the real AWS SDK against the wire-level emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sonicgate.engines.base import EngineConfig, EngineError, Message, Role
+from sonicgate.engines.fallback import FallbackEngine
+from sonicgate.engines.nova_sonic.engine import NovaSonicEngine
+from sonicgate.engines.nova_sonic.settings import NOVA_SONIC, NovaSettings
+from sonicgate.events import (
+    AudioOut,
+    EngineEvent,
+    Error,
+    Interrupted,
+    ResponseTextDelta,
+    ResponseTextFinal,
+    TranscriptFinal,
+    TurnEnded,
+    Usage,
+)
+from sonicgate.tools import CURRENT_TIME
+from tests.emulators.nova_sonic import Failure, NovaEmulator, ToolCall, Turn
+from tests.scripted_engine import ScriptedEngine
+
+CREDENTIALS = {"aws_access_key_id": "AKIDEXAMPLE", "aws_secret_access_key": "not-a-secret"}
+CHUNK = 1024 * 2  # 32 ms of 16 kHz pcm16
+
+
+def speech(seconds: float = 0.6) -> bytes:
+    """A loud tone: the emulator hears speech by its energy."""
+    t = np.arange(int(seconds * 16_000)) / 16_000
+    return (np.sin(2 * np.pi * 220 * t) * 9000).astype("<i2").tobytes()
+
+
+def quiet(seconds: float) -> bytes:
+    return bytes(int(seconds * 16_000) * 2)
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[NovaEmulator]:
+    async with NovaEmulator() as running:
+        yield running
+
+
+def nova(emulator: NovaEmulator, **settings: Any) -> NovaSonicEngine:
+    return NovaSonicEngine(
+        NovaSettings(endpoint_uri=emulator.endpoint, ca_file=emulator.ca_file, **settings),
+        (CURRENT_TIME,),
+    )
+
+
+async def say(session: Any, pcm: bytes) -> None:
+    for start in range(0, len(pcm), CHUNK):
+        await session.push_audio(pcm[start : start + CHUNK])
+
+
+async def until(events: AsyncIterator[EngineEvent], kind: type, within: float = 10) -> list:
+    seen: list[EngineEvent] = []
+    async with asyncio.timeout(within):
+        async for event in events:
+            seen.append(event)
+            if isinstance(event, kind):
+                return seen
+    raise AssertionError(f"the events ended before a {kind.__name__}: {seen}")
+
+
+def sent(emulator: NovaEmulator, stream: int = 0) -> list[str]:
+    return [next(iter(event)) for event in emulator.streams[stream].received]
+
+
+async def test_a_conversation_follows_the_grammar_and_maps_every_output(
+    emulator: NovaEmulator,
+) -> None:
+    emulator.script = [Turn("What time is it?", "It is noon.")]
+    history = (Message(Role.USER, "Hi"), Message(Role.ASSISTANT, "Hello!"))
+    session = await nova(emulator).start(
+        EngineConfig(credentials=CREDENTIALS, voice="tiffany", history=history)
+    )
+    events = session.events()
+    await say(session, speech() + quiet(0.6))
+    turn = await until(events, TurnEnded)
+    usage = await until(events, Usage)
+    await session.close()
+
+    assert [type(e) for e in turn if not isinstance(e, AudioOut)] == [
+        TranscriptFinal,
+        ResponseTextDelta,  # SPECULATIVE text, shown early
+        ResponseTextFinal,  # FINAL text, what the history keeps
+        TurnEnded,
+    ]
+    assert turn[0].text == "What time is it?" and turn[-2].text == "It is noon."
+    audio = [e for e in turn if isinstance(e, AudioOut)]
+    assert audio and all(e.sample_rate == 24_000 for e in audio)
+    assert usage[-1].output_tokens > 0
+
+    order = sent(emulator)
+    assert order[:3] == ["sessionStart", "promptStart", "contentStart"]
+    assert order[-3:] == ["contentEnd", "promptEnd", "sessionEnd"]
+    received = emulator.streams[0].received
+    prompt = received[1]["promptStart"]
+    assert prompt["audioOutputConfiguration"]["voiceId"] == "tiffany"
+    assert prompt["toolConfiguration"]["tools"][0]["toolSpec"]["name"] == "getCurrentTime"
+    texts = [e["textInput"]["content"] for e in received if "textInput" in e]
+    assert texts[1:] == ["Hi", "Hello!"]  # the history after the system prompt
+    nova_2 = emulator.session_configs[0]["turnDetectionConfiguration"]
+    assert nova_2 == {"endpointingSensitivity": "MEDIUM"}
+    assert emulator.model_ids == ["amazon.nova-2-sonic-v1:0"]
+
+
+async def test_nova_sonic_v1_gets_no_nova_2_settings(emulator: NovaEmulator) -> None:
+    session = await nova(emulator, model_id=NOVA_SONIC).start(EngineConfig(credentials=CREDENTIALS))
+    await session.close()
+    assert "turnDetectionConfiguration" not in emulator.session_configs[0]
+    assert emulator.model_ids == [NOVA_SONIC]
+
+
+async def test_bad_credentials_are_a_clear_error(emulator: NovaEmulator) -> None:
+    wrong = {**CREDENTIALS, "aws_access_key_id": "AKIDWRONG"}
+    with pytest.raises(EngineError) as error:
+        await nova(emulator).start(EngineConfig(credentials=wrong))
+    assert error.value.code == "access_denied"
+    assert "refused the credentials" in error.value.message
+
+
+async def test_a_tool_runs_and_its_result_goes_back(emulator: NovaEmulator) -> None:
+    emulator.script = [
+        Turn("What time is it in Paris?", "Here: {tool_result}", ToolCall("getCurrentTime",
+             {"timezone": "Europe/Paris"}))
+    ]  # fmt: skip
+    session = await nova(emulator).start(EngineConfig(credentials=CREDENTIALS))
+    events = session.events()
+    await say(session, speech() + quiet(0.6))
+    turn = await until(events, TurnEnded)
+    await session.close()
+    reply = next(e.text for e in turn if isinstance(e, ResponseTextFinal))
+    assert json.loads(reply.removeprefix("Here: "))["timezone"] == "Europe/Paris"
+    [result] = [e for e in emulator.streams[0].received if "toolResult" in e]
+    assert "Europe/Paris" in result["toolResult"]["content"]
+
+
+async def test_speaking_over_the_reply_interrupts_it(emulator: NovaEmulator) -> None:
+    emulator.realtime_output = True
+    emulator.script = [Turn("Tell me a story", "Once upon a time " * 20)]
+    session = await nova(emulator).start(EngineConfig(credentials=CREDENTIALS))
+    events = session.events()
+    await say(session, speech() + quiet(0.6))
+    await until(events, AudioOut)
+    await say(session, speech(0.3))
+    cut = await until(events, TurnEnded)
+    await session.close()
+    assert any(isinstance(e, Interrupted) for e in cut)
+    assert isinstance(cut[-1], TurnEnded) and cut[-1].interrupted
+
+
+async def test_the_stream_rotates_with_the_history_and_nothing_is_said_twice(
+    emulator: NovaEmulator,
+) -> None:
+    emulator.script = [Turn("First question", "First answer."), Turn("Second", "Second answer.")]
+    session = await nova(emulator, rotate_after=0.5).start(EngineConfig(credentials=CREDENTIALS))
+    events = session.events()
+    await say(session, speech() + quiet(0.6))
+    first = await until(events, TurnEnded)
+    await asyncio.sleep(0.6)
+    await say(session, quiet(0.6) + speech() + quiet(0.6))  # quiet first: rotation happens here
+    second = await until(events, TurnEnded)
+    await session.close()
+
+    assert len(emulator.streams) == 2
+    seeded = [e["textInput"]["content"] for e in emulator.streams[1].received if "textInput" in e]
+    assert seeded[1:] == ["First question", "First answer."]
+    finals = [e.text for e in first + second if isinstance(e, ResponseTextFinal)]
+    assert finals == ["First answer.", "Second answer."]
+    assert sent(emulator, 0)[-2:] == ["promptEnd", "sessionEnd"]  # the old one ended cleanly
+    heard = sum("audioInput" in e for stream in emulator.streams for e in stream.received)
+    assert heard == -(-len(speech() + quiet(0.6)) // CHUNK) + -(
+        -len(quiet(0.6) + speech() + quiet(0.6)) // CHUNK
+    )  # every chunk reached one stream or the other: none lost
+
+
+async def test_a_break_mid_reply_continues_on_the_fallback(emulator: NovaEmulator) -> None:
+    emulator.script = [
+        Turn("First question", "First answer."),
+        Turn("Second question", "A long second answer " * 10, fail=Failure(drop_after_chunks=1)),
+    ]
+    backup = ScriptedEngine()
+    session = await FallbackEngine(nova(emulator), backup).start(
+        EngineConfig(credentials=CREDENTIALS)
+    )
+    events = session.events()
+    await say(session, speech() + quiet(0.6))
+    await until(events, TurnEnded)
+    await say(session, speech() + quiet(0.6))
+    second = await until(events, TurnEnded)
+    await session.close()
+
+    notices = [e for e in second if isinstance(e, Error)]
+    assert [n.code for n in notices] == ["engine_fallback"]
+    assert second[-2] == ResponseTextFinal(backup.reply)
+    [config] = backup.configs
+    assert [m.text for m in config.history] == ["First question", "First answer."]
+    assert backup.texts == ["Second question"]  # the cut turn, answered again
+
+
+async def test_a_throttled_stream_continues_on_the_fallback(emulator: NovaEmulator) -> None:
+    emulator.script = [Turn("Hi", "Hello", fail=Failure(exception="throttlingException"))]
+    session = await FallbackEngine(nova(emulator), ScriptedEngine()).start(
+        EngineConfig(credentials=CREDENTIALS)
+    )
+    events = session.events()
+    await say(session, speech() + quiet(0.6))
+    [notice] = await until(events, Error)
+    await session.close()
+    assert notice.code == "engine_fallback" and "throttl" in notice.message.lower()
+
+
+async def test_seed_clients_talk_to_nova_through_sonicgate(
+    emulator: NovaEmulator, make_server, connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first seed's client sends no credentials: the server's own (standard chain) serve.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "server-secret")
+    emulator.script = [Turn("Hello Nova", "Hello from Nova."), Turn("Again", "Hi again.")]
+    server = await make_server({"nova-sonic": nova(emulator)})
+
+    typed = await connect(server.ws())
+    await typed.send(
+        {"type": "initialize", "awsAccessKeyId": "AKIDEXAMPLE", "awsSecretAccessKey": "s3cret"}
+    )
+    assert (await typed.recv())["engine"] == "nova-sonic"
+    for start in range(0, len(speech() + quiet(0.6)), 8192):
+        chunk = (speech() + quiet(0.6))[start : start + 8192]
+        await typed.send({"type": "audio_chunk", "audio": base64.b64encode(chunk).decode()})
+    final, before = await typed.until("text_response", within=10)
+    while not (final["type"] == "text_response" and final["isFinal"]):
+        final = await typed.recv()
+        before.append(final)
+    assert final["text"] == "Hello from Nova."
+    assert any(m["type"] == "transcription" and m["text"] == "Hello Nova" for m in before)
+    assert any(m["type"] == "audio_response" and m["sampleRate"] == 24_000 for m in before)
+
+    action = await connect(server.ws())
+    await action.send(
+        {"action": "voice_session_start", "userId": "u1", "data": {"audioFormat": "pcm16"}}
+    )
+    session_id = (await action.recv())["sessionId"]
+    await action.send(
+        {
+            "action": "voice_chunk",
+            "sessionId": session_id,
+            "data": {
+                "audioData": base64.b64encode(speech()).decode(),
+                "sequenceNumber": 1,
+                "isFinal": True,
+            },
+        }
+    )
+    response, _ = await action.until("voice_response_triggered", within=10)
+    assert response["data"]["aiResponse"] == "Hi again."
+    assert response["data"]["audioResponse"].startswith("data:audio/mp3;base64,")
