@@ -26,6 +26,7 @@ import struct
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ OUTPUT_RATE = 24_000
 SPEECH_RMS = 500.0  # pcm16 RMS: above is speech
 MIN_SPEECH = 0.3  # seconds of speech that make a turn
 END_SILENCE = 0.4  # seconds of silence that end it
+WINDOW = 512  # samples per energy measurement
 MAX_HISTORY = 40_000
 MAX_TEXT_INPUT = 1_000
 
@@ -191,7 +193,10 @@ class NovaStream:
                 content["text"] += text
             case "audioInput":
                 self._open_content(data, "AUDIO")
-                await self._hear(base64.b64decode(data.get("content", "")))
+                pcm = base64.b64decode(data.get("content", ""))
+                if self.emulator.on_audio is not None:
+                    self.emulator.on_audio(pcm)
+                await self._hear(pcm)
             case "toolResult":
                 content = self._open_content(data, "TOOL")
                 content["text"] += str(data.get("content", ""))
@@ -250,21 +255,22 @@ class NovaStream:
             await self.tool_results.put(content["text"])
 
     async def _hear(self, pcm: bytes) -> None:
+        """Energy per 32 ms window, however the audio was cut into events."""
         samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
-        if not samples.size:
-            return
-        seconds = samples.size / 16_000
-        if float(np.sqrt(np.mean(np.square(samples)))) > SPEECH_RMS:
-            self.speech += seconds
-            self.silence = 0.0
-            if self.speech >= MIN_SPEECH / 3 and self._replying():
-                self.barge_in.set()
-        elif self.speech >= MIN_SPEECH:
-            self.silence += seconds
-            if self.silence >= END_SILENCE:
-                self._answer(None)
-        else:
-            self.speech = 0.0
+        for start in range(0, samples.size, WINDOW):
+            window = samples[start : start + WINDOW]
+            seconds = window.size / 16_000
+            if float(np.sqrt(np.mean(np.square(window)))) > SPEECH_RMS:
+                self.speech += seconds
+                self.silence = 0.0
+                if self.speech >= MIN_SPEECH / 3 and self._replying():
+                    self.barge_in.set()
+            elif self.speech >= MIN_SPEECH:
+                self.silence += seconds
+                if self.silence >= END_SILENCE:
+                    self._answer(None)
+            else:
+                self.speech = 0.0
 
     def _replying(self) -> bool:
         return self.answering is not None and not self.answering.done()
@@ -496,6 +502,7 @@ class NovaEmulator:
         self.allowed_keys = {"AKIDEXAMPLE"}
         self.realtime_output = False
         self.max_stream_seconds: float | None = None
+        self.on_audio: Callable[[bytes], None] | None = None  # sees each audioInput (benchmarks)
         self.streams: list[NovaStream] = []
         self.session_configs: list[dict[str, Any]] = []
         self.model_ids: list[str] = []

@@ -132,6 +132,11 @@ class InputDecoder:
         self.audio_format = audio_format
         self._webm = _WebmStream() if audio_format == "webm" else None
 
+    @property
+    def blocking(self) -> bool:
+        """Whether ``feed`` may wait (on the webm decoder thread): then call it off the loop."""
+        return self._webm is not None
+
     def feed(self, data: bytes) -> bytes:
         """Decode the next chunk; returns the audio decoded so far (maybe ``b""``)."""
         if self._webm is not None:

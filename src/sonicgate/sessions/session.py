@@ -139,14 +139,18 @@ class LiveSession:
             self.view = _with_sequence(self.view, self._sequencer.last_released)
         for data in ready:
             try:
-                # Off the loop: a webm chunk waits (briefly) for its decoder thread.
-                pcm = await asyncio.to_thread(self._decoder.feed, data)
+                pcm = await self._decode(data)
             except AudioFormatError as exc:
                 raise ProtocolError("audio_format", str(exc)) from exc
             await self._received(pcm)
             await self._engine.push_audio(pcm)
         if event.end_of_turn:
             await self._engine.end_turn(TriggerReason.EXPLICIT)
+
+    async def _decode(self, data: bytes) -> bytes:
+        if self._decoder.blocking:  # off the loop: a webm chunk waits for its decoder thread
+            return await asyncio.to_thread(self._decoder.feed, data)
+        return self._decoder.feed(data)
 
     async def _received(self, pcm: bytes) -> None:
         self._user_audio += pcm
@@ -246,7 +250,7 @@ class LiveSession:
         held, _ = self._sequencer.drain()
         with contextlib.suppress(AudioFormatError, EngineError):
             for data in held:
-                pcm = await asyncio.to_thread(self._decoder.feed, data)
+                pcm = await self._decode(data)
                 await self._received(pcm)
                 await self._engine.push_audio(pcm)
 

@@ -61,18 +61,20 @@ class _TrustingCRTClient(AWSCRTHTTPClient):
         self._tls_ctx = crt_io.ClientTlsContext(options)
 
 
+def crt_transport(ca_file: str | None = None) -> AWSCRTHTTPClient:
+    """The HTTP/2 transport; one serves every conversation (its connections are pooled)."""
+    return _TrustingCRTClient(ca_file) if ca_file else AWSCRTHTTPClient()
+
+
 async def open_client(
     *,
     region: str,
     endpoint_uri: str | None,
     credentials: AwsCredentials | None,
-    ca_file: str | None,
+    transport: AWSCRTHTTPClient,
 ) -> AsyncBedrockRuntimeClient:
     """A client for one conversation; ``credentials`` None means the standard AWS chain."""
-    overrides: dict[str, Any] = {
-        "region": region,
-        "transport": _TrustingCRTClient(ca_file) if ca_file else AWSCRTHTTPClient(),
-    }
+    overrides: dict[str, Any] = {"region": region, "transport": transport}
     if endpoint_uri:
         overrides["endpoint_uri"] = endpoint_uri
     if credentials is not None:

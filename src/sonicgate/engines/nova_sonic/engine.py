@@ -35,6 +35,7 @@ from sonicgate.engines.nova_sonic.client import (
     NovaStreamError,
     await_response,
     close_stream,
+    crt_transport,
     open_client,
     open_stream,
     receive_events,
@@ -61,10 +62,12 @@ log = logging.getLogger(__name__)
 
 OPEN_TIMEOUT = 15.0  # seconds to resolve credentials, connect and have a stream accepted
 RESPONSE_TIMEOUT = 10.0  # seconds for the service to accept a new stream
+MAX_EVENT_BYTES = 32_000  # one audioInput carries at most 1 s of audio
+MAX_PENDING_BYTES = 30 * 32_000  # 30 s of audio waiting for a stalled stream
 CLOSE_TIMEOUT = 5.0  # seconds for a stream to end politely before it is dropped
 QUIET_BEFORE_ROTATION = 0.5  # seconds of user quiet before a stream may rotate
 ROTATION_GRACE = 45.0  # seconds past rotate_after before rotating mid-speech anyway
-LOUD = 300  # pcm16 RMS (about -40 dBFS): above this the user is probably speaking
+LOUD = 1000  # pcm16 peak (about -30 dBFS): above this the user is probably speaking
 
 
 class NovaSonicEngine:
@@ -96,7 +99,7 @@ class NovaSonicEngine:
         return session
 
     async def aclose(self) -> None:
-        pass  # clients are per session: each closes its own
+        pass  # each session closes its own connection
 
 
 def _credentials(config: EngineConfig) -> AwsCredentials | None:
@@ -111,8 +114,8 @@ def _credentials(config: EngineConfig) -> AwsCredentials | None:
 
 
 def _loud(pcm: bytes) -> bool:
-    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float32)
-    return bool(samples.size) and float(np.sqrt(np.mean(np.square(samples)))) > LOUD
+    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2")
+    return bool(samples.size) and (int(samples.max()) > LOUD or int(samples.min()) < -LOUD)
 
 
 class _Stream:
@@ -137,8 +140,14 @@ class NovaSession:
         self._send_lock = asyncio.Lock()  # one writer: events stay in grammar order
         self._stream: _Stream | None = None
         self._client: Any = None
+        # A connection per conversation: one shared HTTP/2 connection queued every
+        # session's audio behind the others' (p50 2.4 ms -> 23 ms at 10 sessions).
+        self._transport = crt_transport(engine.settings.ca_file)
         self._tasks: set[asyncio.Task[None]] = set()  # tools, old streams ending
-        self._last_loud = 0.0
+        self._quiet_bytes = 0  # audio since the user was last loud
+        self._pending = bytearray()  # audio not yet sent
+        self._audio_waiting = asyncio.Event()
+        self._heard = False  # speech since the last transcript: an answer is due
         self._muted = False  # the client pressed stop: drop the rest of this reply
         self._closed = False
 
@@ -154,7 +163,7 @@ class NovaSession:
                     region=region,
                     endpoint_uri=settings.endpoint_uri,
                     credentials=_credentials(self._config),
-                    ca_file=settings.ca_file,
+                    transport=self._transport,
                 )
                 self._stream = await self._new_stream(self._history)
         except NovaStreamError as exc:
@@ -163,6 +172,7 @@ class NovaSession:
             raise EngineError(
                 "unreachable", f"Nova Sonic did not answer within {OPEN_TIMEOUT:.0f} s"
             ) from exc
+        self._spawn(self._write_audio())
 
     async def _new_stream(self, history: Sequence[Message]) -> _Stream:
         settings = self._settings
@@ -202,18 +212,24 @@ class NovaSession:
     # Input -------------------------------------------------------------------
 
     async def push_audio(self, pcm: bytes) -> None:
+        """Queue audio for the stream's writer: one event per chunk while it keeps up,
+        the chunks that piled up meanwhile together in one event when it does not."""
+        self._writable()
         if _loud(pcm):
-            self._last_loud = time.monotonic()
-        async with self._send_lock:
-            stream = await self._writable()
-            if self._due_for_rotation(stream):
-                stream = await self._rotate(stream)
-            await self._send(stream, grammar.audio_input(stream.prompt, stream.audio, pcm))
+            self._quiet_bytes = 0
+            self._heard = True
+        else:
+            self._quiet_bytes += len(pcm)
+        self._pending += pcm
+        if len(self._pending) > MAX_PENDING_BYTES:  # the stream has stalled: keep the newest
+            del self._pending[: len(self._pending) - MAX_PENDING_BYTES]
+            log.warning("Nova Sonic stream is not keeping up: audio dropped")
+        self._audio_waiting.set()
 
     async def push_text(self, text: str) -> None:
         """A typed turn: an interactive text content (Nova 2 Sonic)."""
         async with self._send_lock:
-            stream = await self._writable()
+            stream = await self._flush_audio()
             self._muted = False
             for event in grammar.text_content(
                 stream.prompt, str(uuid.uuid4()), "USER", text, interactive=True
@@ -223,11 +239,11 @@ class NovaSession:
     async def end_turn(self, reason: TriggerReason) -> bool:
         """Close the audio content (Nova answers what it heard) and open the next one."""
         async with self._send_lock:
-            stream = await self._writable()
+            stream = await self._flush_audio()
             await self._send(stream, grammar.content_end(stream.prompt, stream.audio))
             stream.audio = str(uuid.uuid4())
             await self._send(stream, grammar.audio_start(stream.prompt, stream.audio))
-        return True
+        return self._heard
 
     async def push_utterance(self, pcm: bytes, reason: TriggerReason) -> None:
         await self.push_audio(pcm)
@@ -247,20 +263,43 @@ class NovaSession:
     async def close(self) -> None:
         if self._closed:
             return
+        async with self._send_lock:
+            with contextlib.suppress(EngineError):
+                await self._flush_audio()  # what the client sent last still goes out
         self._closed = True
         for task in self._tasks:
             task.cancel()
         stream, self._stream = self._stream, None
         if stream is not None:
             await self._end(stream)
+        await self._transport.close()
         await self._out.put(None)
 
     # Streams -----------------------------------------------------------------
 
-    async def _writable(self) -> _Stream:
+    def _writable(self) -> _Stream:
         if self._stream is None:
             raise EngineError("engine_unavailable", "the Nova Sonic stream is closed")
         return self._stream
+
+    async def _write_audio(self) -> None:
+        while True:
+            await self._audio_waiting.wait()
+            self._audio_waiting.clear()
+            async with self._send_lock:
+                with contextlib.suppress(EngineError):  # told to the client by _failed
+                    await self._flush_audio()
+
+    async def _flush_audio(self) -> _Stream:
+        """Send the queued audio (the caller holds the send lock); the stream it went to."""
+        stream = self._writable()
+        if self._pending and self._due_for_rotation(stream):
+            stream = await self._rotate(stream)
+        while self._pending:
+            pcm = bytes(self._pending[:MAX_EVENT_BYTES])
+            del self._pending[:MAX_EVENT_BYTES]
+            await self._send(stream, grammar.audio_input(stream.prompt, stream.audio, pcm))
+        return stream
 
     async def _send(self, stream: _Stream, event: NovaEvent) -> None:
         try:
@@ -281,7 +320,7 @@ class NovaSession:
         age = time.monotonic() - stream.opened
         if age < self._settings.rotate_after:
             return False
-        quiet = time.monotonic() - self._last_loud >= QUIET_BEFORE_ROTATION
+        quiet = self._quiet_bytes >= QUIET_BEFORE_ROTATION * 32_000
         calm = quiet and not stream.mapper.replying
         return calm or age >= self._settings.rotate_after + ROTATION_GRACE
 
@@ -336,7 +375,7 @@ class NovaSession:
     async def _deliver(self, event: EngineEvent) -> None:
         match event:
             case TranscriptFinal(text=text):
-                self._muted = False
+                self._muted = self._heard = False
                 if text:
                     self._history.append(Message(Role.USER, text))
             case ResponseTextFinal(text=text) if text:

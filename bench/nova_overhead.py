@@ -1,0 +1,183 @@
+"""What sonicgate adds on the Nova Sonic path, at 1, 10, 50 and 100 sessions.
+
+Three processes on this machine: the Nova Sonic emulator (HTTP/2 + TLS +
+eventstream, ``tests/emulators``), a sonicgate server using the Nova engine
+through the real SDK, and a load generator whose sessions stream audio in
+real time (32 ms chunks, the second seed's dialect). Each chunk carries a
+counter in its low bits; the emulator notes when each counter arrives. The
+added latency of a chunk is its arrival at the emulator minus its send by the
+client (one monotonic clock for all processes), so it counts the client's
+WebSocket hop, sonicgate, the SDK and HTTP/2: an upper bound on what sonicgate
+adds. CPU per session is the server's CPU time over the run, per session.
+Writes ``bench/results/nova_overhead.json``.
+
+    python -m bench.nova_overhead [--levels 1 10 50 100] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import websockets
+
+from bench.local_latency import percentile, wait_ready
+
+RESULTS = Path(__file__).parent / "results" / "nova_overhead.json"
+CHUNK_SAMPLES = 512  # 32 ms at 16 kHz
+CHUNK_SECONDS = CHUNK_SAMPLES / 16_000
+MARK_SAMPLES = 4  # base-256 digits of the counter: too quiet to sound like speech
+
+
+def marked_chunk(counter: int) -> bytes:
+    digits = [(counter >> (8 * i)) & 0xFF for i in range(MARK_SAMPLES)]
+    marks = b"".join(digit.to_bytes(2, "little") for digit in digits)
+    return marks + bytes((CHUNK_SAMPLES - MARK_SAMPLES) * 2)
+
+
+def read_mark(pcm: bytes) -> int:
+    return sum(int.from_bytes(pcm[2 * i : 2 * i + 2], "little") << (8 * i) for i in range(4))
+
+
+def run_emulator(pipe: Connection) -> None:
+    """The emulator's process: reports its endpoint, then the arrival time of each mark."""
+    sys.path.insert(0, str(Path(__file__).parent.parent))
+    from tests.emulators.nova_sonic import NovaEmulator
+
+    arrivals: dict[int, float] = {}
+
+    async def serve() -> None:
+        async with NovaEmulator() as emulator:
+            emulator.on_audio = lambda pcm: arrivals.setdefault(read_mark(pcm), time.monotonic())
+            pipe.send((emulator.endpoint, emulator.ca_file))
+            while True:
+                await asyncio.to_thread(pipe.poll, None)
+                if pipe.recv() == "stop":
+                    pipe.send(arrivals)
+                    return
+                pipe.send(arrivals)
+                arrivals.clear()
+
+    asyncio.run(serve())
+
+
+async def load(url: str, sessions: int, seconds: float, base: int) -> dict[int, float]:
+    """``sessions`` clients streaming for ``seconds``; the send time of every mark."""
+    sends: dict[int, float] = {}
+    ready = asyncio.Barrier(sessions)
+
+    async def client(index: int) -> None:
+        async with websockets.connect(url, max_size=None) as ws:
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "initialize",
+                        "userId": f"bench-{index}",
+                        "awsAccessKeyId": "AKIDEXAMPLE",
+                        "awsSecretAccessKey": "bench-secret",
+                    }
+                )
+            )
+            ready_message = json.loads(await ws.recv())
+            assert ready_message["type"] == "initialized", ready_message
+            await ready.wait()
+            start = time.monotonic() + index * CHUNK_SECONDS / sessions  # spread the sends
+            count = int(seconds / CHUNK_SECONDS)
+            for n in range(count):
+                await asyncio.sleep(max(0.0, start + n * CHUNK_SECONDS - time.monotonic()))
+                mark = base + index * count + n
+                payload = base64.b64encode(marked_chunk(mark)).decode()
+                sends[mark] = time.monotonic()
+                await ws.send(json.dumps({"type": "audio_chunk", "audio": payload}))
+            await asyncio.sleep(0.5)  # the last chunks reach the emulator
+            await ws.send(json.dumps({"type": "end_conversation"}))
+
+    await asyncio.gather(*(client(i) for i in range(sessions)))
+    return sends
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 10, 50, 100])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--port", type=int, default=8767)
+    args = parser.parse_args()
+
+    ours, theirs = multiprocessing.Pipe()
+    emulator = multiprocessing.Process(target=run_emulator, args=(theirs,), daemon=True)
+    emulator.start()
+    endpoint, ca_file = ours.recv()
+    command = [
+        *(sys.executable, "-m", "sonicgate", "serve", "--port", str(args.port)),
+        *("--engine", "nova-sonic", "--nova-fallback", "none", "--log-level", "warning"),
+        *("--nova-endpoint", endpoint, "--nova-ca-file", ca_file),
+    ]
+    server = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    url = f"ws://127.0.0.1:{args.port}/api/nova-sonic/stream"
+    levels: list[dict[str, Any]] = []
+    try:
+        asyncio.run(wait_ready(url))
+        for level, sessions in enumerate(args.levels):
+            assert emulator.pid is not None
+            before = [cpu_seconds(pid) for pid in (server.pid, emulator.pid, os.getpid())]
+            wall_before = time.monotonic()
+            sends = asyncio.run(load(url, sessions, args.seconds, base=level << 24))
+            cpu, emulator_cpu, load_cpu = (
+                cpu_seconds(pid) - used
+                for pid, used in zip((server.pid, emulator.pid, os.getpid()), before, strict=True)
+            )
+            wall = time.monotonic() - wall_before
+            ours.send("report")
+            arrivals: dict[int, float] = ours.recv()
+            added = [(arrivals[m] - sent) * 1000 for m, sent in sends.items() if m in arrivals]
+            result = {
+                "sessions": sessions,
+                "chunks_sent": len(sends),
+                "chunks_arrived": len(added),
+                "added_ms_p50": round(percentile(added, 50), 3),
+                "added_ms_p99": round(percentile(added, 99), 3),
+                "added_ms_max": round(max(added), 3),
+                "server_cpu_percent_per_session": round(100 * cpu / wall / sessions, 3),
+                "server_cpu_percent": round(100 * cpu / wall, 1),
+                # The same 2 cores also run these: a saturated emulator shows up as latency.
+                "emulator_cpu_percent": round(100 * emulator_cpu / wall, 1),
+                "load_generator_cpu_percent": round(100 * load_cpu / wall, 1),
+            }
+            levels.append(result)
+            print(json.dumps(result), file=sys.stderr)
+    finally:
+        server.terminate()
+        server.wait()
+        ours.send("stop")
+        emulator.join(5)
+    report = {
+        "benchmark": "nova_overhead",
+        "machine": {"cores": os.cpu_count()},
+        "chunk_ms": CHUNK_SECONDS * 1000,
+        "seconds_per_level": args.seconds,
+        "target": "p99 added latency <= 5 ms at 100 sessions",
+        "levels": levels,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
