@@ -88,11 +88,15 @@ async def run_turns(url: str, turns: int, chunk_samples: int) -> list[dict[str, 
                     now = time.perf_counter() - start
                     if kind == "transcription" and message["isFinal"]:
                         turn["transcript"] = message["text"]
-                    elif kind == "audio_response" and "first_audio_at" not in turn:
-                        turn["first_audio_at"] = now
+                    elif kind == "audio_response":
+                        turn.setdefault("first_audio_at", now)
+                        audio = base64.b64decode(message["audio"])
+                        turn["audio_seconds"] = (
+                            turn.get("audio_seconds", 0) + len(audio) / 2 / message["sampleRate"]
+                        )
                     elif kind == "text_response" and not message["isFinal"]:
                         reply.append(message["text"])
-                    elif kind == "metrics":
+                    elif kind == "metrics" and "endpoint" in message["stages"]:
                         turn["stages"] = message["stages"]
                         turn["reply"] = "".join(reply).strip()
                         done.set()
@@ -117,7 +121,9 @@ async def run_turns(url: str, turns: int, chunk_samples: int) -> list[dict[str, 
                 f"{turn.get('transcript', '')!r} -> {turn['reply'][:60]!r}",
                 file=sys.stderr,
             )
-            await asyncio.sleep(0.5)
+            # Like a person: the next question once the answer has been heard.
+            played = start + turn["first_audio_at"] + turn["audio_seconds"]
+            await asyncio.sleep(max(0.0, played - time.perf_counter()) + 0.5)
         await ws.send(json.dumps({"type": "end_conversation"}))
     return results
 
