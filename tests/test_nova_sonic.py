@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +14,16 @@ import pytest
 
 from sonicgate.engines.base import EngineConfig, EngineError, Message, Role
 from sonicgate.engines.fallback import FallbackEngine
+from sonicgate.engines.nova_sonic import grammar
+from sonicgate.engines.nova_sonic.client import (
+    AwsCredentials,
+    NovaStreamError,
+    crt_transport,
+    open_client,
+    open_stream,
+    receive_events,
+    send_event,
+)
 from sonicgate.engines.nova_sonic.engine import NovaSonicEngine
 from sonicgate.engines.nova_sonic.settings import NOVA_SONIC, NovaSettings
 from sonicgate.events import (
@@ -268,3 +279,63 @@ async def test_seed_clients_talk_to_nova_through_sonicgate(
     response, _ = await action.until("voice_response_triggered", within=10)
     assert response["data"]["aiResponse"] == "Hi again."
     assert response["data"]["audioResponse"].startswith("data:audio/mp3;base64,")
+
+
+# The emulator checks the grammar like the service --------------------------------
+
+
+async def raw_stream(emulator: NovaEmulator) -> Any:
+    client = await open_client(
+        region="us-east-1",
+        endpoint_uri=emulator.endpoint,
+        credentials=AwsCredentials("AKIDEXAMPLE", "not-a-secret"),
+        transport=crt_transport(emulator.ca_file),
+    )
+    return await open_stream(client, "amazon.nova-2-sonic-v1:0")
+
+
+START = grammar.session_start(max_tokens=100, top_p=0.9, temperature=0.7, endpointing=None)
+
+
+@pytest.mark.parametrize(
+    ("events", "complaint"),
+    [
+        ([grammar.audio_input("p", "a", b"\0\0")], "before sessionStart"),
+        ([START, grammar.audio_start("p", "a")], "unknown promptName"),
+        (
+            [START, grammar.prompt_start("p", "matthew", []),
+             *grammar.text_content("p", "s", "SYSTEM", "Be brief."),
+             *grammar.text_content("p", "h", "ASSISTANT", "Hello")],
+            "first history message must be USER",
+        ),
+        (
+            [START, grammar.prompt_start("p", "matthew", []),
+             *grammar.text_content("p", "s", "SYSTEM", "Be brief."),
+             *grammar.text_content("p", "h", "USER", "x" * 1500)],
+            "over 1 KB",
+        ),
+    ],
+)  # fmt: skip
+async def test_the_emulator_rejects_what_the_service_rejects(
+    emulator: NovaEmulator, events: list[dict[str, Any]], complaint: str
+) -> None:
+    stream = await raw_stream(emulator)
+    for event in events:
+        await send_event(stream, event)
+    with pytest.raises(NovaStreamError) as error:
+        async for _ in receive_events(stream):
+            pass
+    assert error.value.code == "validation" and complaint in error.value.message
+
+
+async def test_session_credentials_are_not_logged(
+    emulator: NovaEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = {**CREDENTIALS, "aws_secret_access_key": "VERY-SECRET-VALUE"}
+    session = await nova(emulator).start(EngineConfig(credentials=secret))
+    await say(session, speech() + quiet(0.6))
+    await until(session.events(), TurnEnded)
+    await session.close()
+    assert "VERY-SECRET-VALUE" not in caplog.text
+    assert "VERY-SECRET-VALUE" not in repr(EngineConfig(credentials=secret))
