@@ -184,6 +184,7 @@ class LocalSession:
         self._last_voiced = time.perf_counter()
         self._turn: Turn | None = None
         self._partial: asyncio.Task[None] | None = None
+        self._partials_resume = 0.0  # no partial transcript before this moment
 
     # Input ----------------------------------------------------------------
 
@@ -248,7 +249,10 @@ class LocalSession:
                 await self._barge_in()
                 await self._out.put(SpeechStarted())
             case Cue.PARTIAL:
-                if self._partial is None or self._partial.done():
+                # At most half the recogniser's time goes to partials: the final
+                # transcript, due any moment, should find it free.
+                idle = self._partial is None or self._partial.done()
+                if idle and time.perf_counter() >= self._partials_resume:
                     self._partial = asyncio.create_task(self._transcribe_partial())
             case Cue.SPECULATE:
                 self._start_turn(
@@ -452,9 +456,12 @@ class LocalSession:
 
     async def _transcribe_partial(self) -> None:
         pcm = bytes(self._utterance)
+        started = time.perf_counter()
         transcript = await self._run(
             self._engine.stt_pool, self._models.stt.transcribe, pcm, self._language
         )
+        finished = time.perf_counter()
+        self._partials_resume = finished + (finished - started)
         if self._endpointer.in_turn and transcript.text.strip():
             await self._out.put(TranscriptPartial(transcript.text.strip(), transcript.confidence))
 
