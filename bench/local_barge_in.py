@@ -18,22 +18,19 @@ import asyncio
 import base64
 import contextlib
 import json
-import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import websockets
 
-from bench.local_latency import percentile, start_server, wait_ready
+from bench.harness import measure, percentile, write_results
 from bench.speech import silence, speak
 
 QUESTION = "Tell me a long story about a brave knight and a dragon."
 # Long replies: the barge-in lands while the LLM is still writing.
 STORYTELLER = "You are a storyteller. Tell long, detailed stories."
 INTERRUPTION = "Stop, wait a moment please."
-RESULTS = Path(__file__).parent / "results" / "local_barge_in.json"
 CHUNK = 1024 * 2
 
 
@@ -155,28 +152,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--port", type=int, default=8766)
     args = parser.parse_args()
-    server = None
-    url = args.url
-    if url is None:
-        server = start_server(args.port)
-        url = f"ws://127.0.0.1:{args.port}/api/nova-sonic/stream"
-    try:
-        asyncio.run(wait_ready(url))
-        trials = asyncio.run(run_trials(url, args.trials))
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait()
-    result = {
-        "benchmark": "local_barge_in",
-        "machine": {"cores": os.cpu_count()},
-        "target_seconds": 0.2,
-        "summary": summarize(trials),
-        "trials": trials,
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["summary"], indent=2))
+    trials = measure(args.url, args.port, lambda url: run_trials(url, args.trials))
+    write_results("local_barge_in", summarize(trials), target_seconds=0.2, trials=trials)
 
 
 if __name__ == "__main__":

@@ -16,16 +16,14 @@ import argparse
 import asyncio
 import base64
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import websockets
 
+from bench.harness import measure, percentile, write_results
 from bench.speech import silence, speak
 
 UTTERANCES = [
@@ -52,13 +50,6 @@ UTTERANCES = [
     "What is the largest ocean?",
     "How do plants make food?",
 ]
-RESULTS = Path(__file__).parent / "results" / "local_latency.json"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 async def run_turns(url: str, turns: int, chunk_samples: int) -> list[dict[str, Any]]:
@@ -144,33 +135,6 @@ def summarize(turns: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def start_server(port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "sonicgate",
-        "serve",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
-    return subprocess.Popen(command, env=env)
-
-
-async def wait_ready(url: str, within: float = 120) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            async with websockets.connect(url):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.5)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -180,28 +144,13 @@ def main() -> None:
     parser.add_argument("--chunk-samples", type=int, default=1024, help="client chunk size")
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
-    server = None
-    url = args.url
-    if url is None:
-        server = start_server(args.port)
-        url = f"ws://127.0.0.1:{args.port}/api/nova-sonic/stream"
-    try:
-        asyncio.run(wait_ready(url))
-        turns = asyncio.run(run_turns(url, args.turns, args.chunk_samples))
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait()
-    result = {
-        "benchmark": "local_latency",
-        "machine": {"cores": os.cpu_count()},
-        "client_chunk_samples": args.chunk_samples,
-        "summary": summarize(turns),
-        "turns": turns,
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["summary"], indent=2))
+    turns = measure(args.url, args.port, lambda url: run_turns(url, args.turns, args.chunk_samples))
+    write_results(
+        "local_latency",
+        summarize(turns),
+        client_chunk_samples=args.chunk_samples,
+        turns=turns,
+    )
 
 
 if __name__ == "__main__":

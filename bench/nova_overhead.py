@@ -31,9 +31,8 @@ from typing import Any
 
 import websockets
 
-from bench.local_latency import percentile, wait_ready
+from bench.harness import percentile, wait_ready, write_results
 
-RESULTS = Path(__file__).parent / "results" / "nova_overhead.json"
 CHUNK_SAMPLES = 512  # 32 ms at 16 kHz
 CHUNK_SECONDS = CHUNK_SAMPLES / 16_000
 MARK_SAMPLES = 4  # base-256 digits of the counter: too quiet to sound like speech
@@ -58,7 +57,11 @@ def run_emulator(pipe: Connection) -> None:
 
     async def serve() -> None:
         async with NovaEmulator() as emulator:
-            emulator.on_audio = lambda pcm: arrivals.setdefault(read_mark(pcm), time.monotonic())
+
+            def arrived(pcm: bytes) -> None:
+                arrivals.setdefault(read_mark(pcm), time.monotonic())
+
+            emulator.on_audio = arrived
             pipe.send((emulator.endpoint, emulator.ca_file))
             while True:
                 await asyncio.to_thread(pipe.poll, None)
@@ -167,16 +170,13 @@ def main() -> None:
         server.wait()
         ours.send("stop")
         emulator.join(5)
-    report = {
-        "benchmark": "nova_overhead",
-        "machine": {"cores": os.cpu_count()},
-        "chunk_ms": CHUNK_SECONDS * 1000,
-        "seconds_per_level": args.seconds,
-        "target": "p99 added latency <= 5 ms at 100 sessions",
-        "levels": levels,
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    write_results(
+        "nova_overhead",
+        {"levels": levels},
+        chunk_ms=CHUNK_SECONDS * 1000,
+        seconds_per_level=args.seconds,
+        target="p99 added latency <= 5 ms at 100 sessions",
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ def speak(text: str, voice: str = "en-us", words_per_minute: int = 165) -> bytes
     loud = np.flatnonzero(np.abs(audio) > 0.01)
     if loud.size:
         audio = audio[loud[0] : loud[-1] + 1]
-    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    pcm: bytes = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    return pcm
 
 
 def silence(seconds: float) -> bytes:
