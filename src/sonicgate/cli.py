@@ -227,5 +227,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         # Let oversize messages reach us so the client gets a protocol error, not a 1009 close.
         ws_max_size=settings.max_message_bytes * 4,
+        # Base64 audio hardly compresses: deflate per message would only cost CPU.
+        ws_per_message_deflate=False,
     )
     return 0

@@ -14,7 +14,7 @@ MIN_CLAUSE_WORDS = 4
 # The first piece decides when audio starts: cut it sooner, at a short clause
 # or, failing punctuation, after a few words.
 FIRST_CLAUSE_WORDS = 2
-FIRST_PIECE_WORDS = 4
+FIRST_PIECE_WORDS = 7
 MARKUP = re.compile(r"[*#`_]+")
 CODE_FENCE = "```"
 
