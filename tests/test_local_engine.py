@@ -212,3 +212,15 @@ async def test_the_optional_models_hold_a_conversation() -> None:
 
 def choice_names(choice: Selection) -> tuple[str, ...]:
     return tuple(name for name in (choice.stt, choice.llm, choice.tts) if name)
+
+
+async def test_text_only_mode_answers_in_words_alone(engine: LocalEngine) -> None:
+    session = await engine.start(EngineConfig(text_only=True))
+    events: list[EngineEvent] = []
+    reader = asyncio.create_task(collect(session.events(), TurnEnded, events))
+    await session.push_text("What is the capital of France?")
+    await asyncio.wait_for(reader, 60)
+    await session.close()
+    reply = next(e for e in events if isinstance(e, ResponseTextFinal))
+    assert "paris" in words(reply.text)
+    assert not any(isinstance(e, AudioOut) for e in events)

@@ -171,6 +171,22 @@ async def test_speaking_over_the_reply_interrupts_it(emulator: NovaEmulator) -> 
     assert isinstance(cut[-1], TurnEnded) and cut[-1].interrupted
 
 
+async def test_a_typed_turn_in_text_only_mode_gets_words_and_no_audio(
+    emulator: NovaEmulator,
+) -> None:
+    emulator.script = [Turn("(typed)", "Typed answer.")]
+    session = await nova(emulator).start(EngineConfig(credentials=CREDENTIALS, text_only=True))
+    events = session.events()
+    await session.push_text("What is new?")
+    turn = await until(events, TurnEnded)
+    await session.close()
+    assert turn[0] == TranscriptFinal("What is new?", 1.0, turn[0].reason)
+    assert ResponseTextFinal("Typed answer.") in turn
+    assert not any(isinstance(e, AudioOut) for e in turn)
+    typed = [e for e in emulator.streams[0].received if "contentStart" in e][-1]
+    assert typed["contentStart"]["interactive"] and typed["contentStart"]["role"] == "USER"
+
+
 async def test_the_stream_rotates_with_the_history_and_nothing_is_said_twice(
     emulator: NovaEmulator,
 ) -> None:

@@ -49,6 +49,7 @@ from sonicgate.engines.nova_sonic.settings import (
     NovaSettings,
 )
 from sonicgate.events import (
+    AudioOut,
     EngineEvent,
     Error,
     Interrupted,
@@ -382,6 +383,8 @@ class NovaSession:
                 self._history.append(Message(Role.ASSISTANT, text))
         if self._muted and event.type in ("audio_out", "response_text_delta"):
             return
+        if self._config.text_only and isinstance(event, AudioOut):
+            return  # Nova always speaks; a text-only client gets the words alone
         await self._out.put(event)
 
     async def _failed(self, code: str, message: str) -> None:
