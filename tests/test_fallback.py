@@ -117,3 +117,29 @@ async def test_no_fallback_to_an_engine_that_does_not_speak_the_language() -> No
     primary.fail_at_start = EngineError("unavailable", "no route to the service")
     with pytest.raises(EngineError, match="no route"):
         await FallbackEngine(primary, ScriptedEngine()).start(EngineConfig(language="fr-FR"))
+
+
+async def test_input_to_a_failed_engine_goes_to_the_backup_at_once() -> None:
+    primary = BreakingEngine()
+    backup = ScriptedEngine()
+    session = await FallbackEngine(primary, backup).start(EngineConfig())
+    stream = session.events()
+    failed = primary_session(session)
+
+    async def dead(pcm: bytes) -> None:
+        raise EngineError("engine_unavailable", "the stream is closed")
+
+    failed.push_audio = dead  # type: ignore[method-assign]
+    await session.push_audio(bytes(3200))  # not lost: the backup hears it
+    await session.end_turn(TriggerReason.EXPLICIT)
+    turn = await until_turn_ended(stream)
+    await session.close()
+    assert [e.code for e in turn if isinstance(e, Error)] == ["engine_fallback"]
+    assert isinstance(turn[-2], ResponseTextFinal) and turn[-2].text == backup.reply
+    assert next(e for e in turn if isinstance(e, TranscriptFinal)).audio_seconds == 0.1
+
+
+def primary_session(session: object) -> ScriptedSession:
+    current = session.current  # type: ignore[attr-defined]
+    assert isinstance(current, ScriptedSession)
+    return current

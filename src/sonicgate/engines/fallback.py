@@ -11,7 +11,7 @@ gets one ``engine_fallback`` notice instead of a dead session.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
 from sonicgate.engines.base import (
@@ -74,20 +74,31 @@ class FallbackSession:
             raise EngineError("engine_unavailable", f"{self._engine.name} is not available")
         return self.current
 
+    async def _call[T](self, action: Callable[[EngineSession], Awaitable[T]]) -> T:
+        """Input to the current engine; one that has failed hands over at once, so
+        input arriving before its failure event is read is not lost."""
+        try:
+            return await action(self._session())
+        except EngineError as exc:
+            if not self.can_switch():
+                raise
+            await self.switch(exc.message)
+            return await action(self._session())
+
     async def push_audio(self, pcm: bytes) -> None:
-        await self._session().push_audio(pcm)
+        await self._call(lambda session: session.push_audio(pcm))
 
     async def push_text(self, text: str) -> None:
-        await self._session().push_text(text)
+        await self._call(lambda session: session.push_text(text))
 
     async def end_turn(self, reason: TriggerReason) -> bool:
-        return await self._session().end_turn(reason)
+        return await self._call(lambda session: session.end_turn(reason))
 
     async def push_utterance(self, pcm: bytes, reason: TriggerReason) -> None:
-        await self._session().push_utterance(pcm, reason)
+        await self._call(lambda session: session.push_utterance(pcm, reason))
 
     async def interrupt(self) -> None:
-        await self._session().interrupt()
+        await self._call(lambda session: session.interrupt())
 
     async def close(self) -> None:
         await self._session().close()
@@ -99,6 +110,8 @@ class FallbackSession:
                 yield notice
             self._notices.clear()
             async for event in session.events():
+                if session is not self.current:
+                    break  # the input side already moved to the backup
                 if isinstance(event, Error) and event.fatal and self.can_switch():
                     await self.switch(event.message)
                     break
@@ -107,7 +120,7 @@ class FallbackSession:
                     continue
                 self._follow(event)
                 yield event
-            else:
+            if session is self.current:
                 return  # the session was closed
 
     def can_switch(self) -> bool:
@@ -128,6 +141,8 @@ class FallbackSession:
 
     async def switch(self, reason: str) -> None:
         """Move the conversation to the backup engine, the cut turn with it."""
+        if self.on_backup:
+            return
         engine = self._engine
         log.warning("%s failed (%s): continuing on %s", engine.name, reason, engine.backup.name)
         if self.current is not None:
