@@ -167,9 +167,10 @@ class NovaSession:
                     transport=self._transport,
                 )
                 self._stream = await self._new_stream(self._history)
-        except NovaStreamError as exc:
-            raise EngineError(exc.code, f"Nova Sonic: {exc.message}") from exc
-        except TimeoutError as exc:
+        except (NovaStreamError, TimeoutError) as exc:
+            await self._transport.close()
+            if isinstance(exc, NovaStreamError):
+                raise EngineError(exc.code, f"Nova Sonic: {exc.message}") from exc
             raise EngineError(
                 "unreachable", f"Nova Sonic did not answer within {OPEN_TIMEOUT:.0f} s"
             ) from exc
