@@ -27,6 +27,7 @@ from sonicgate.events import (
     TurnEnded,
 )
 from sonicgate.models import Selection, install
+from tests.test_metrics import scrape
 
 pytestmark = pytest.mark.models
 
@@ -186,6 +187,10 @@ async def test_seed_client_talks_to_the_local_engine_through_the_server(
         before.append(final)
     assert final["text"]
     assert any(m["type"] == "audio_response" and m["sampleRate"] == 24000 for m in before)
+    await client.until("metrics")
+    seen = await scrape(server)
+    voice_to_voice = (("engine", "local"), ("stage", "first_audio"))
+    assert seen[("sonicgate_turn_stage_seconds_count", voice_to_voice)] == 1
 
 
 async def test_the_optional_models_hold_a_conversation() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -19,6 +19,8 @@ from sonicgate import __version__
 from sonicgate.bus.memory import MemoryBus
 from sonicgate.config import Settings
 from sonicgate.engines.base import Engine
+from sonicgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from sonicgate.metrics import GatewayMetrics
 from sonicgate.server.stream import ClientConnection
 from sonicgate.sessions.manager import Limits, SessionManager
 from sonicgate.sessions.session import Services
@@ -29,7 +31,10 @@ from sonicgate.store.sqlite import SqliteStore
 def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqliteStore(settings.store_path)
-    services = Services(store=store, bus=MemoryBus(), audio=FileAudioStore(settings.audio_dir))
+    metrics = GatewayMetrics(lambda: len(manager.live))
+    services = Services(
+        store=store, bus=MemoryBus(), audio=FileAudioStore(settings.audio_dir), metrics=metrics
+    )
     manager = SessionManager(
         engines,
         settings.engine,
@@ -99,6 +104,9 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
         }
         return JSONResponse(body)
 
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
     async def cleanup(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", **await manager.cleanup()})
 
@@ -108,6 +116,7 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
             WebSocketRoute("/api/events", events),
             Route("/api/nova-sonic/status", status),
             Route("/api/nova-sonic/cleanup", cleanup, methods=["GET", "POST"]),
+            Route("/metrics", prometheus),
         ],
         lifespan=lifespan,
     )

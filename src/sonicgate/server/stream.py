@@ -37,6 +37,8 @@ class ClientConnection:
     async def run(self) -> None:
         await self._ws.accept()
         writer = asyncio.create_task(self._write(), name=f"writer-{self.id}")
+        connections = self._manager.services.metrics.connections
+        connections.inc()
         try:
             while True:
                 frame = await self._ws.receive()
@@ -46,6 +48,7 @@ class ClientConnection:
         except WebSocketDisconnect:
             pass
         finally:
+            connections.dec()
             await self._detach()
             await self._outbox.put(None)
             with contextlib.suppress(Exception):
@@ -133,6 +136,7 @@ class ClientConnection:
         dialect = self._dialect or detect({})
         session_id = self._session.session_id if self._session else None
         log.info("client error on %s: %s", self.id, code)
+        self._manager.services.metrics.errors.labels(code).inc()
         await self.send(dialect.error(code, message, session_id))
 
     async def _detach(self) -> None:

@@ -37,7 +37,9 @@ from sonicgate.events import (
     TranscriptPartial,
     TriggerReason,
     TurnEnded,
+    Usage,
 )
+from sonicgate.metrics import GatewayMetrics
 from sonicgate.protocol.base import Dialect, JsonObject, ProtocolError, SessionView
 from sonicgate.sessions.sequencer import Sequencer
 from sonicgate.sessions.state import StateMachine
@@ -63,6 +65,7 @@ class Services:
     store: Store
     bus: Bus
     audio: AudioStore
+    metrics: GatewayMetrics
 
 
 class LiveSession:
@@ -95,6 +98,7 @@ class LiveSession:
         # finish(): set once the answer to the speech pending at the end went out.
         self._last_reply = asyncio.Event()
         self._answering_last = False
+        self._usage: Usage | None = None  # the engine's last running token totals
         self._pump = asyncio.create_task(self._run_engine(), name=f"engine-{record.sessionId}")
         self.closed = False
         self.last_activity = time.time()  # wall clock: compared with stored timestamps
@@ -153,6 +157,7 @@ class LiveSession:
         return self._decoder.feed(data)
 
     async def _received(self, pcm: bytes) -> None:
+        self._services.metrics.audio_in(self.view.engine, len(pcm) / BYTES_PER_SECOND)
         self._user_audio += pcm
         self.record.totalDuration = (self.record.totalDuration or 0.0) + len(pcm) / BYTES_PER_SECOND
 
@@ -167,6 +172,7 @@ class LiveSession:
             await self._on_engine_event(Error("engine_failed", f"the engine failed: {exc}"))
 
     async def _on_engine_event(self, event: EngineEvent) -> None:
+        self._services.metrics.engine_event(self.view.engine, event)
         if self._state.follow(event):
             self.context.processingState = self._state.state
             await self._services.store.put_context(self.context)
@@ -199,6 +205,9 @@ class LiveSession:
                 await self._publish(RESPONSE_EVENT, {"text": text})
             case TurnEnded():
                 await self._assistant_audio()
+            case Usage():
+                self._services.metrics.usage(self.view.engine, self._usage, event)
+                self._usage = event
         for message in await self._dialect.render(event, self.view):
             await self._send(message)
         match event:

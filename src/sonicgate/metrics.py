@@ -1,0 +1,81 @@
+"""Prometheus metrics: what the gateway is doing, and how fast.
+
+One ``GatewayMetrics`` per application (its own registry, so several apps in
+one process, as in tests, do not mix). Live sessions feed it every engine
+event; connections feed it the errors they answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from sonicgate.events import AudioOut, EngineEvent, Error, Metrics, TurnEnded, Usage
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Seconds from the end of user speech: the interesting range is 0.1 to 3 s.
+STAGE_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
+
+
+class GatewayMetrics:
+    def __init__(self, live_sessions: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry()
+        sessions = Gauge(
+            "sonicgate_active_sessions", "Live sessions on this node.", registry=self.registry
+        )
+        sessions.set_function(live_sessions)
+        self.connections = Gauge(
+            "sonicgate_active_connections", "Open client WebSockets.", registry=self.registry
+        )
+        self.turns = Counter(
+            "sonicgate_turns", "Answered turns.", ["engine", "interrupted"], registry=self.registry
+        )
+        self.stages = Histogram(
+            "sonicgate_turn_stage_seconds",
+            "Per-turn stage times from the end of user speech (first_audio: voice to voice).",
+            ["engine", "stage"],
+            buckets=STAGE_BUCKETS,
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "sonicgate_errors", "Errors told to clients, by code.", ["code"], registry=self.registry
+        )
+        self.tokens = Counter(
+            "sonicgate_engine_tokens",
+            "Tokens cloud engines reported.",
+            ["engine", "direction"],
+            registry=self.registry,
+        )
+        self.audio = Counter(
+            "sonicgate_audio_seconds",
+            "Seconds of audio in from clients and out from engines.",
+            ["engine", "direction"],
+            registry=self.registry,
+        )
+
+    def engine_event(self, engine: str, event: EngineEvent) -> None:
+        match event:
+            case Metrics(stages=stages):
+                for stage, seconds in stages.items():
+                    self.stages.labels(engine, stage).observe(seconds)
+            case TurnEnded(interrupted=interrupted):
+                self.turns.labels(engine, str(interrupted).lower()).inc()
+            case Error(code=code):
+                self.errors.labels(code).inc()
+            case AudioOut(pcm=pcm, sample_rate=rate):
+                self.audio.labels(engine, "out").inc(len(pcm) / 2 / rate)
+
+    def usage(self, engine: str, previous: Usage | None, current: Usage) -> None:
+        """Usage events carry running totals: count what is new since the last one."""
+        before = previous or Usage(0, 0)
+        self.tokens.labels(engine, "input").inc(max(0, current.input_tokens - before.input_tokens))
+        self.tokens.labels(engine, "output").inc(
+            max(0, current.output_tokens - before.output_tokens)
+        )
+
+    def audio_in(self, engine: str, seconds: float) -> None:
+        self.audio.labels(engine, "in").inc(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

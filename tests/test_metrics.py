@@ -1,0 +1,48 @@
+"""Prometheus /metrics after real traffic through the server."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import RunningServer
+from tests.scripted_engine import tone
+from tests.test_seed_typed import initialize
+
+
+async def scrape(server: RunningServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        response = await http.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+async def test_metrics_count_sessions_turns_audio_and_errors(
+    server: RunningServer, connect
+) -> None:
+    client = await connect(server.ws())
+    await initialize(client)
+    audio = base64.b64encode(tone(0.5, 16_000)).decode()
+    await client.send({"type": "audio_chunk", "audio": audio, "isComplete": True})
+    await client.until("audio_response")
+    final, _ = await client.until("text_response")
+    while not final["isFinal"]:
+        final, _ = await client.until("text_response")
+    await client.send("{not json")
+    await client.until("error")
+
+    seen = await scrape(server)
+    assert seen[("sonicgate_active_sessions", ())] == 1
+    assert seen[("sonicgate_active_connections", ())] == 1
+    engine = (("engine", "scripted"),)
+    assert seen[("sonicgate_turns_total", (*engine, ("interrupted", "false")))] >= 1
+    assert seen[("sonicgate_audio_seconds_total", (("direction", "in"), *engine))] == 0.5
+    assert seen[("sonicgate_audio_seconds_total", (("direction", "out"), *engine))] > 0
+    assert seen[("sonicgate_errors_total", (("code", "malformed_json"),))] == 1
