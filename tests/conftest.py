@@ -17,6 +17,7 @@ import websockets
 from sonicgate.config import Settings
 from sonicgate.engines.base import Engine
 from sonicgate.server.app import create_app
+from sonicgate.server.graceful import GracefulServer
 from tests.scripted_engine import ScriptedEngine
 
 
@@ -46,7 +47,7 @@ async def start_server(settings: Settings, engines: dict[str, Engine]) -> Runnin
         ws_max_size=settings.max_message_bytes * 4,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
+    server = GracefulServer(config, app.state.manager)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

@@ -184,6 +184,7 @@ def _serve(args: argparse.Namespace) -> int:
     from sonicgate.engines.local import LocalEngine
     from sonicgate.engines.nova_sonic.engine import NovaSonicEngine
     from sonicgate.server.app import create_app
+    from sonicgate.server.graceful import GracefulServer
     from sonicgate.tools import DEFAULT_TOOLS
 
     logging.basicConfig(
@@ -220,7 +221,7 @@ def _serve(args: argparse.Namespace) -> int:
         "nova-sonic": nova if args.nova_fallback == "none" else FallbackEngine(nova, local),
     }
     app = create_app(settings, engines)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -230,4 +231,5 @@ def _serve(args: argparse.Namespace) -> int:
         # Base64 audio hardly compresses: deflate per message would only cost CPU.
         ws_per_message_deflate=False,
     )
+    GracefulServer(config, app.state.manager).run()
     return 0

@@ -50,6 +50,7 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.open()
+        await manager.recover()
         try:
             yield
         finally:

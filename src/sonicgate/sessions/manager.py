@@ -167,6 +167,22 @@ class SessionManager:
         for live in list(self.live.values()):
             await self.close(live, None)
 
+    async def shutdown(self) -> None:
+        """A clean stop: every live session ends COMPLETED, and its client is told."""
+        for live in list(self.live.values()):
+            await self.close(live, SessionStatus.COMPLETED)
+            await live.tell_ended()
+
+    async def recover(self) -> None:
+        """At start: sessions still ACTIVE were cut off by a crash (a clean stop ends
+        them), and their connections are gone."""
+        store = self.services.store
+        for record in await store.list_sessions(SessionStatus.ACTIVE):
+            record.status = SessionStatus.ERROR
+            await store.update_session(record)
+        for connection in await store.list_connections():
+            await store.delete_connection(connection.connectionId)
+
     async def cleanup(self) -> dict[str, int]:
         """End sessions nobody has touched for a while; drop audio past retention."""
         cutoff = time.time() - self.limits.stale_after_seconds

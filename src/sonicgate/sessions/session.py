@@ -263,6 +263,10 @@ class LiveSession:
                 await self._received(pcm)
                 await self._engine.push_audio(pcm)
 
+    async def tell_ended(self) -> None:
+        """Tell the client the session is over (the server is stopping)."""
+        await self._send(self._dialect.ended(self.view))
+
     async def close(self, status: SessionStatus | None) -> None:
         """Stop the engine; ``status`` ends the session, ``None`` leaves it resumable."""
         if self.closed:
