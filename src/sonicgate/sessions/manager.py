@@ -49,10 +49,13 @@ class SessionManager:
         self.services = services
         self.limits = limits
         self.live: dict[str, LiveSession] = {}
+        self.stopping = False  # a clean stop is under way: no new sessions
 
     async def open(
         self, start: Start, connection_id: str, dialect: Dialect, send: Send
     ) -> LiveSession:
+        if self.stopping:
+            raise ProtocolError("server_stopping", "the server is stopping; reconnect shortly")
         name = start.engine or self.default_engine
         engine = self.engines.get(name)
         if engine is None:
@@ -169,6 +172,7 @@ class SessionManager:
 
     async def shutdown(self) -> None:
         """A clean stop: every live session ends COMPLETED, and its client is told."""
+        self.stopping = True
         for live in list(self.live.values()):
             await self.close(live, SessionStatus.COMPLETED)
             await live.tell_ended()
