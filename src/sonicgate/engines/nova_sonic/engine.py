@@ -65,6 +65,7 @@ OPEN_TIMEOUT = 15.0  # seconds to resolve credentials, connect and have a stream
 RESPONSE_TIMEOUT = 10.0  # seconds for the service to accept a new stream
 MAX_EVENT_BYTES = 32_000  # one audioInput carries at most 1 s of audio
 MAX_PENDING_BYTES = 30 * 32_000  # 30 s of audio waiting for a stalled stream
+SEND_TIMEOUT = 5.0  # seconds one input event may take before the stream counts as broken
 CLOSE_TIMEOUT = 5.0  # seconds for a stream to end politely before it is dropped
 QUIET_BEFORE_ROTATION = 0.5  # seconds of user quiet before a stream may rotate
 ROTATION_GRACE = 45.0  # seconds past rotate_after before rotating mid-speech anyway
@@ -305,7 +306,13 @@ class NovaSession:
 
     async def _send(self, stream: _Stream, event: NovaEvent) -> None:
         try:
-            await send_event(stream.raw, event)
+            # Bounded: on a broken stream the SDK buffers a few events, then waits forever.
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await send_event(stream.raw, event)
+        except TimeoutError as exc:
+            stalled = "the stream stopped taking input"
+            await self._failed("stream_error", stalled)
+            raise EngineError("stream_error", f"Nova Sonic: {stalled}") from exc
         except NovaStreamError as exc:
             await self._failed(exc.code, exc.message)
             raise EngineError(exc.code, f"Nova Sonic: {exc.message}") from exc
