@@ -143,18 +143,20 @@ class LiveSession:
             self.view = _with_sequence(self.view, self._sequencer.last_released)
         for data in ready:
             try:
-                pcm = await self._decode(data)
+                await self._forward(data)
             except AudioFormatError as exc:
                 raise ProtocolError("audio_format", str(exc)) from exc
-            await self._received(pcm)
-            await self._engine.push_audio(pcm)
         if event.end_of_turn:
             await self._engine.end_turn(TriggerReason.EXPLICIT)
 
-    async def _decode(self, data: bytes) -> bytes:
+    async def _forward(self, data: bytes) -> None:
+        """Decode one chunk of client audio, count it, and pass it to the engine."""
         if self._decoder.blocking:  # off the loop: a webm chunk waits for its decoder thread
-            return await asyncio.to_thread(self._decoder.feed, data)
-        return self._decoder.feed(data)
+            pcm = await asyncio.to_thread(self._decoder.feed, data)
+        else:
+            pcm = self._decoder.feed(data)
+        await self._received(pcm)
+        await self._engine.push_audio(pcm)
 
     async def _received(self, pcm: bytes) -> None:
         self._services.metrics.audio_in(self.view.engine, len(pcm) / BYTES_PER_SECOND)
@@ -259,9 +261,7 @@ class LiveSession:
         held, _ = self._sequencer.drain()
         with contextlib.suppress(AudioFormatError, EngineError):
             for data in held:
-                pcm = await self._decode(data)
-                await self._received(pcm)
-                await self._engine.push_audio(pcm)
+                await self._forward(data)
 
     async def tell_ended(self) -> None:
         """Tell the client the session is over (the server is stopping)."""
