@@ -29,9 +29,11 @@ find_python() {
   exit 1
 }
 
-if [[ -n "${test:-}" ]] && ! { command -v espeak-ng && command -v sox; } >/dev/null 2>&1; then
-  say "installing espeak-ng and sox (test speech) with apt-get"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox >/dev/null
+# The tests speak with espeak-ng and sox, and drive Debian's Chromium.
+if [[ -n "${test:-}" ]] && ! { command -v espeak-ng && command -v sox && [[ -x /usr/bin/chromium ]]; } >/dev/null 2>&1; then
+  say "installing espeak-ng, sox and chromium (for the tests) with apt-get"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox chromium >/dev/null
 fi
 
 if [[ ! -x .venv/bin/python ]]; then

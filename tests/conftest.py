@@ -14,8 +14,10 @@ import pytest
 import uvicorn
 import websockets
 
-from sonicgate.config import Settings
+from sonicgate.config import Settings, default_data_dir
 from sonicgate.engines.base import Engine
+from sonicgate.engines.local import LocalEngine, LocalModels
+from sonicgate.models import install
 from sonicgate.server.app import create_app
 from sonicgate.server.graceful import GracefulServer
 from tests.scripted_engine import ScriptedEngine
@@ -63,6 +65,14 @@ server_task: dict[int, asyncio.Task[None]] = {}
 async def stop_server(running: RunningServer) -> None:
     running.server.should_exit = True
     await server_task.pop(id(running.server))
+
+
+@pytest.fixture(scope="session")
+def local_models() -> LocalModels:
+    """The default local models, loaded once for every test that needs them."""
+    data_dir = default_data_dir()
+    install(data_dir, progress=False)
+    return LocalEngine.load(data_dir).models
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from bench.speech import silence, speak
 from sonicgate.config import default_data_dir
 from sonicgate.engines.base import EngineConfig, EngineError, supports_language
-from sonicgate.engines.local import LocalEngine
+from sonicgate.engines.local import LocalEngine, LocalModels
 from sonicgate.events import (
     AudioOut,
     EngineEvent,
@@ -35,10 +34,8 @@ CHUNK = 4096 * 2  # the second seed's 4096-sample chunks
 
 
 @pytest.fixture(scope="module")
-def engine() -> LocalEngine:
-    data_dir: Path = default_data_dir()
-    install(data_dir, progress=False)
-    return LocalEngine.load(data_dir)
+def engine(local_models: LocalModels) -> LocalEngine:
+    return LocalEngine(local_models)
 
 
 def words(text: str) -> list[str]:

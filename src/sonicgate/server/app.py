@@ -12,7 +12,8 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sonicgate import __version__
@@ -26,6 +27,7 @@ from sonicgate.sessions.manager import Limits, SessionManager
 from sonicgate.sessions.session import Services
 from sonicgate.store.audio import FileAudioStore
 from sonicgate.store.sqlite import SqliteStore
+from sonicgate.web import STATIC_DIR
 
 
 def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
@@ -118,6 +120,7 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
             Route("/api/nova-sonic/status", status),
             Route("/api/nova-sonic/cleanup", cleanup, methods=["GET", "POST"]),
             Route("/metrics", prometheus),
+            Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="web"),
         ],
         lifespan=lifespan,
     )

@@ -1,0 +1,330 @@
+// The talk page: speaks the second seed's protocol ("type" messages) to
+// /api/nova-sonic/stream, with the microphone in and the replies played out.
+import { Microphone, Player, levelDb } from "./audio.js";
+
+const $ = (id) => document.getElementById(id);
+const SESSION_KEY = "sonicgate.sessionId";
+const SAMPLE_RATE = 16000;
+const VOICE_DB = -45; // a 20 ms frame louder than this counts as speech
+const FRAME = SAMPLE_RATE / 50;
+const RETRY_SECONDS = [0.5, 1, 2, 4, 8];
+
+// Everything the page has seen: shown to people, and read by the browser tests.
+const state = {
+  connection: "connecting",
+  sessionId: sessionStorage.getItem(SESSION_KEY),
+  engine: null,
+  chunksSent: 0,
+  captureRate: null, // the microphone's own rate, before the worklet resamples it
+  chunkSamples: null,
+  audioChunksReceived: 0,
+  interruptions: 0,
+  partials: [],
+  transcripts: [],
+  replies: [],
+  latencies: [],
+  errors: [],
+};
+window.sonicgate = { state };
+
+let socket = null;
+let ready = false;
+let ended = false; // the user ended the conversation: do not reconnect
+let retries = 0;
+let context = null;
+let player = null;
+let microphone = null;
+let lastVoiceAt = null; // performance.now() when the user's speech last ended
+let turn = null; // {from, reply, heard}: the latest user turn and the reply to it
+
+function audio() {
+  if (context === null) {
+    context = new AudioContext();
+    player = new Player(context);
+    window.sonicgate.player = player;
+  }
+  if (context.state === "suspended") context.resume();
+  return context;
+}
+
+// ---- connection ------------------------------------------------------------
+
+function connect() {
+  ended = false;
+  setConnection("connecting", "connecting…");
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  socket = new WebSocket(`${scheme}://${location.host}/api/nova-sonic/stream`);
+  socket.onopen = () => {
+    retries = 0;
+    send({
+      type: "initialize",
+      ...(state.sessionId ? { sessionId: state.sessionId } : {}),
+      ...($("engine").value ? { engine: $("engine").value } : {}),
+      textOnly: $("text-only").checked,
+    });
+  };
+  socket.onmessage = (event) => receive(JSON.parse(event.data));
+  socket.onclose = () => {
+    setReady(false);
+    if (ended) return;
+    const wait = RETRY_SECONDS[Math.min(retries++, RETRY_SECONDS.length - 1)];
+    setConnection("down", `server unreachable, retrying in ${wait} s`);
+    setTimeout(connect, wait * 1000);
+  };
+}
+
+function reconnect() {
+  // Same sessionId, new settings: the server resumes the conversation with its history.
+  if (socket) {
+    socket.onclose = null;
+    socket.close();
+  }
+  setReady(false);
+  connect();
+}
+
+function send(message) {
+  if (socket?.readyState === WebSocket.OPEN) socket.send(JSON.stringify(message));
+}
+
+function receive(message) {
+  switch (message.type) {
+    case "initialized":
+      return onInitialized(message);
+    case "transcription":
+      return onTranscription(message);
+    case "text_response":
+      return onText(message);
+    case "audio_response":
+      return onAudio(message);
+    case "interrupted":
+      return onInterrupted();
+    case "metrics":
+      return onMetrics(message.stages);
+    case "error":
+      state.errors.push(message);
+      return notify(`${message.error} (${message.code})`);
+    case "conversation_ended":
+      return onEnded(message);
+  }
+}
+
+function onInitialized(message) {
+  state.sessionId = message.sessionId;
+  state.engine = message.engine;
+  sessionStorage.setItem(SESSION_KEY, message.sessionId);
+  setConnection("ready", `ready · ${message.engine}`);
+  setReady(true);
+  notify(null);
+  if (message.resumed) note(`Resumed conversation (${message.messageCount} messages so far).`);
+}
+
+function onEnded(message) {
+  ended = true;
+  sessionStorage.removeItem(SESSION_KEY);
+  state.sessionId = null;
+  setReady(false);
+  setConnection("idle", `ended · ${message.messageCount} messages`);
+  note("Conversation ended.");
+  socket.close();
+  $("end").textContent = "New conversation";
+  $("end").disabled = false;
+}
+
+// ---- conversation ----------------------------------------------------------
+
+function onTranscription(message) {
+  if (!message.isFinal) {
+    state.partials.push(message.text);
+    $("partial").textContent = message.text;
+    return;
+  }
+  $("partial").textContent = "";
+  state.transcripts.push(message.text);
+  const turn = bubble("user", message.text);
+  meta(turn, `heard with confidence ${Math.round(message.confidence * 100)}%`);
+  startReply(lastVoiceAt ?? performance.now());
+}
+
+function startReply(from) {
+  turn = { from, reply: null, heard: false };
+}
+
+function replyBubble() {
+  turn ??= { from: null, reply: null, heard: true };
+  turn.reply ??= bubble("assistant", "");
+  return turn.reply;
+}
+
+function onText(message) {
+  const text = replyBubble().querySelector(".text");
+  if (message.isFinal) {
+    text.textContent = message.text;
+    state.replies.push(message.text);
+  } else {
+    text.textContent += message.text;
+  }
+  scrollDown();
+}
+
+function onAudio(message) {
+  state.audioChunksReceived += 1;
+  audio();
+  const bytes = Uint8Array.from(atob(message.audio), (c) => c.charCodeAt(0));
+  player.play(bytes.buffer, message.sampleRate);
+  const element = replyBubble();
+  if (!turn.heard) {
+    turn.heard = true;
+    const seconds = (performance.now() - turn.from) / 1000;
+    state.latencies.push(seconds);
+    meta(element, `first audio ${seconds.toFixed(2)} s after you stopped`);
+  }
+  $("stop").disabled = false;
+}
+
+function onInterrupted() {
+  state.interruptions += 1;
+  player?.stop();
+  turn?.reply?.classList.add("interrupted");
+}
+
+function onMetrics(stages) {
+  if (stages.first_audio === undefined) return;
+  const parts = Object.entries(stages).map(([stage, s]) => `${stage} ${s.toFixed(2)} s`);
+  if (turn?.reply) turn.reply.title = `server: ${parts.join(", ")}`;
+}
+
+// ---- microphone ------------------------------------------------------------
+
+async function toggleMicrophone() {
+  if (microphone) {
+    microphone.close();
+    microphone = null;
+    $("talk").textContent = "Start talking";
+    $("talk").classList.remove("live", "voiced");
+    return;
+  }
+  try {
+    microphone = await Microphone.open(audio(), onChunk);
+  } catch (error) {
+    state.errors.push({ code: "microphone", error: error.message });
+    notify(error.message);
+    return;
+  }
+  state.captureRate = context.sampleRate;
+  $("talk").textContent = "Mute microphone";
+  $("talk").classList.add("live");
+}
+
+function onChunk(samples) {
+  // Where in this chunk the speech ended, to time the reply from there.
+  let voicedUntil = -1;
+  for (let start = 0; start + FRAME <= samples.length; start += FRAME) {
+    if (levelDb(samples.subarray(start, start + FRAME)) > VOICE_DB) voicedUntil = start + FRAME;
+  }
+  if (voicedUntil >= 0) {
+    lastVoiceAt = performance.now() - ((samples.length - voicedUntil) / SAMPLE_RATE) * 1000;
+  }
+  $("talk").classList.toggle("voiced", voicedUntil >= 0);
+  if (!ready) return; // between connections: speech is dropped, not queued
+  send({ type: "audio_chunk", audio: base64(samples), isComplete: false });
+  state.chunksSent += 1;
+  state.chunkSamples = samples.length;
+}
+
+function base64(samples) {
+  const bytes = new Uint8Array(samples.buffer, samples.byteOffset, samples.byteLength);
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(binary);
+}
+
+// ---- page ------------------------------------------------------------------
+
+function bubble(role, text) {
+  const item = document.createElement("li");
+  item.className = role;
+  const body = document.createElement("span");
+  body.className = "text";
+  body.textContent = text;
+  item.append(body);
+  $("history").append(item);
+  scrollDown();
+  return item;
+}
+
+function meta(item, text) {
+  const line = document.createElement("span");
+  line.className = "meta";
+  line.textContent = text;
+  item.append(line);
+}
+
+function note(text) {
+  bubble("note", text);
+}
+
+function notify(text) {
+  $("notice").hidden = text === null;
+  $("notice").textContent = text ?? "";
+}
+
+function scrollDown() {
+  document.querySelector("main").scrollTop = 1e9;
+}
+
+function setConnection(kind, label) {
+  state.connection = kind;
+  $("connection").className = `pill ${kind}`;
+  $("connection").textContent = label;
+}
+
+function setReady(value) {
+  ready = value;
+  for (const id of ["talk", "end", "text", "send"]) $(id).disabled = !value;
+  if (value) $("end").textContent = "End conversation";
+}
+
+async function loadEngines() {
+  try {
+    const status = await (await fetch("/api/nova-sonic/status")).json();
+    for (const [name, caps] of Object.entries(status.engines)) {
+      const option = new Option(`${name} (${caps.languages.join(", ")})`, name);
+      option.selected = name === status.defaultEngine;
+      $("engine").append(option);
+    }
+  } catch {
+    notify("Could not read the server's status; using its default engine.");
+  }
+}
+
+$("talk").onclick = toggleMicrophone;
+$("stop").onclick = () => {
+  player?.stop();
+  $("stop").disabled = true;
+};
+$("end").onclick = () => {
+  if (ended) {
+    $("history").replaceChildren();
+    connect();
+  } else {
+    send({ type: "end_conversation" });
+  }
+};
+$("compose").onsubmit = (event) => {
+  event.preventDefault();
+  const text = $("text").value.trim();
+  if (!text || !ready) return;
+  audio(); // a click: the moment browsers allow sound to start
+  send({ type: "text_message", text });
+  bubble("user", text);
+  startReply(performance.now());
+  $("text").value = "";
+};
+$("engine").onchange = reconnect;
+$("text-only").onchange = reconnect;
+
+await loadEngines();
+connect();

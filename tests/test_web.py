@@ -1,0 +1,241 @@
+"""The talk page in a real browser: Debian's Chromium driven by Playwright, with a
+fake microphone that plays a WAV file the test speaks with espeak-ng."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soxr
+from playwright.async_api import Browser, Page, async_playwright
+
+from bench.speech import silence, speak
+from sonicgate.engines.local import LocalEngine, LocalModels
+from tests.conftest import RunningServer, ServerFactory, free_port
+from tests.scripted_engine import ScriptedEngine
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+WAIT_MS = 90_000  # a reply from the local models while the browser shares the 2 cores
+
+
+def microphone(path: Path, *pcm16: bytes) -> Path:
+    """A WAV for Chromium's fake microphone: the 16 kHz speech given, at 48 kHz as
+    real microphones deliver, then a minute of silence (the file plays once)."""
+    samples = np.frombuffer(b"".join((*pcm16, silence(60))), dtype="<i2")
+    resampled = soxr.resample(samples.astype(np.float32) / 32768, 16_000, 48_000)
+    with wave.open(str(path), "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(48_000)
+        writer.writeframes((np.clip(resampled, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+@contextlib.asynccontextmanager
+async def chromium(wav: Path | None = None, *, allow: bool = True) -> AsyncIterator[Browser]:
+    """Chromium whose microphone plays ``wav``; ``allow=False`` refuses it to the page."""
+    args = ["--autoplay-policy=no-user-gesture-required"]
+    if wav is not None:
+        args += [
+            "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={wav}%noloop",
+        ]
+        if allow:
+            args.append("--use-fake-ui-for-media-stream")  # grants the permission
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=args)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def open_page(browser: Browser, url: str) -> Page:
+    page = await browser.new_page()
+    await page.goto(url + "/")
+    await until(page, "sonicgate.state.connection === 'ready'")
+    return page
+
+
+async def until(page: Page, condition: str, within_ms: float = WAIT_MS) -> None:
+    await page.wait_for_function(f"() => {condition}", timeout=within_ms)
+
+
+async def page_state(page: Page) -> dict[str, Any]:
+    result: dict[str, Any] = await page.evaluate(
+        "() => ({...sonicgate.state, played: sonicgate.player?.chunksPlayed ?? 0,"
+        " peak: sonicgate.player?.peak ?? 0, playing: sonicgate.player?.playing ?? false})"
+    )
+    return result
+
+
+@pytest.fixture
+async def local(make_server: ServerFactory, local_models: LocalModels) -> RunningServer:
+    server: RunningServer = await make_server({"local": LocalEngine(local_models)})
+    return server
+
+
+@pytest.mark.models
+async def test_spoken_question_is_transcribed_and_the_reply_plays(
+    local: RunningServer, tmp_path: Path
+) -> None:
+    wav = microphone(tmp_path / "mic.wav", silence(1), speak("What is the capital of France?"))
+    async with chromium(wav) as browser:
+        page = await open_page(browser, local.url)
+        await page.click("#talk")
+        await until(page, "sonicgate.state.transcripts.length > 0")
+        await until(page, "sonicgate.state.replies.length > 0 && sonicgate.player.chunksPlayed > 0")
+        state = await page_state(page)
+        history = await page.inner_text("#history")
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "web-conversation.png"))
+
+    assert state["chunksSent"] > 5
+    assert state["captureRate"] in (44_100, 48_000) and state["chunkSamples"] == 4096
+    assert state["partials"], "no partial transcript was shown while speaking"
+    assert "capital" in state["transcripts"][0].lower(), state["transcripts"]
+    assert "paris" in state["replies"][0].lower(), state["replies"]
+    assert state["peak"] > 0.05, "the reply was scheduled but nothing audible played"
+    assert 0 < state["latencies"][0] < 30
+    assert "capital" in history.lower() and "first audio" in history
+
+
+@pytest.mark.models
+async def test_a_typed_message_gets_a_spoken_reply(local: RunningServer) -> None:
+    async with chromium() as browser:
+        page = await open_page(browser, local.url)
+        await page.fill("#text", "What is two plus two?")
+        await page.press("#text", "Enter")
+        await until(page, "sonicgate.state.replies.length > 0 && sonicgate.player.chunksPlayed > 0")
+        state = await page_state(page)
+    assert "4" in state["replies"][0] or "four" in state["replies"][0].lower(), state["replies"]
+    assert state["audioChunksReceived"] > 0
+
+
+@pytest.mark.models
+async def test_speaking_during_the_reply_interrupts_it(
+    local: RunningServer, tmp_path: Path
+) -> None:
+    wav = microphone(
+        tmp_path / "mic.wav",
+        silence(1),
+        speak("Tell me a long story about a brave little dragon."),
+        silence(6),
+        speak("Stop. What is the capital of France?"),
+    )
+    async with chromium(wav) as browser:
+        page = await open_page(browser, local.url)
+        await page.click("#talk")
+        await until(page, "sonicgate.state.interruptions > 0")
+        state = await page_state(page)
+        interrupted = await page.locator("#history li.assistant.interrupted").count()
+        await until(page, "sonicgate.state.transcripts.length > 1")
+        transcripts = (await page_state(page))["transcripts"]
+    assert state["audioChunksReceived"] > 0
+    assert not state["playing"], "playback went on after the interruption"
+    assert interrupted == 1
+    assert "capital" in transcripts[1].lower(), transcripts
+
+
+async def test_a_denied_microphone_is_explained_and_typing_still_works(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    async with chromium(microphone(tmp_path / "mic.wav"), allow=False) as browser:
+        page = await open_page(browser, server.url)
+        await page.click("#talk")
+        await until(page, "!document.getElementById('notice').hidden", within_ms=10_000)
+        notice = await page.inner_text("#notice")
+        await page.fill("#text", "hello")
+        await page.press("#text", "Enter")
+        await until(page, "sonicgate.state.replies.length > 0", within_ms=10_000)
+    assert "denied" in notice.lower()
+
+
+async def test_an_engine_failure_is_shown_and_the_page_stays_connected(
+    server: RunningServer, scripted: ScriptedEngine, tmp_path: Path
+) -> None:
+    scripted.fail_on_audio = True
+    async with chromium(microphone(tmp_path / "mic.wav", speak("hello"))) as browser:
+        page = await open_page(browser, server.url)
+        await page.click("#talk")
+        await until(page, "!document.getElementById('notice').hidden", within_ms=10_000)
+        notice = await page.inner_text("#notice")
+        connection = (await page_state(page))["connection"]
+    assert "engine" in notice.lower()
+    assert connection == "ready"
+
+
+async def test_the_page_reconnects_and_resumes_its_session(server: RunningServer) -> None:
+    network = Relay(int(server.url.rsplit(":", 1)[1]))
+    await network.open()
+    try:
+        async with chromium() as browser:
+            page = await open_page(browser, network.url)
+            await page.fill("#text", "hello")
+            await page.press("#text", "Enter")
+            await until(page, "sonicgate.state.replies.length > 0", within_ms=10_000)
+            session_id = (await page_state(page))["sessionId"]
+
+            await network.cut()
+            await until(page, "sonicgate.state.connection === 'down'", within_ms=10_000)
+            label = await page.inner_text("#connection")
+            await network.open()
+            await until(page, "sonicgate.state.connection === 'ready'", within_ms=20_000)
+            state = await page_state(page)
+            history = await page.inner_text("#history")
+    finally:
+        await network.cut()
+    assert "retrying" in label
+    assert state["sessionId"] == session_id
+    assert "Resumed conversation" in history
+
+
+class Relay:
+    """A TCP relay between the browser and the server that the test can cut, as a
+    network failure would: open connections drop, new ones are refused."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.listener: asyncio.Server | None = None
+        self.links: list[asyncio.StreamWriter] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def open(self) -> None:
+        self.listener = await asyncio.start_server(self._link, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        for writer in self.links:
+            writer.transport.abort()
+        self.links.clear()
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        server_in, server_out = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.links += [writer, server_out]
+        await asyncio.gather(
+            _pipe(reader, server_out), _pipe(server_in, writer), return_exceptions=True
+        )
+
+
+async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    try:
+        while data := await source.read(65536):
+            sink.write(data)
+            await sink.drain()
+    finally:
+        sink.close()
