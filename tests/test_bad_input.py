@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
+import socket
 
+import httpx
 import pytest
+import websockets
 
+from sonicgate.server import stream
 from tests.conftest import Client, RunningServer
 from tests.scripted_engine import ScriptedEngine
 
@@ -164,3 +170,27 @@ async def test_engine_failure_keeps_the_connection(
     assert "scripted engine failure" in str(message["message"])
     scripted.fail_on_audio = False
     await still_works(client)
+
+
+async def test_a_client_that_never_reads_is_cut_off(
+    make_server, scripted: ScriptedEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stream, "OUTBOX_LIMIT", 32)
+    server = await make_server({"scripted": scripted})
+    # A tiny receive window and max_queue=1: this client stops taking frames off
+    # the socket, as a stuck one would, and the kernel buffers little for it.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    sock.connect(("127.0.0.1", server.settings.port))
+    async with websockets.connect(server.ws(), sock=sock, max_queue=1) as reader_that_stalls:
+        await reader_that_stalls.send(json.dumps({"type": "initialize"}))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            for _ in range(1000):
+                await reader_that_stalls.send(json.dumps({"type": "text_message", "text": "hi"}))
+                await asyncio.sleep(0.002)
+            while True:  # drain what was sent before the server gave up
+                await asyncio.wait_for(reader_that_stalls.recv(), 15)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == stream.SLOW_CLIENT_CODE
+    async with httpx.AsyncClient() as http:
+        status = (await http.get(server.url + "/api/nova-sonic/status")).json()
+    assert status["activeSessions"] == 0

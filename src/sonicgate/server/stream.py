@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 # Replies queued for a client that reads slowly; beyond this the client is cut off.
 OUTBOX_LIMIT = 2048
+SLOW_CLIENT_CODE = 1008  # policy violation: it did not read what it asked for
 
 
 class ClientConnection:
@@ -32,7 +33,9 @@ class ClientConnection:
         self._max_bytes = max_bytes
         self._dialect: Dialect | None = None
         self._session: LiveSession | None = None
-        self._outbox: asyncio.Queue[JsonObject | None] = asyncio.Queue(OUTBOX_LIMIT)
+        self._outbox: asyncio.Queue[JsonObject] = asyncio.Queue(OUTBOX_LIMIT)
+        self._cut_off = False
+        self._closer: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         await self._ws.accept()
@@ -50,15 +53,26 @@ class ClientConnection:
         finally:
             connections.dec()
             await self._detach()
-            await self._outbox.put(None)
-            with contextlib.suppress(Exception):
+            writer.cancel()  # the socket is gone: nothing left to flush
+            with contextlib.suppress(BaseException):
                 await writer
 
     async def send(self, message: JsonObject) -> None:
-        await self._outbox.put(message)
+        """Queue a message; never waits, so a client that stops reading cannot stall
+        its engine. Past OUTBOX_LIMIT unread messages the client is cut off."""
+        if self._cut_off:
+            return
+        try:
+            self._outbox.put_nowait(message)
+        except asyncio.QueueFull:
+            self._cut_off = True
+            log.warning("%s: %d messages unread, closing the connection", self.id, OUTBOX_LIMIT)
+            self._manager.services.metrics.errors.labels("client_too_slow").inc()
+            self._closer = asyncio.create_task(self._ws.close(SLOW_CLIENT_CODE, "client too slow"))
 
     async def _write(self) -> None:
-        while (message := await self._outbox.get()) is not None:
+        while True:
+            message = await self._outbox.get()
             try:
                 await self._ws.send_text(json.dumps(message, separators=(",", ":")))
             except (WebSocketDisconnect, RuntimeError):
