@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from websockets.exceptions import InvalidStatus
 
+from sonicgate.audio.formats import wav_bytes
 from sonicgate.config import Settings
 from sonicgate.server.access import AccessMiddleware, AccessPolicy, RateLimiter
 from tests.conftest import Client, RunningServer
@@ -173,9 +174,11 @@ async def test_rs256_tokens(make_server, scripted, connect, tmp_path: Path) -> N
     assert (await get(server, STATUS, hs256())).status_code == 401
 
 
-def test_a_weak_jwt_secret_is_refused() -> None:
+def test_settings_weaker_than_asked_for_are_refused() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         AccessPolicy.from_settings(Settings(jwt_secret="short"))
+    with pytest.raises(ValueError, match="empty"):
+        AccessPolicy.from_settings(Settings(api_keys=("",)))
 
 
 async def test_origin_allow_list(make_server, scripted) -> None:
@@ -272,6 +275,18 @@ async def test_a_turn_past_its_audio_limit_is_ended(make_server, scripted, conne
     await still_works(client)
 
 
+async def test_a_recording_past_the_turn_limit_is_dropped(make_server, scripted, connect):
+    server = await make_server({"scripted": scripted}, max_turn_audio_seconds=1.0)
+    client = await connect(server.ws())
+    await client.send({"action": "voice_session_start", "data": {"audioFormat": "wav"}})
+    session_id = (await client.recv())["sessionId"]
+    recording = base64.b64encode(wav_bytes(tone(2.0, 16_000), 16_000)).decode()
+    data = {"audioData": recording, "audioFormat": "wav"}
+    await client.send({"action": "voice_data", "sessionId": session_id, "data": data})
+    error = await expect_error(client, "turn_too_long", "action")
+    assert "dropped" in str(error["data"])
+
+
 async def test_a_session_past_its_time_limit_is_ended(make_server, scripted, connect) -> None:
     server = await make_server({"scripted": scripted}, max_session_seconds=0.5)
     client = await connect(server.ws())
@@ -301,6 +316,21 @@ async def test_the_token_is_kept_out_of_the_query_string() -> None:
     query = f"sessionId=s1&token={KEY}".encode()
     await middleware({**scope, "query_string": query}, None, None)
     assert seen == [b"sessionId=s1"]
+
+
+async def test_a_server_without_denial_responses_gets_a_policy_close() -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def never(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("a refused client reached the application")
+
+    scope = {"type": "websocket", "path": "/api/events", "query_string": b"", "headers": []}
+    await AccessMiddleware(never, AccessPolicy(api_keys=(KEY,)))(scope, None, send)
+    assert [(m["type"], m["code"]) for m in sent] == [("websocket.close", 1008)]
+    assert sent[0]["reason"].startswith("unauthorized")
 
 
 def test_rate_limiter_refills_at_its_rate() -> None:

@@ -56,7 +56,10 @@ class AccessPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AccessPolicy:
-        """Raises ``ValueError`` for a weak secret or an unusable public key file."""
+        """Raises ``ValueError`` for an empty key, a weak secret or an unusable public key
+        file (rather than serve with less protection than was asked for)."""
+        if "" in settings.api_keys:
+            raise ValueError("an API key may not be empty")
         if settings.jwt_secret is not None and len(settings.jwt_secret) < MIN_HS256_SECRET:
             raise ValueError(f"the JWT secret must be at least {MIN_HS256_SECRET} bytes")
         public_key = None
@@ -66,7 +69,7 @@ class AccessPolicy:
                 raise ValueError(f"{settings.jwt_public_key_file} is not an RSA public key")
             public_key = loaded
         return cls(
-            api_keys=tuple(key for key in settings.api_keys if key),
+            api_keys=settings.api_keys,
             jwt_secret=settings.jwt_secret,
             jwt_public_key=public_key,
             jwt_audience=settings.jwt_audience,

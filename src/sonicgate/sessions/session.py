@@ -130,7 +130,7 @@ class LiveSession:
         if event.complete_recording:
             pcm = await asyncio.to_thread(_decode_recording, event.data)
             if self._max_turn_bytes and len(pcm) > self._max_turn_bytes:
-                raise _turn_too_long(self._max_turn_bytes)
+                raise _turn_too_long(self._max_turn_bytes, "this recording was dropped")
             await self._received(pcm)
             await self._engine.push_utterance(pcm, TriggerReason.VOICE_DATA)
             return
@@ -160,7 +160,9 @@ class LiveSession:
             # End the turn here: the engine answers what it heard, the rest is dropped.
             self._turn_cut = True
             await self._engine.end_turn(TriggerReason.EXPLICIT)
-            raise _turn_too_long(self._max_turn_bytes)
+            raise _turn_too_long(
+                self._max_turn_bytes, "the turn ends here, and the rest of it is dropped"
+            )
 
     async def _forward(self, data: bytes) -> None:
         """Decode one chunk of client audio, count it, and pass it to the engine."""
@@ -308,12 +310,9 @@ def _decode_recording(data: bytes) -> bytes:
         raise ProtocolError("audio_format", str(exc)) from exc
 
 
-def _turn_too_long(limit_bytes: int) -> ProtocolError:
-    return ProtocolError(
-        "turn_too_long",
-        f"a turn may hold {limit_bytes / BYTES_PER_SECOND:g} s of audio: the turn was ended "
-        "there, and the rest of it is dropped",
-    )
+def _turn_too_long(limit_bytes: int, outcome: str) -> ProtocolError:
+    seconds = limit_bytes / BYTES_PER_SECOND
+    return ProtocolError("turn_too_long", f"a turn may hold {seconds:g} s of audio: {outcome}")
 
 
 def _with_sequence(view: SessionView, last: int | None) -> SessionView:
