@@ -203,6 +203,14 @@ async def test_http_rate_limit(make_server, scripted) -> None:
     assert int(limited.headers["retry-after"]) >= 1
 
 
+async def test_failed_attempts_are_rate_limited_by_address(make_server, scripted) -> None:
+    server = await make_server({"scripted": scripted}, api_keys=(KEY,), max_requests_per_second=1)
+    codes = [(await get(server, STATUS, f"guess-{n}")).status_code for n in range(3)]
+    assert codes == [401, 401, 429]
+    status, body = await refused(server.ws() + "?token=guess")
+    assert (status, body["code"]) == (429, "rate_limited")
+
+
 async def drain(client: Client, quiet: float = 0.5) -> list[dict[str, Any]]:
     """Every message until the connection goes quiet."""
     messages = []

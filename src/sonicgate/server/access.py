@@ -172,14 +172,24 @@ class AccessMiddleware:
         try:
             if not self.policy.origin_allowed(headers.get("origin")):
                 raise Refused(403, "forbidden_origin", "this origin may not use the API")
-            client = self.policy.identify(token) or _remote(scope)
-            if (wait := self.requests.take(client)) > 0:
-                raise Refused(429, "rate_limited", "too many requests; slow down", wait)
+            client = self._identify(token, _remote(scope))
+            self._throttle(client)
         except Refused as refusal:
             await _refuse(scope, receive, send, refusal)
             return
         scope[CLIENT] = client
         await self.app(scope, receive, send)
+
+    def _identify(self, token: str | None, address: str) -> str:
+        try:
+            return self.policy.identify(token) or address
+        except Refused:
+            self._throttle(address)  # failed attempts count against the address: no fast guessing
+            raise
+
+    def _throttle(self, client: str) -> None:
+        if (wait := self.requests.take(client)) > 0:
+            raise Refused(429, "rate_limited", "too many requests; slow down", wait)
 
 
 def client_of(scope: Scope) -> str:
@@ -233,6 +243,8 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, refusal: Refused) 
         return
     websocket = WebSocket(scope, receive, send)
     if "websocket.http.response" in scope.get("extensions", {}):
+        # uvicorn 0.54's default WebSocket protocol (websockets-sansio) then logs a spurious
+        # "ASGI callable returned without completing handshake."; the client is unaffected.
         await websocket.send_denial_response(response)
     else:  # a server without the denial extension: the closest thing is a policy close
         await websocket.close(1008, f"{refusal.code}: {refusal.message}"[:120])
