@@ -131,6 +131,8 @@ def main() -> None:
         *(sys.executable, "-m", "sonicgate", "serve", "--port", str(args.port)),
         *("--engine", "nova-sonic", "--nova-fallback", "none", "--log-level", "warning"),
         *("--nova-endpoint", endpoint, "--nova-ca-file", ca_file),
+        # Every load session comes from this one address: no per-client limits.
+        *("--max-sessions-per-client", "0", "--max-messages-per-second", "0"),
     ]
     server = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"ws://127.0.0.1:{args.port}/api/nova-sonic/stream"

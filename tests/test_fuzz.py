@@ -149,7 +149,14 @@ class ThreadedServer:
 
     def __init__(self, data_dir: Path) -> None:
         self.settings = Settings(
-            port=free_port(), engine="scripted", data_dir=data_dir, max_message_bytes=MAX_BYTES
+            port=free_port(),
+            engine="scripted",
+            data_dir=data_dir,
+            max_message_bytes=MAX_BYTES,
+            # One address opens hundreds of connections here: per-client limits off.
+            max_messages_per_second=0,
+            max_requests_per_second=0,
+            max_sessions_per_client=0,
         )
         app = create_app(self.settings, {"scripted": ScriptedEngine()})
         config = uvicorn.Config(

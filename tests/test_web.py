@@ -174,6 +174,20 @@ async def test_an_engine_failure_is_shown_and_the_page_stays_connected(
     assert connection == "ready"
 
 
+async def test_with_access_control_the_page_passes_its_token_on(
+    make_server: ServerFactory, scripted: ScriptedEngine
+) -> None:
+    server = await make_server({"scripted": scripted}, api_keys=("page-key",))
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(server.url + "/")
+        await until(page, "!document.getElementById('notice').hidden", within_ms=10_000)
+        refused = await page.inner_text("#notice")
+        await page.goto(server.url + "/?token=page-key")
+        await until(page, "sonicgate.state.connection === 'ready'", within_ms=10_000)
+    assert "token" in refused
+
+
 async def test_the_page_reconnects_and_resumes_its_session(server: RunningServer) -> None:
     network = Relay(int(server.url.rsplit(":", 1)[1]))
     await network.open()

@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.max_message_bytes,
         help="largest WebSocket message accepted; larger ones get a frame_too_large error",
     )
+    _add_access_options(serve)
 
     models = commands.add_parser(
         "models",
@@ -84,6 +85,88 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--data-dir", type=Path, default=default_data_dir())
     _add_model_choice(models)
     return parser
+
+
+def _add_access_options(parser: argparse.ArgumentParser) -> None:
+    access = parser.add_argument_group(
+        "access control",
+        "Off unless an API key, a JWT secret or a JWT public key is given. Then every "
+        "/api/*, /metrics and /v1/* request and WebSocket needs 'Authorization: Bearer "
+        "<key or JWT>' or ?token=<key or JWT> (browsers cannot set WebSocket headers); "
+        "the web page stays public. Limits count per client: the token's 'sub', the API "
+        "key, or the remote address; 0 means no limit.",
+    )
+    access.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="an accepted API key; repeatable. Better: env SONICGATE_API_KEYS (comma-"
+        "separated), which keeps keys out of the process list",
+    )
+    access.add_argument(
+        "--jwt-secret",
+        metavar="SECRET",
+        help="accept HS256 JWTs signed with this secret (32+ bytes). Better: env "
+        "SONICGATE_JWT_SECRET",
+    )
+    access.add_argument(
+        "--jwt-public-key",
+        type=Path,
+        metavar="PEM_FILE",
+        help="accept RS256 JWTs signed by the holder of this RSA public key",
+    )
+    access.add_argument(
+        "--jwt-audience", metavar="AUDIENCE", help="the 'aud' claim JWTs must carry"
+    )
+    access.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a browser origin allowed on the API, like https://app.example.com; "
+        "repeatable. None given: any origin",
+    )
+    defaults = Settings()
+    access.add_argument(
+        "--max-messages-per-second",
+        metavar="N",
+        type=float,
+        default=defaults.max_messages_per_second,
+        help="WebSocket messages a second per client (twice that in a burst); more get a "
+        "rate_limited error and are dropped",
+    )
+    access.add_argument(
+        "--max-requests-per-second",
+        metavar="N",
+        type=float,
+        default=defaults.max_requests_per_second,
+        help="API requests and WebSocket handshakes a second per client (twice that in a "
+        "burst); more get HTTP 429",
+    )
+    access.add_argument(
+        "--max-sessions-per-client",
+        metavar="N",
+        type=int,
+        default=defaults.max_sessions_per_client,
+        help="sessions live at once per client; another start gets too_many_sessions",
+    )
+    access.add_argument(
+        "--max-turn-audio-seconds",
+        metavar="SECONDS",
+        type=float,
+        default=defaults.max_turn_audio_seconds,
+        help="audio in one user turn (an open microphone's silence counts); past it the "
+        "turn ends with a turn_too_long error and the rest of it is dropped",
+    )
+    access.add_argument(
+        "--max-session-seconds",
+        metavar="SECONDS",
+        type=float,
+        default=defaults.max_session_seconds,
+        help="how long a session may stay live on a connection; then it ends as "
+        "end_conversation does, after a session_too_long error",
+    )
 
 
 def _add_nova_options(parser: argparse.ArgumentParser) -> None:
@@ -148,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     return _serve(args)
 
 
+def _env_list(name: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
 def _selection(args: argparse.Namespace) -> Selection:
     return Selection(stt=args.stt, llm=args.llm, tts=args.tts)
 
@@ -183,6 +270,7 @@ def _serve(args: argparse.Namespace) -> int:
     from sonicgate.engines.fallback import FallbackEngine
     from sonicgate.engines.local import LocalEngine
     from sonicgate.engines.nova_sonic.engine import NovaSonicEngine
+    from sonicgate.server.access import AccessPolicy
     from sonicgate.server.app import create_app
     from sonicgate.server.graceful import GracefulServer
     from sonicgate.tools import DEFAULT_TOOLS
@@ -199,6 +287,25 @@ def _serve(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         log_level=args.log_level,
         max_message_bytes=args.max_message_bytes,
+        # Secrets from the environment too; they never reach a log (Settings hides them).
+        api_keys=(*args.api_key, *_env_list("SONICGATE_API_KEYS")),
+        jwt_secret=args.jwt_secret or os.environ.get("SONICGATE_JWT_SECRET") or None,
+        jwt_public_key_file=args.jwt_public_key,
+        jwt_audience=args.jwt_audience,
+        allowed_origins=tuple(args.allowed_origin),
+        max_messages_per_second=args.max_messages_per_second,
+        max_requests_per_second=args.max_requests_per_second,
+        max_sessions_per_client=args.max_sessions_per_client,
+        max_turn_audio_seconds=args.max_turn_audio_seconds,
+        max_session_seconds=args.max_session_seconds,
+    )
+    try:
+        policy = AccessPolicy.from_settings(settings)  # fail before the models load
+    except (ValueError, OSError) as exc:
+        print(f"error: access control: {exc}", file=sys.stderr)
+        return 1
+    logging.getLogger(__name__).info(
+        "access control %s", "on" if policy.auth_on else "off (no API key or JWT key given)"
     )
     try:
         local = LocalEngine.load(settings.data_dir, _selection(args))

@@ -29,6 +29,21 @@ class Settings:
     stale_after_seconds: float = 30 * 60
     audio_retention_days: float = 7.0
 
+    # Access control (server/access.py). Auth is off unless an API key, a JWT
+    # secret (HS256) or a JWT public key (RS256) is set. Secrets stay out of repr.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwt_public_key_file: Path | None = None
+    jwt_audience: str | None = None
+    # Browser origins allowed on the API; empty allows any.
+    allowed_origins: tuple[str, ...] = ()
+    # Per client (JWT subject, API key, or remote address when auth is off); 0 = unlimited.
+    max_messages_per_second: float = 50.0
+    max_requests_per_second: float = 10.0
+    max_sessions_per_client: int = 10
+    max_turn_audio_seconds: float = 0.0
+    max_session_seconds: float = 0.0
+
     @property
     def store_path(self) -> Path:
         if self.store == "sqlite":

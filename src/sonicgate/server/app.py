@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -22,6 +23,7 @@ from sonicgate.config import Settings
 from sonicgate.engines.base import Engine
 from sonicgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sonicgate.metrics import GatewayMetrics
+from sonicgate.server.access import AccessMiddleware, AccessPolicy, RateLimiter
 from sonicgate.server.stream import ClientConnection
 from sonicgate.sessions.manager import Limits, SessionManager
 from sonicgate.sessions.session import Services
@@ -31,6 +33,8 @@ from sonicgate.web import STATIC_DIR
 
 
 def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
+    """Raises ``ValueError`` for unusable access settings (see ``AccessPolicy``)."""
+    policy = AccessPolicy.from_settings(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqliteStore(settings.store_path)
     metrics = GatewayMetrics(lambda: len(manager.live))
@@ -45,8 +49,11 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
             reorder_window=settings.reorder_window,
             stale_after_seconds=settings.stale_after_seconds,
             audio_retention_days=settings.audio_retention_days,
+            max_sessions_per_client=settings.max_sessions_per_client,
+            max_turn_audio_seconds=settings.max_turn_audio_seconds,
         ),
     )
+    messages = RateLimiter(settings.max_messages_per_second)
     started = time.monotonic()
 
     @contextlib.asynccontextmanager
@@ -62,7 +69,13 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
             await store.close()
 
     async def stream(websocket: WebSocket) -> None:
-        await ClientConnection(websocket, manager, settings.max_message_bytes).run()
+        await ClientConnection(
+            websocket,
+            manager,
+            settings.max_message_bytes,
+            messages,
+            settings.max_session_seconds,
+        ).run()
 
     async def events(websocket: WebSocket) -> None:
         await websocket.accept()
@@ -122,6 +135,8 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
             Route("/metrics", prometheus),
             Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="web"),
         ],
+        # Around every route: a refused client reaches none, and no session is created.
+        middleware=[Middleware(AccessMiddleware, policy=policy)],
         lifespan=lifespan,
     )
     app.state.manager = manager

@@ -14,6 +14,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from sonicgate.events import End, Start
 from sonicgate.protocol import Dialect, ProtocolError, detect
 from sonicgate.protocol.base import JsonObject
+from sonicgate.server.access import RateLimiter, client_of
 from sonicgate.sessions.manager import SessionManager
 from sonicgate.sessions.session import LiveSession
 from sonicgate.store.base import Connection, SessionStatus
@@ -26,13 +27,26 @@ SLOW_CLIENT_CODE = 1008  # policy violation: it did not read what it asked for
 
 
 class ClientConnection:
-    def __init__(self, websocket: WebSocket, manager: SessionManager, max_bytes: int) -> None:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        manager: SessionManager,
+        max_bytes: int,
+        messages: RateLimiter,
+        max_session_seconds: float,
+    ) -> None:
         self.id = f"conn-{uuid.uuid4()}"
         self._ws = websocket
         self._manager = manager
         self._max_bytes = max_bytes
+        self._client = client_of(websocket.scope)
+        self._messages = messages  # shared by all of a client's connections
+        self._max_session_seconds = max_session_seconds  # 0: no limit
         self._dialect: Dialect | None = None
         self._session: LiveSession | None = None
+        self._expiry: asyncio.Task[None] | None = None  # ends a session at its time limit
+        # One message at a time: the session-length timer ends sessions between messages.
+        self._turnstile = asyncio.Lock()
         self._outbox: asyncio.Queue[JsonObject] = asyncio.Queue(OUTBOX_LIMIT)
         self._cut_off = False
         self._closer: asyncio.Task[None] | None = None
@@ -52,7 +66,8 @@ class ClientConnection:
             pass
         finally:
             connections.dec()
-            await self._detach()
+            async with self._turnstile:
+                await self._detach()
             writer.cancel()  # the socket is gone: nothing left to flush
             with contextlib.suppress(BaseException):
                 await writer
@@ -79,16 +94,25 @@ class ClientConnection:
                 return  # the client is gone; the reader loop notices too
 
     async def _on_frame(self, text: str | None, data: bytes | None) -> None:
-        try:
-            message = self._decode(text, data)
-            if self._dialect is None:
-                self._dialect = detect(message)
-                await self._manager.services.store.put_connection(
-                    Connection(self.id, None, "anonymous", self._dialect.name)
-                )
-            await self._dispatch(self._dialect, message)
-        except ProtocolError as exc:
-            await self._error(exc.code, exc.message)
+        async with self._turnstile:
+            try:
+                await self._handle(text, data)
+            except ProtocolError as exc:
+                await self._error(exc.code, exc.message)
+
+    async def _handle(self, text: str | None, data: bytes | None) -> None:
+        if self._messages.take(self._client) > 0:
+            raise ProtocolError(
+                "rate_limited",
+                f"more than {self._messages.rate:g} messages a second: this one was dropped",
+            )
+        message = self._decode(text, data)
+        if self._dialect is None:
+            self._dialect = detect(message)
+            await self._manager.services.store.put_connection(
+                Connection(self.id, None, "anonymous", self._dialect.name)
+            )
+        await self._dispatch(self._dialect, message)
 
     def _decode(self, text: str | None, data: bytes | None) -> JsonObject:
         if text is None:
@@ -118,7 +142,13 @@ class ClientConnection:
                 raise ProtocolError(
                     "session_active", f"session {self._session.session_id} is already running"
                 )
-            self._session = await self._manager.open(event, self.id, dialect, self.send)
+            self._session = await self._manager.open(
+                event, self.id, dialect, self.send, self._client
+            )
+            if self._max_session_seconds > 0:
+                self._expiry = asyncio.create_task(
+                    self._expire(self._session), name=f"expiry-{self.id}"
+                )
             await self._manager.services.store.put_connection(
                 Connection(self.id, self._session.session_id, event.user_id, dialect.name)
             )
@@ -132,11 +162,7 @@ class ClientConnection:
         if isinstance(claimed, str) and claimed != session.session_id:
             raise ProtocolError("unknown_session", f"session '{claimed}' is not open here")
         if isinstance(event, End):
-            await session.finish()
-            self._session = None
-            await self._manager.close(session, SessionStatus.COMPLETED)
-            log.info("session %s ended", session.session_id)
-            await self.send(dialect.ended(session.view))
+            await self._end(session)
             return
         try:
             await session.handle(event)
@@ -145,6 +171,32 @@ class ClientConnection:
         except Exception as exc:  # the engine broke: tell the client, keep the connection
             log.exception("session %s failed on input", session.session_id)
             raise ProtocolError("engine_error", f"the engine failed: {exc}") from exc
+
+    async def _end(self, session: LiveSession) -> None:
+        """End the session as ``end_conversation`` does: pending speech is answered first."""
+        self._stop_clock()
+        await session.finish()
+        self._session = None
+        await self._manager.close(session, SessionStatus.COMPLETED)
+        log.info("session %s ended", session.session_id)
+        await session.tell_ended()
+
+    async def _expire(self, session: LiveSession) -> None:
+        await asyncio.sleep(self._max_session_seconds)
+        async with self._turnstile:
+            if self._session is not session or session.closed:
+                return  # ended meanwhile (by the client, a cleanup or a stop)
+            self._expiry = None  # this very task: _end must not cancel it
+            await self._error(
+                "session_too_long",
+                f"a session may last {self._max_session_seconds:g} s; this one ends now",
+            )
+            await self._end(session)
+
+    def _stop_clock(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
 
     async def _error(self, code: str, message: str) -> None:
         dialect = self._dialect or detect({})
@@ -155,6 +207,7 @@ class ClientConnection:
 
     async def _detach(self) -> None:
         """The socket closed: keep the session resumable, forget the connection."""
+        self._stop_clock()
         if self._session is not None:
             await self._manager.close(self._session, None)
             self._session = None

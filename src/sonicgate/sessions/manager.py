@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,8 @@ class Limits:
     reorder_window: int = 8
     stale_after_seconds: float = 30 * 60
     audio_retention_days: float = 7.0
+    max_sessions_per_client: int = 10  # 0: no limit
+    max_turn_audio_seconds: float = 0.0  # 0: no limit
 
 
 class SessionManager:
@@ -50,12 +53,37 @@ class SessionManager:
         self.limits = limits
         self.live: dict[str, LiveSession] = {}
         self.stopping = False  # a clean stop is under way: no new sessions
+        self._opening: Counter[str] = Counter()  # sessions each client has starting
 
     async def open(
-        self, start: Start, connection_id: str, dialect: Dialect, send: Send
+        self, start: Start, connection_id: str, dialect: Dialect, send: Send, client: str
     ) -> LiveSession:
+        """Start or resume a session for ``client`` (an identity from the access policy)."""
         if self.stopping:
             raise ProtocolError("server_stopping", "the server is stopping; reconnect shortly")
+        limit = self.limits.max_sessions_per_client
+        held = self._opening[client] + sum(
+            1
+            for live in self.live.values()
+            if live.client == client and live.session_id != start.session_id  # resumes don't add
+        )
+        if limit and held >= limit:
+            raise ProtocolError(
+                "too_many_sessions",
+                f"this client already has {held} sessions; the limit is {limit}",
+            )
+        # Counted while it opens, so that simultaneous starts cannot slip past the limit.
+        self._opening[client] += 1
+        try:
+            return await self._open(start, connection_id, dialect, send, client)
+        finally:
+            self._opening[client] -= 1
+            if not self._opening[client]:
+                del self._opening[client]
+
+    async def _open(
+        self, start: Start, connection_id: str, dialect: Dialect, send: Send, client: str
+    ) -> LiveSession:
         name = start.engine or self.default_engine
         engine = self.engines.get(name)
         if engine is None:
@@ -148,6 +176,8 @@ class SessionManager:
             send=send,
             services=self.services,
             reorder_window=self.limits.reorder_window,
+            client=client,
+            max_turn_seconds=self.limits.max_turn_audio_seconds,
         )
         self.live[record.sessionId] = live
         await self.services.bus.publish(

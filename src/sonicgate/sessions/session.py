@@ -80,8 +80,11 @@ class LiveSession:
         send: Send,
         services: Services,
         reorder_window: int,
+        client: str,
+        max_turn_seconds: float,
     ) -> None:
         self.record = record
+        self.client = client  # who holds it, for the sessions-per-client limit
         self.context = context
         self.view = view
         self._engine = engine
@@ -92,7 +95,9 @@ class LiveSession:
         self._decoder = InputDecoder(context.audioFormat)
         last = max(context.chunks) + 1 if context.chunks else None
         self._sequencer: Sequencer[bytes] = Sequencer(reorder_window, last)
-        self._user_audio = bytearray()
+        self._user_audio = bytearray()  # the user's turn so far
+        self._max_turn_bytes = int(max_turn_seconds * BYTES_PER_SECOND)  # 0: no limit
+        self._turn_cut = False  # the turn went over the limit: its rest is dropped
         self._reply_audio = bytearray()
         self._turn = record.messageCount
         # finish(): set once the answer to the speech pending at the end went out.
@@ -124,6 +129,8 @@ class LiveSession:
     async def _audio_in(self, event: AudioIn) -> None:
         if event.complete_recording:
             pcm = await asyncio.to_thread(_decode_recording, event.data)
+            if self._max_turn_bytes and len(pcm) > self._max_turn_bytes:
+                raise _turn_too_long(self._max_turn_bytes, "this recording was dropped")
             await self._received(pcm)
             await self._engine.push_utterance(pcm, TriggerReason.VOICE_DATA)
             return
@@ -147,7 +154,15 @@ class LiveSession:
             except AudioFormatError as exc:
                 raise ProtocolError("audio_format", str(exc)) from exc
         if event.end_of_turn:
+            self._turn_cut = False
             await self._engine.end_turn(TriggerReason.EXPLICIT)
+        elif not self._turn_cut and 0 < self._max_turn_bytes < len(self._user_audio):
+            # End the turn here: the engine answers what it heard, the rest is dropped.
+            self._turn_cut = True
+            await self._engine.end_turn(TriggerReason.EXPLICIT)
+            raise _turn_too_long(
+                self._max_turn_bytes, "the turn ends here, and the rest of it is dropped"
+            )
 
     async def _forward(self, data: bytes) -> None:
         """Decode one chunk of client audio, count it, and pass it to the engine."""
@@ -155,6 +170,8 @@ class LiveSession:
             pcm = await asyncio.to_thread(self._decoder.feed, data)
         else:
             pcm = self._decoder.feed(data)
+        if self._turn_cut:
+            return  # decoded all the same: a stream's decoder must see every chunk
         await self._received(pcm)
         await self._engine.push_audio(pcm)
 
@@ -227,6 +244,7 @@ class LiveSession:
             self._turn += 1
             await self._save_audio("user", bytes(self._user_audio), INPUT_SAMPLE_RATE)
         self._user_audio.clear()
+        self._turn_cut = False
         await self._persist()
 
     async def _assistant_audio(self) -> None:
@@ -290,6 +308,11 @@ def _decode_recording(data: bytes) -> bytes:
         return decode_file(data)
     except AudioFormatError as exc:
         raise ProtocolError("audio_format", str(exc)) from exc
+
+
+def _turn_too_long(limit_bytes: int, outcome: str) -> ProtocolError:
+    seconds = limit_bytes / BYTES_PER_SECOND
+    return ProtocolError("turn_too_long", f"a turn may hold {seconds:g} s of audio: {outcome}")
 
 
 def _with_sequence(view: SessionView, last: int | None) -> SessionView:

@@ -8,6 +8,9 @@ const SAMPLE_RATE = 16000;
 const VOICE_DB = -45; // a 20 ms frame louder than this counts as speech
 const FRAME = SAMPLE_RATE / 50;
 const RETRY_SECONDS = [0.5, 1, 2, 4, 8];
+// With access control on, open the page as /?token=…: the token goes with every request.
+const TOKEN = new URLSearchParams(location.search).get("token");
+const AUTH = TOKEN ? `?token=${encodeURIComponent(TOKEN)}` : "";
 
 // Everything the page has seen: shown to people, and read by the browser tests.
 const state = {
@@ -53,7 +56,7 @@ function connect() {
   ended = false;
   setConnection("connecting", "connecting…");
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  socket = new WebSocket(`${scheme}://${location.host}/api/nova-sonic/stream`);
+  socket = new WebSocket(`${scheme}://${location.host}/api/nova-sonic/stream${AUTH}`);
   socket.onopen = () => {
     retries = 0;
     send({
@@ -289,7 +292,12 @@ function setReady(value) {
 
 async function loadEngines() {
   try {
-    const status = await (await fetch("/api/nova-sonic/status")).json();
+    const response = await fetch(`/api/nova-sonic/status${AUTH}`);
+    if (response.status === 401) {
+      notify("This server needs an access token: open this page as /?token=YOUR_TOKEN.");
+      return;
+    }
+    const status = await response.json();
     for (const [name, caps] of Object.entries(status.engines)) {
       const option = new Option(`${name} (${caps.languages.join(", ")})`, name);
       option.selected = name === status.defaultEngine;

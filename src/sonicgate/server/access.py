@@ -1,0 +1,250 @@
+"""Who may use the API, and how often: API keys or JWTs, an origin allow-list, rate limits.
+
+``AccessMiddleware`` wraps the whole application. The API (``/api/*``,
+``/metrics``, ``/v1/*``) and every WebSocket are guarded; anything else (the
+static web page) stays public. A refused client gets one clear HTTP answer and
+nothing else: no WebSocket is accepted, no session created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
+
+from sonicgate.config import Settings
+
+# The scope key under which the middleware leaves the client's identity for the routes.
+CLIENT = "sonicgate.client"
+GUARDED = ("/api", "/metrics", "/v1")
+BURST_SECONDS = 2.0  # a client may spend this many seconds' worth of its rate at once
+MIN_HS256_SECRET = 32  # bytes: RFC 7518 wants an HS256 key as long as the hash
+PRUNE_EVERY = 60.0  # seconds between sweeps of idle clients' buckets
+
+
+class Refused(Exception):
+    def __init__(
+        self, status: int, code: str, message: str, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicy:
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwt_public_key: RSAPublicKey | None = None
+    jwt_audience: str | None = None
+    allowed_origins: frozenset[str] = frozenset()
+    requests_per_second: float = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AccessPolicy:
+        """Raises ``ValueError`` for an empty key, a weak secret or an unusable public key
+        file (rather than serve with less protection than was asked for)."""
+        if "" in settings.api_keys:
+            raise ValueError("an API key may not be empty")
+        if settings.jwt_secret is not None and len(settings.jwt_secret) < MIN_HS256_SECRET:
+            raise ValueError(f"the JWT secret must be at least {MIN_HS256_SECRET} bytes")
+        public_key = None
+        if settings.jwt_public_key_file is not None:
+            loaded = load_pem_public_key(settings.jwt_public_key_file.read_bytes())
+            if not isinstance(loaded, RSAPublicKey):
+                raise ValueError(f"{settings.jwt_public_key_file} is not an RSA public key")
+            public_key = loaded
+        return cls(
+            api_keys=settings.api_keys,
+            jwt_secret=settings.jwt_secret,
+            jwt_public_key=public_key,
+            jwt_audience=settings.jwt_audience,
+            allowed_origins=frozenset(origin.rstrip("/") for origin in settings.allowed_origins),
+            requests_per_second=settings.max_requests_per_second,
+        )
+
+    @property
+    def auth_on(self) -> bool:
+        return bool(self.api_keys) or self.jwt_secret is not None or self.jwt_public_key is not None
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        """Only browsers send Origin; other clients are not subject to the list."""
+        return origin is None or not self.allowed_origins or origin in self.allowed_origins
+
+    def identify(self, token: str | None) -> str | None:
+        """The client a credential stands for; raises ``Refused``. None when nothing tells
+        clients apart (auth off, or a token without 'sub'): their address stands in."""
+        if not self.auth_on:
+            return None
+        if not token:
+            raise _unauthorized("a credential is required: 'Authorization: Bearer ...' or ?token=")
+        # Every key is compared, so the time taken does not tell which one nearly matched.
+        matches = [hmac.compare_digest(token.encode(), key.encode()) for key in self.api_keys]
+        if any(matches):
+            return "key:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+        return self._verify_jwt(token)
+
+    def _verify_jwt(self, token: str) -> str | None:
+        # Each algorithm is tied to its own key here, never chosen by the token's header.
+        verifiers: list[tuple[str, str | RSAPublicKey]] = []
+        if self.jwt_secret is not None:
+            verifiers.append(("HS256", self.jwt_secret))
+        if self.jwt_public_key is not None:
+            verifiers.append(("RS256", self.jwt_public_key))
+        problem = "invalid API key or token"
+        for algorithm, key in verifiers:
+            try:
+                claims = jwt.decode(token, key, algorithms=[algorithm], audience=self.jwt_audience)
+            except jwt.ExpiredSignatureError:
+                problem = "the token has expired"
+            except jwt.ImmatureSignatureError:
+                problem = "the token is not valid yet"
+            except jwt.InvalidAudienceError:
+                problem = "the token is for another audience"
+            except jwt.InvalidTokenError:
+                continue
+            else:
+                subject = claims.get("sub")
+                return f"sub:{subject}" if subject else None
+        raise _unauthorized(problem)
+
+
+class RateLimiter:
+    """A token bucket per client: ``rate`` a second, ``BURST_SECONDS`` of it at once."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self._burst = max(1.0, rate * BURST_SECONDS)
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, when)
+        self._pruned = clock()
+
+    def take(self, client: str) -> float:
+        """0 when the client may go ahead, else the seconds until it may."""
+        if self.rate <= 0:
+            return 0.0
+        now = self._clock()
+        tokens = self._tokens(client, now)
+        if tokens < 1:
+            return (1 - tokens) / self.rate
+        self._buckets[client] = (tokens - 1, now)
+        if now - self._pruned > PRUNE_EVERY:
+            self._prune(now)
+        return 0.0
+
+    def _tokens(self, client: str, now: float) -> float:
+        tokens, then = self._buckets.get(client, (self._burst, now))
+        return min(self._burst, tokens + (now - then) * self.rate)
+
+    def _prune(self, now: float) -> None:
+        """Forget clients whose bucket has refilled: they are as good as new."""
+        self._pruned = now
+        for client in [c for c in self._buckets if self._tokens(c, now) >= self._burst]:
+            del self._buckets[client]
+
+
+class AccessMiddleware:
+    def __init__(self, app: ASGIApp, policy: AccessPolicy) -> None:
+        self.app = app
+        self.policy = policy
+        self.requests = RateLimiter(policy.requests_per_second)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not _guarded(scope):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        token = _take_credential(scope, headers)
+        try:
+            if not self.policy.origin_allowed(headers.get("origin")):
+                raise Refused(403, "forbidden_origin", "this origin may not use the API")
+            client = self._identify(token, _remote(scope))
+            self._throttle(client)
+        except Refused as refusal:
+            await _refuse(scope, receive, send, refusal)
+            return
+        scope[CLIENT] = client
+        await self.app(scope, receive, send)
+
+    def _identify(self, token: str | None, address: str) -> str:
+        try:
+            return self.policy.identify(token) or address
+        except Refused:
+            self._throttle(address)  # failed attempts count against the address: no fast guessing
+            raise
+
+    def _throttle(self, client: str) -> None:
+        if (wait := self.requests.take(client)) > 0:
+            raise Refused(429, "rate_limited", "too many requests; slow down", wait)
+
+
+def client_of(scope: Scope) -> str:
+    """The identity ``AccessMiddleware`` gave this connection."""
+    return str(scope[CLIENT])
+
+
+def _guarded(scope: Scope) -> bool:
+    if scope["type"] == "websocket":
+        return True
+    if scope["type"] != "http":
+        return False  # lifespan
+    path = scope["path"].removeprefix(scope.get("root_path", ""))
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in GUARDED)
+
+
+def _take_credential(scope: Scope, headers: Headers) -> str | None:
+    """The bearer token from the header, or ``?token=`` (browsers cannot set headers on
+    a WebSocket)."""
+    pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+    in_query = [value for name, value in pairs if name == "token"]
+    if in_query:  # in place: the server's access log prints this very scope's query string
+        kept = [(name, value) for name, value in pairs if name != "token"]
+        scope["query_string"] = urlencode(kept).encode("latin-1")
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return in_query[0] if in_query else None
+
+
+def _remote(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"ip:{client[0]}" if client else "ip:unknown"
+
+
+def _unauthorized(message: str) -> Refused:
+    return Refused(401, "unauthorized", message)
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, refusal: Refused) -> None:
+    headers: dict[str, str] = {}
+    if refusal.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if refusal.retry_after is not None:
+        headers["Retry-After"] = str(math.ceil(refusal.retry_after))
+    response = JSONResponse(
+        {"error": refusal.message, "code": refusal.code}, refusal.status, headers
+    )
+    if scope["type"] == "http":
+        await response(scope, receive, send)
+        return
+    websocket = WebSocket(scope, receive, send)
+    if "websocket.http.response" in scope.get("extensions", {}):
+        # uvicorn 0.54's default WebSocket protocol (websockets-sansio) then logs a spurious
+        # "ASGI callable returned without completing handshake."; the client is unaffected.
+        await websocket.send_denial_response(response)
+    else:  # a server without the denial extension: the closest thing is a policy close
+        await websocket.close(1008, f"{refusal.code}: {refusal.message}"[:120])
