@@ -11,3 +11,8 @@ test:
 	.venv/bin/ruff format --check src tests bench
 	.venv/bin/mypy
 	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q $(ARGS)
+
+# All benchmarks against servers they start; figures in bench/results/ (summary.md).
+bench:
+	./scripts/setup.sh --test
+	HF_HUB_OFFLINE=1 .venv/bin/python -m bench $(ARGS)

@@ -23,19 +23,34 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def start_server(port: int) -> subprocess.Popen[bytes]:
+# Load generators open every session from one address: no per-client limits.
+UNLIMITED = (
+    *("--max-sessions-per-client", "0"),
+    *("--max-messages-per-second", "0"),
+    *("--max-requests-per-second", "0"),
+)
+
+
+def start_server(port: int, *options: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     command = [
-        sys.executable,
-        "-m",
-        "sonicgate",
-        "serve",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
+        *(sys.executable, "-m", "sonicgate", "serve"),
+        *("--port", str(port), "--log-level", "warning", *options),
     ]
     return subprocess.Popen(command, env=env)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise ValueError(f"no VmRSS for process {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def wait_ready(url: str, within: float = 120) -> None:

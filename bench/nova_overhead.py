@@ -3,7 +3,8 @@
 Three processes on this machine: the Nova Sonic emulator (HTTP/2 + TLS +
 eventstream, ``tests/emulators``), a sonicgate server using the Nova engine
 through the real SDK, and a load generator whose sessions stream audio in
-real time (32 ms chunks, the second seed's dialect). Each chunk carries a
+real time in the second seed's dialect (by default its recommended 4096-sample
+chunks, 256 ms; ``--chunk-samples 512`` for 32 ms ones). Each chunk carries a
 counter in its low bits; the emulator notes when each counter arrives. The
 added latency of a chunk is its arrival at the emulator minus its send by the
 client (one monotonic clock for all processes), so it counts the client's
@@ -11,7 +12,7 @@ WebSocket hop, sonicgate, the SDK and HTTP/2: an upper bound on what sonicgate
 adds. CPU per session is the server's CPU time over the run, per session.
 Writes ``bench/results/nova_overhead.json``.
 
-    python -m bench.nova_overhead [--levels 1 10 50 100] [--seconds 10]
+    python -m bench.nova_overhead [--levels 1 10 50 100] [--seconds 10] [--chunk-samples 4096]
 """
 
 from __future__ import annotations
@@ -31,17 +32,16 @@ from typing import Any
 
 import websockets
 
-from bench.harness import percentile, wait_ready, write_results
+from bench.harness import UNLIMITED, cpu_seconds, percentile, wait_ready, write_results
 
-CHUNK_SAMPLES = 512  # 32 ms at 16 kHz
-CHUNK_SECONDS = CHUNK_SAMPLES / 16_000
+SEED_CHUNK_SAMPLES = 4096  # the second seed's recommendation: 256 ms at 16 kHz
 MARK_SAMPLES = 4  # base-256 digits of the counter: too quiet to sound like speech
 
 
-def marked_chunk(counter: int) -> bytes:
+def marked_chunk(counter: int, samples: int) -> bytes:
     digits = [(counter >> (8 * i)) & 0xFF for i in range(MARK_SAMPLES)]
     marks = b"".join(digit.to_bytes(2, "little") for digit in digits)
-    return marks + bytes((CHUNK_SAMPLES - MARK_SAMPLES) * 2)
+    return marks + bytes((samples - MARK_SAMPLES) * 2)
 
 
 def read_mark(pcm: bytes) -> int:
@@ -74,8 +74,11 @@ def run_emulator(pipe: Connection) -> None:
     asyncio.run(serve())
 
 
-async def load(url: str, sessions: int, seconds: float, base: int) -> dict[int, float]:
+async def load(
+    url: str, sessions: int, seconds: float, base: int, chunk_samples: int
+) -> dict[int, float]:
     """``sessions`` clients streaming for ``seconds``; the send time of every mark."""
+    chunk_seconds = chunk_samples / 16_000
     sends: dict[int, float] = {}
     ready = asyncio.Barrier(sessions)
 
@@ -94,12 +97,12 @@ async def load(url: str, sessions: int, seconds: float, base: int) -> dict[int, 
             ready_message = json.loads(await ws.recv())
             assert ready_message["type"] == "initialized", ready_message
             await ready.wait()
-            start = time.monotonic() + index * CHUNK_SECONDS / sessions  # spread the sends
-            count = int(seconds / CHUNK_SECONDS)
+            start = time.monotonic() + index * chunk_seconds / sessions  # spread the sends
+            count = int(seconds / chunk_seconds)
             for n in range(count):
-                await asyncio.sleep(max(0.0, start + n * CHUNK_SECONDS - time.monotonic()))
+                await asyncio.sleep(max(0.0, start + n * chunk_seconds - time.monotonic()))
                 mark = base + index * count + n
-                payload = base64.b64encode(marked_chunk(mark)).decode()
+                payload = base64.b64encode(marked_chunk(mark, chunk_samples)).decode()
                 sends[mark] = time.monotonic()
                 await ws.send(json.dumps({"type": "audio_chunk", "audio": payload}))
             await asyncio.sleep(0.5)  # the last chunks reach the emulator
@@ -109,11 +112,6 @@ async def load(url: str, sessions: int, seconds: float, base: int) -> dict[int, 
     return sends
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -121,6 +119,7 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 10, 50, 100])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--port", type=int, default=8767)
+    parser.add_argument("--chunk-samples", type=int, default=SEED_CHUNK_SAMPLES)
     args = parser.parse_args()
 
     ours, theirs = multiprocessing.Pipe()
@@ -131,8 +130,7 @@ def main() -> None:
         *(sys.executable, "-m", "sonicgate", "serve", "--port", str(args.port)),
         *("--engine", "nova-sonic", "--nova-fallback", "none", "--log-level", "warning"),
         *("--nova-endpoint", endpoint, "--nova-ca-file", ca_file),
-        # Every load session comes from this one address: no per-client limits.
-        *("--max-sessions-per-client", "0", "--max-messages-per-second", "0"),
+        *UNLIMITED,
     ]
     server = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"ws://127.0.0.1:{args.port}/api/nova-sonic/stream"
@@ -143,7 +141,7 @@ def main() -> None:
             assert emulator.pid is not None
             before = [cpu_seconds(pid) for pid in (server.pid, emulator.pid, os.getpid())]
             wall_before = time.monotonic()
-            sends = asyncio.run(load(url, sessions, args.seconds, base=level << 24))
+            sends = asyncio.run(load(url, sessions, args.seconds, level << 24, args.chunk_samples))
             cpu, emulator_cpu, load_cpu = (
                 cpu_seconds(pid) - used
                 for pid, used in zip((server.pid, emulator.pid, os.getpid()), before, strict=True)
@@ -175,7 +173,7 @@ def main() -> None:
     write_results(
         "nova_overhead",
         {"levels": levels},
-        chunk_ms=CHUNK_SECONDS * 1000,
+        chunk_ms=args.chunk_samples / 16,
         seconds_per_level=args.seconds,
         target="p99 added latency <= 5 ms at 100 sessions",
     )

@@ -1,6 +1,9 @@
-"""The StreamingContext state machine and the chunk sequencer."""
+"""The StreamingContext state machine, the chunk sequencer, turn recordings."""
 
 from __future__ import annotations
+
+import base64
+import wave
 
 import pytest
 
@@ -13,6 +16,7 @@ from sonicgate.events import (
     TriggerReason,
     TurnEnded,
 )
+from sonicgate.sessions import session as session_module
 from sonicgate.sessions.sequencer import Sequencer
 from sonicgate.sessions.state import InvalidTransition, StateMachine
 from sonicgate.store.base import ProcessingState as S
@@ -92,3 +96,22 @@ def test_sequencer_drains_in_order_at_the_end() -> None:
 def test_unnumbered_chunks_pass_straight_through() -> None:
     sequencer: Sequencer[str] = Sequencer()
     assert sequencer.accept(None, "x") == (["x"], [])
+
+
+async def test_a_turn_recording_keeps_only_its_last_stretch(
+    make_server, scripted, connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A microphone left open between turns must not grow the session's memory."""
+    monkeypatch.setattr(session_module, "RECORDING_LIMIT_SECONDS", 1)
+    server = await make_server({"scripted": scripted})
+    client = await connect(server.ws())
+    await client.send({"type": "initialize"})
+    session_id = (await client.recv())["sessionId"]
+    second = base64.b64encode(bytes(32_000)).decode()
+    for _ in range(3):
+        await client.send({"type": "audio_chunk", "audio": second})
+    await client.send({"type": "audio_chunk", "audio": second, "isComplete": True})
+    await client.until("text_response")
+    recording = server.settings.audio_dir / session_id / "00001-user.wav"
+    with wave.open(str(recording)) as wav:
+        assert wav.getnframes() == 16_000

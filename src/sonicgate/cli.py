@@ -22,7 +22,7 @@ from sonicgate.models import (
     status,
 )
 
-ENGINES = ("local", "nova-sonic")
+ENGINES = ("local", "nova-sonic", "echo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -267,6 +267,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from sonicgate.engines.base import Engine
+    from sonicgate.engines.echo import EchoEngine
     from sonicgate.engines.fallback import FallbackEngine
     from sonicgate.engines.local import LocalEngine
     from sonicgate.engines.nova_sonic.engine import NovaSonicEngine
@@ -326,6 +327,7 @@ def _serve(args: argparse.Namespace) -> int:
     engines: dict[str, Engine] = {
         "local": local,
         "nova-sonic": nova if args.nova_fallback == "none" else FallbackEngine(nova, local),
+        "echo": EchoEngine(),
     }
     app = create_app(settings, engines)
     config = uvicorn.Config(

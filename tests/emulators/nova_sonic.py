@@ -35,6 +35,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.settings
 import numpy as np
 import trustme
 from smithy_aws_event_stream.events import Event, EventMessage
@@ -410,6 +411,9 @@ class _Connection:
 
     async def run(self) -> None:
         self.h2.initiate_connection()
+        # Windows as roomy as a cloud service's: h2's 64 KB default per stream
+        # makes the client wait for a WINDOW_UPDATE every ~1.5 s of audio.
+        self.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24})
         self.h2.increment_flow_control_window(1 << 24)
         await self.flush()
         try:

@@ -88,9 +88,10 @@ class EngineSession(Protocol):
 
 
 def supports_language(capabilities: Capabilities, language: str) -> bool:
-    """Match on the primary subtag: an English model serves en-US and en-GB alike."""
+    """Match on the primary subtag: an English model serves en-US and en-GB alike.
+    ``*`` is every language (an engine that does not listen to the words)."""
     primary = language.split("-")[0].lower()
-    return any(tag.split("-")[0].lower() == primary for tag in capabilities.languages)
+    return any(tag == "*" or tag.split("-")[0].lower() == primary for tag in capabilities.languages)
 
 
 class Engine(Protocol):

@@ -58,6 +58,9 @@ Send = Callable[[JsonObject], Awaitable[None]]
 BYTES_PER_SECOND = INPUT_SAMPLE_RATE * 2
 KEPT_SEQUENCE_NUMBERS = 64
 LAST_REPLY_TIMEOUT = 20.0  # seconds an ending session waits for its last answer
+# The audio store keeps each turn's last minute: a microphone left open between
+# turns must not grow memory without bound.
+RECORDING_LIMIT_SECONDS = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +180,7 @@ class LiveSession:
 
     async def _received(self, pcm: bytes) -> None:
         self._services.metrics.audio_in(self.view.engine, len(pcm) / BYTES_PER_SECOND)
-        self._user_audio += pcm
+        _append_bounded(self._user_audio, pcm, RECORDING_LIMIT_SECONDS * BYTES_PER_SECOND)
         self.record.totalDuration = (self.record.totalDuration or 0.0) + len(pcm) / BYTES_PER_SECOND
 
     async def _run_engine(self) -> None:
@@ -213,8 +216,8 @@ class LiveSession:
                         "reason": str(reason),
                     },
                 )
-            case AudioOut(pcm=pcm):
-                self._reply_audio += pcm
+            case AudioOut(pcm=pcm, sample_rate=rate):
+                _append_bounded(self._reply_audio, pcm, RECORDING_LIMIT_SECONDS * rate * 2)
             case ResponseTextFinal(text=text):
                 if text:
                     await self._services.store.append_message(
@@ -301,6 +304,13 @@ class LiveSession:
         await self._assistant_audio()  # saves a reply cut short by the close, then persists
         event = "ended" if status is not None else "detached"
         await self._publish(SESSION_EVENT, {"event": event, "status": str(self.record.status)})
+
+
+def _append_bounded(recording: bytearray, pcm: bytes, limit: int) -> None:
+    """Append, keeping only the last ``limit`` bytes."""
+    recording += pcm
+    if len(recording) > limit:
+        del recording[: len(recording) - limit]
 
 
 def _decode_recording(data: bytes) -> bytes:

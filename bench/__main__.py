@@ -1,0 +1,40 @@
+"""``make bench``: every benchmark, each against a server of its own, then the
+summary page. About 15 minutes on 2 cores (the load run alone takes 5).
+
+    python -m bench [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+from bench import report
+
+BENCHMARKS = (
+    ("local_latency", ()),
+    ("local_barge_in", ()),
+    ("nova_overhead", ()),
+    ("load", ()),
+    ("capacity", ()),
+)
+QUICK = {"load": ("--minutes", "1"), "local_latency": ("--turns", "20")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a 1-minute load run instead of 5")
+    args = parser.parse_args()
+    for name, options in BENCHMARKS:
+        chosen = QUICK.get(name, options) if args.quick else options
+        print(f"==> bench.{name} {' '.join(chosen)}", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        subprocess.run([sys.executable, "-m", f"bench.{name}", *chosen], check=True)
+        print(f"    {time.monotonic() - started:.0f} s", file=sys.stderr)
+    report.main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Capacity of one sonicgate process: start-up time, memory per session, and how
+many sessions per core stream in real time before it breaks.
+
+* Start-up: from launching ``sonicgate serve`` (local models loaded and warmed
+  up) to the first accepted WebSocket.
+* Memory per session: the server's RSS with N idle-but-open sessions, minus
+  before, over N; for the local engine (the default) and for the echo engine
+  (the gateway's own share).
+* Sessions per core: echo sessions streaming the seed's 256 ms chunks, at
+  rising counts, until a chunk is lost or reordered or the p99 round trip
+  exceeds one chunk's duration (the client would hear gaps). The load
+  generator runs on the same cores, so this is a lower bound.
+
+Writes ``bench/results/capacity.json``.
+
+    python -m bench.capacity [--levels 100 200 400 800]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import time
+from typing import Any
+
+import websockets
+
+from bench.echo_load import SEED_CHUNK_SAMPLES, echo_load
+from bench.harness import UNLIMITED, percentile, rss_mb, start_server, wait_ready, write_results
+from bench.speech import silence
+
+LEVEL_SECONDS = 15.0
+SETTLE_SECONDS = 2.0
+
+
+async def memory_per_session(url: str, pid: int, engine: str, sessions: int) -> float:
+    """MB of server memory per open session of ``engine`` that has heard 1 s of audio."""
+    await asyncio.sleep(SETTLE_SECONDS)
+    before = rss_mb(pid)
+    audio = base64.b64encode(silence(1.0)).decode()
+    opened = []
+    for index in range(sessions):
+        ws = await websockets.connect(url, max_size=None)
+        await ws.send(json.dumps({"type": "initialize", "engine": engine, "userId": f"m{index}"}))
+        assert json.loads(await ws.recv())["type"] == "initialized"
+        await ws.send(json.dumps({"type": "audio_chunk", "audio": audio}))
+        opened.append(ws)
+    await asyncio.sleep(SETTLE_SECONDS)
+    after = rss_mb(pid)
+    for ws in opened:
+        await ws.close()
+    return (after - before) / sessions
+
+
+async def real_time_levels(url: str, levels: list[int]) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    for sessions in levels:
+        stats = await echo_load(url, sessions, LEVEL_SECONDS, SEED_CHUNK_SAMPLES)
+        p99 = percentile(stats.round_trip_ms, 99) if stats.round_trip_ms else float("inf")
+        real_time = stats.lost == 0 and stats.reordered == 0 and p99 < stats.chunk_seconds * 1000
+        results.append(
+            {
+                "sessions": sessions,
+                "chunks_lost": stats.lost,
+                "chunks_reordered": stats.reordered,
+                "round_trip_ms_p50": round(percentile(stats.round_trip_ms, 50), 2),
+                "round_trip_ms_p99": round(p99, 2),
+                "real_time": real_time,
+            }
+        )
+        print(json.dumps(results[-1]))
+        if not real_time:
+            break
+        await asyncio.sleep(SETTLE_SECONDS)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--levels", type=int, nargs="+", default=[100, 200, 400, 800])
+    parser.add_argument("--port", type=int, default=8769)
+    args = parser.parse_args()
+    url = f"ws://127.0.0.1:{args.port}/api/nova-sonic/stream"
+    launched = time.monotonic()
+    server = start_server(args.port, *UNLIMITED)
+    try:
+        asyncio.run(wait_ready(url))
+        start_up = time.monotonic() - launched
+        local_mb = asyncio.run(memory_per_session(url, server.pid, "local", 50))
+        echo_mb = asyncio.run(memory_per_session(url, server.pid, "echo", 200))
+        levels = asyncio.run(real_time_levels(url, args.levels))
+    finally:
+        server.terminate()
+        server.wait()
+    cores = os.cpu_count() or 1
+    held = [level["sessions"] for level in levels if level["real_time"]]
+    write_results(
+        "capacity",
+        {
+            "start_up_seconds": round(start_up, 2),
+            "memory_mb_per_local_session": round(local_mb, 2),
+            "memory_mb_per_echo_session": round(echo_mb, 3),
+            "real_time_sessions": max(held, default=0),
+            "real_time_sessions_per_core": max(held, default=0) / cores,
+            "first_level_that_broke": next(
+                (level["sessions"] for level in levels if not level["real_time"]), None
+            ),
+        },
+        levels=levels,
+        seconds_per_level=LEVEL_SECONDS,
+    )
+
+
+if __name__ == "__main__":
+    main()

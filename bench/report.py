@@ -1,0 +1,144 @@
+"""The benchmarks' figures in one page: ``bench/results/summary.md``, with the
+local engine's latency waterfall per turn drawn into ``latency_waterfall.png``.
+
+    python -m bench.report
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no screen: draw straight to a file
+import matplotlib.pyplot as plt
+
+from bench.harness import RESULTS
+
+# The local engine's stages, in the order a turn passes them (seconds after end of speech).
+STAGES = ("endpoint", "transcript", "llm_first_token", "first_sentence_synthesized")
+COLOURS = ("#9ecae1", "#6baed6", "#fd8d3c", "#74c476", "#bdbdbd")
+PLOT = "latency_waterfall.png"
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def waterfall(turns: list[dict[str, Any]], path: Path) -> None:
+    """One bar per turn, cut where each stage finished; the last grey part is the
+    way from the engine's first audio to the client."""
+    figure, axes = plt.subplots(figsize=(9, 0.32 * len(turns) + 1.8))
+    labels = [*STAGES, "to the client"]
+    for row, turn in enumerate(turns):
+        ends = [turn["stages"].get(stage) for stage in STAGES] + [turn["latency"]]
+        start = 0.0
+        for index, end in enumerate(ends):
+            if end is None or end < start:
+                continue
+            axes.barh(row, end - start, left=start, color=COLOURS[index], label=labels[index])
+            start = end
+    handles, names = axes.get_legend_handles_labels()
+    unique = dict(zip(names, handles, strict=True))
+    axes.legend(
+        unique.values(),
+        unique.keys(),
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.12),
+        ncol=len(unique),
+        fontsize=8,
+    )
+    axes.set_yticks(range(len(turns)), [f"{i + 1}" for i in range(len(turns))], fontsize=7)
+    axes.invert_yaxis()
+    axes.set_xlabel("seconds after the end of the user's speech")
+    axes.set_ylabel("turn")
+    axes.set_title("Local engine: end of speech → first audio at the client, per turn")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def summary() -> str:
+    cores = None
+    lines = ["# Benchmark results", ""]
+    if latency := load("local_latency"):
+        cores = latency["machine"]["cores"]
+        s = latency["summary"]
+        lines += [
+            "## Local engine: end of speech → first audio byte",
+            "",
+            f"{s['turns']} turns: **p50 {s['latency_p50']:.2f} s, p95 {s['latency_p95']:.2f} s** "
+            "(target ≤ 1.0 / ≤ 1.5 s).",
+            "",
+            "| stage | p50 (s) |",
+            "|---|---|",
+            *(f"| {stage} | {value:.3f} |" for stage, value in s["stages_p50"].items()),
+            "",
+            f"![latency waterfall]({PLOT})",
+            "",
+        ]
+        waterfall(latency["turns"], RESULTS / PLOT)
+    if barge := load("local_barge_in"):
+        s = barge["summary"]
+        lines += [
+            "## Barge-in (local engine)",
+            "",
+            f"Generation stopped p50 {s['barge_in_stopped']['p50'] * 1000:.0f} ms, "
+            f"max {s['barge_in_stopped']['max'] * 1000:.0f} ms after the onset was detected; "
+            f"speech sent → `interrupted` at the client p50 "
+            f"{s['speech_sent_to_interrupted']['p50'] * 1000:.0f} ms.",
+            "",
+        ]
+    if nova := load("nova_overhead"):
+        lines += [
+            f"## Gateway overhead on the Nova Sonic path ({nova['chunk_ms']:.0f} ms chunks)",
+            "",
+            "| sessions | added p50 (ms) | added p99 (ms) | server CPU % per session |",
+            "|---|---|---|---|",
+            *(
+                f"| {lv['sessions']} | {lv['added_ms_p50']} | {lv['added_ms_p99']} "
+                f"| {lv['server_cpu_percent_per_session']} |"
+                for lv in nova["summary"]["levels"]
+            ),
+            "",
+        ]
+    if run := load("load"):
+        s = run["summary"]
+        lines += [
+            f"## Load: {s['sessions']} sessions for {s['seconds'] / 60:.0f} min (echo engine)",
+            "",
+            f"{s['chunks_sent']} chunks: {s['chunks_lost']} lost, {s['chunks_reordered']} "
+            f"reordered; round trip p50 {s['round_trip_ms_p50']} ms, p99 "
+            f"{s['round_trip_ms_p99']} ms; server CPU {s['server_cpu_percent']} %; memory "
+            f"{s['rss_mb_after_warm_up']} → {s['rss_mb_at_end']} MB "
+            f"({s['rss_growth_percent']:+.2f} %).",
+            "",
+        ]
+    if capacity := load("capacity"):
+        s = capacity["summary"]
+        lines += [
+            "## Capacity",
+            "",
+            f"- Start-up (local models loaded and warmed up): {s['start_up_seconds']} s",
+            f"- Memory per session: {s['memory_mb_per_local_session']} MB (local engine), "
+            f"{s['memory_mb_per_echo_session']} MB (gateway alone, echo engine)",
+            f"- Real-time sessions (echo engine, 256 ms chunks): {s['real_time_sessions']} "
+            f"({s['real_time_sessions_per_core']:.0f} per core); first level that broke: "
+            f"{s['first_level_that_broke']}",
+            "",
+        ]
+    if cores is not None:
+        lines.insert(2, f"Machine: {cores} cores, no GPU. Each section is from one run.\n")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    (RESULTS / "summary.md").write_text(summary())
+    print(f"wrote {RESULTS / 'summary.md'}")
+
+
+if __name__ == "__main__":
+    main()
