@@ -13,7 +13,7 @@ many sessions per core stream in real time before it breaks.
 
 Writes ``bench/results/capacity.json``.
 
-    python -m bench.capacity [--levels 100 200 400 800]
+    python -m bench.capacity [--levels 100 200 400 800 1600]
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--levels", type=int, nargs="+", default=[100, 200, 400, 800])
+    parser.add_argument("--levels", type=int, nargs="+", default=[100, 200, 400, 800, 1600])
     parser.add_argument("--port", type=int, default=8769)
     args = parser.parse_args()
     url = f"ws://127.0.0.1:{args.port}/api/nova-sonic/stream"

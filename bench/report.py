@@ -96,10 +96,12 @@ def summary() -> str:
         lines += [
             f"## Gateway overhead on the Nova Sonic path ({nova['chunk_ms']:.0f} ms chunks)",
             "",
-            "| sessions | added p50 (ms) | added p99 (ms) | server CPU % per session |",
-            "|---|---|---|---|",
+            "| sessions | added p50 (ms) | added p99 (ms) | p99 after each session's first "
+            "chunk (ms) | first chunk p50 (ms) | server CPU % per session |",
+            "|---|---|---|---|---|---|",
             *(
                 f"| {lv['sessions']} | {lv['added_ms_p50']} | {lv['added_ms_p99']} "
+                f"| {lv.get('after_first_chunk_ms_p99', '')} | {lv.get('first_chunk_ms_p50', '')} "
                 f"| {lv['server_cpu_percent_per_session']} |"
                 for lv in nova["summary"]["levels"]
             ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -123,6 +124,19 @@ class Client:
         raw = await asyncio.wait_for(self.connection.recv(), within)
         result: dict[str, Any] = json.loads(raw)
         return result
+
+    async def initialize(self, **fields: object) -> dict[str, Any]:
+        """Start a session in the second seed's dialect; returns its ``initialized``."""
+        await self.send({"type": "initialize", **fields})
+        ready = await self.recv()
+        assert ready["type"] == "initialized", ready
+        return ready
+
+    async def stream_audio(self, pcm: bytes, chunk_bytes: int = 8192) -> None:
+        """pcm16 as the second seed's ``audio_chunk`` messages (4096 samples each)."""
+        for offset in range(0, len(pcm), chunk_bytes):
+            audio = base64.b64encode(pcm[offset : offset + chunk_bytes]).decode()
+            await self.send({"type": "audio_chunk", "audio": audio})
 
     async def until(
         self, kind: str, within: float = 30.0

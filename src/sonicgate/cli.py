@@ -8,9 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-from sonicgate import __version__
+from sonicgate import __version__, logs, tracing
 from sonicgate.config import Settings, default_data_dir
 from sonicgate.engines.nova_sonic.settings import NOVA_2_SONIC, NOVA_SONIC, NovaSettings
+from sonicgate.engines.openai.client import OpenAISettings
 from sonicgate.models import (
     Kind,
     ModelError,
@@ -22,7 +23,7 @@ from sonicgate.models import (
     status,
 )
 
-ENGINES = ("local", "nova-sonic", "echo")
+ENGINES = ("local", "nova-sonic", "openai", "openai-realtime", "echo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = Settings()
     serve.add_argument("--host", default=defaults.host, help="address to listen on")
     serve.add_argument("--port", type=int, default=defaults.port, help="port to listen on")
-    serve.add_argument("--engine", choices=ENGINES, default=defaults.engine, help="default engine")
+    serve.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=defaults.engine,
+        help="engine of clients that do not pick one: local (offline models, the default), "
+        "nova-sonic, openai, openai-realtime, or echo (returns the caller's audio: a "
+        "diagnostic)",
+    )
     serve.add_argument(
         "--store",
         default=defaults.store,
@@ -62,8 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.log_level,
         help="log verbosity",
     )
+    serve.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default="text",
+        help="text, or one JSON object per line for log collectors; both carry the "
+        "session and turn ids",
+    )
     _add_model_choice(serve)
     _add_nova_options(serve)
+    _add_openai_options(serve)
     serve.add_argument(
         "--max-message-bytes",
         type=int,
@@ -207,6 +223,44 @@ def _add_nova_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_openai_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "OpenAI engines",
+        "Clients pick 'openai' (Whisper -> chat -> TTS over the HTTP API, endpointing here) "
+        "or 'openai-realtime' (the Realtime API). The API key comes from the client's "
+        "initialize (openaiApiKey, that session only) or OPENAI_API_KEY. Any "
+        "OpenAI-compatible server works through --openai-base-url.",
+    )
+    defaults = OpenAISettings()
+    group.add_argument(
+        "--openai-base-url",
+        default=os.environ.get("OPENAI_BASE_URL", defaults.base_url),
+        help="API base URL (env OPENAI_BASE_URL)",
+    )
+    group.add_argument("--openai-transcription-model", default=defaults.transcription_model)
+    group.add_argument("--openai-chat-model", default=defaults.chat_model)
+    group.add_argument("--openai-speech-model", default=defaults.speech_model)
+    group.add_argument("--openai-voice", default=defaults.voice, help="default voice")
+    group.add_argument("--openai-realtime-model", default=defaults.realtime_model)
+    group.add_argument(
+        "--openai-fallback",
+        choices=("local", "none"),
+        default="local",
+        help="engine that takes a conversation over when OpenAI fails",
+    )
+
+
+def _openai_settings(args: argparse.Namespace) -> OpenAISettings:
+    return OpenAISettings(
+        base_url=args.openai_base_url,
+        transcription_model=args.openai_transcription_model,
+        chat_model=args.openai_chat_model,
+        speech_model=args.openai_speech_model,
+        voice=args.openai_voice,
+        realtime_model=args.openai_realtime_model,
+    )
+
+
 def _add_model_choice(parser: argparse.ArgumentParser) -> None:
     """--stt/--llm/--tts: the local engine's models; optional ones need `--extra-models` setup."""
     for kind, help_text in (
@@ -271,15 +325,15 @@ def _serve(args: argparse.Namespace) -> int:
     from sonicgate.engines.fallback import FallbackEngine
     from sonicgate.engines.local import LocalEngine
     from sonicgate.engines.nova_sonic.engine import NovaSonicEngine
+    from sonicgate.engines.openai.cascade import openai_cascade
+    from sonicgate.engines.openai.realtime import OpenAIRealtimeEngine
     from sonicgate.server.access import AccessPolicy
     from sonicgate.server.app import create_app
     from sonicgate.server.graceful import GracefulServer
     from sonicgate.tools import DEFAULT_TOOLS
 
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(args.log_level, args.log_format)
+    tracing.configure()
     settings = Settings(
         host=args.host,
         port=args.port,
@@ -324,9 +378,17 @@ def _serve(args: argparse.Namespace) -> int:
         ),
         DEFAULT_TOOLS,
     )
+
+    def backed(engine: Engine, fallback: str) -> Engine:
+        """``engine``, taken over by the local one when it fails (unless 'none')."""
+        return engine if fallback == "none" else FallbackEngine(engine, local)
+
+    openai = _openai_settings(args)
     engines: dict[str, Engine] = {
         "local": local,
-        "nova-sonic": nova if args.nova_fallback == "none" else FallbackEngine(nova, local),
+        "nova-sonic": backed(nova, args.nova_fallback),
+        "openai": backed(openai_cascade(openai, local.models.vad), args.openai_fallback),
+        "openai-realtime": backed(OpenAIRealtimeEngine(openai), args.openai_fallback),
         "echo": EchoEngine(),
     }
     app = create_app(settings, engines)
@@ -335,6 +397,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's records go through our handler and format too
         # Let oversize messages reach us so the client gets a protocol error, not a 1009 close.
         ws_max_size=settings.max_message_bytes * 4,
         # Base64 audio hardly compresses: deflate per message would only cost CPU.

@@ -150,6 +150,9 @@ class Start:
     text_only: bool = False
     # Used for this session only; never stored or logged (excluded from repr).
     credentials: dict[str, str] = field(default_factory=dict, repr=False)
+    # New settings for the session already open on the connection (it reopens with
+    # them, history kept), rather than a second session.
+    reconfigure: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,4 +177,9 @@ class End:
     pass
 
 
-ClientEvent = Start | AudioIn | TextIn | End
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Stop the reply under way (the client pressed stop)."""
+
+
+ClientEvent = Start | AudioIn | TextIn | Cancel | End

@@ -12,9 +12,18 @@ import threading
 
 import av
 
-from sonicgate.audio.formats import RATE, AudioFormatError, check_pcm16, decode_wav, to_pcm16
+from sonicgate.audio.formats import (
+    RATE,
+    AudioFormatError,
+    StreamResampler,
+    check_pcm16,
+    decode_wav,
+    to_pcm16,
+)
 
-FORMATS = ("pcm16", "wav", "webm")
+# pcm16 is 16 kHz; pcm16-24k is the OpenAI Realtime API's 24 kHz input.
+FORMATS = ("pcm16", "wav", "webm", "pcm16-24k")
+REALTIME_RATE = 24_000
 EBML_MAGIC = b"\x1a\x45\xdf\xa3"  # every WebM/Matroska stream starts with it
 FEED_WAIT = 0.25  # seconds ``feed`` waits for the chunk it was given to be decoded
 JOIN_WAIT = 5.0  # seconds ``flush``/``close`` wait for the decoder thread to end
@@ -131,6 +140,9 @@ class InputDecoder:
             )
         self.audio_format = audio_format
         self._webm = _WebmStream() if audio_format == "webm" else None
+        self._resampler = (
+            StreamResampler(REALTIME_RATE, RATE) if audio_format == "pcm16-24k" else None
+        )
 
     @property
     def blocking(self) -> bool:
@@ -143,11 +155,15 @@ class InputDecoder:
             return self._webm.feed(data)
         if self.audio_format == "wav":
             return decode_wav(data)  # each chunk is a whole WAV file
+        if self._resampler is not None:
+            return self._resampler.feed(data)
         check_pcm16(data)
         return data
 
     def flush(self) -> bytes:
         """End of stream: the audio still held back."""
+        if self._resampler is not None:
+            return self._resampler.flush()
         return self._webm.flush() if self._webm is not None else b""
 
     def close(self) -> None:

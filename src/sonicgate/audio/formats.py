@@ -34,6 +34,23 @@ def resample(pcm: bytes, from_rate: int, to_rate: int) -> bytes:
     return bytes(soxr.resample(samples, from_rate, to_rate).astype("<i2").tobytes())
 
 
+class StreamResampler:
+    """Mono pcm16 chunks of one stream from ``from_rate`` to ``to_rate``, with the
+    filter's state carried across chunks: no seam where one chunk meets the next."""
+
+    def __init__(self, from_rate: int, to_rate: int) -> None:
+        self._stream = soxr.ResampleStream(from_rate, to_rate, 1, dtype="int16")
+
+    def feed(self, pcm: bytes) -> bytes:
+        check_pcm16(pcm)
+        samples = np.frombuffer(pcm, dtype="<i2")
+        return bytes(self._stream.resample_chunk(samples).astype("<i2").tobytes())
+
+    def flush(self) -> bytes:
+        last = self._stream.resample_chunk(np.zeros(0, dtype="<i2"), last=True)
+        return bytes(last.astype("<i2").tobytes())
+
+
 def wav_bytes(pcm: bytes, rate: int) -> bytes:
     """Mono pcm16 -> a complete WAV file."""
     buffer = io.BytesIO()

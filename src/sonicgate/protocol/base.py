@@ -39,8 +39,9 @@ class SessionView:
 class Dialect(Protocol):
     name: str
 
-    def parse(self, message: JsonObject) -> ClientEvent:
-        """Turn one client message into an input event; raises ``ProtocolError``."""
+    def parse(self, message: JsonObject) -> ClientEvent | None:
+        """Turn one client message into an input event (None: nothing to do);
+        raises ``ProtocolError``."""
         ...
 
     def ready(self, view: SessionView) -> JsonObject: ...

@@ -23,6 +23,7 @@ from sonicgate.config import Settings
 from sonicgate.engines.base import Engine
 from sonicgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sonicgate.metrics import GatewayMetrics
+from sonicgate.protocol.realtime import RealtimeDialect
 from sonicgate.server.access import AccessMiddleware, AccessPolicy, RateLimiter
 from sonicgate.server.stream import ClientConnection
 from sonicgate.sessions.manager import Limits, SessionManager
@@ -68,14 +69,21 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
                 await engine.aclose()
             await store.close()
 
+    def connection(websocket: WebSocket, **preset: Any) -> ClientConnection:
+        limits = (settings.max_message_bytes, messages, settings.max_session_seconds)
+        return ClientConnection(websocket, manager, *limits, **preset)
+
     async def stream(websocket: WebSocket) -> None:
-        await ClientConnection(
-            websocket,
-            manager,
-            settings.max_message_bytes,
-            messages,
-            settings.max_session_seconds,
-        ).run()
+        await connection(websocket).run()
+
+    async def realtime(websocket: WebSocket) -> None:
+        """OpenAI's Realtime API: the session opens with the socket. A ``model`` that
+        names one of our engines picks it; any other runs on the default engine."""
+        model = websocket.query_params.get("model") or settings.engine
+        beta = websocket.headers.get("openai-beta", "").startswith("realtime")
+        dialect = RealtimeDialect(model, beta=beta)
+        opening = dialect.opening(model if model in engines else None)
+        await connection(websocket, dialect=dialect, opening=opening).run()
 
     async def events(websocket: WebSocket) -> None:
         await websocket.accept()
@@ -130,6 +138,7 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
         routes=[
             WebSocketRoute("/api/nova-sonic/stream", stream),
             WebSocketRoute("/api/events", events),
+            WebSocketRoute("/v1/realtime", realtime),
             Route("/api/nova-sonic/status", status),
             Route("/api/nova-sonic/cleanup", cleanup, methods=["GET", "POST"]),
             Route("/metrics", prometheus),

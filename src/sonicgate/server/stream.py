@@ -7,10 +7,13 @@ import contextlib
 import json
 import logging
 import uuid
+from collections.abc import Awaitable
+from dataclasses import replace
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from sonicgate import logs
 from sonicgate.events import End, Start
 from sonicgate.protocol import Dialect, ProtocolError, detect
 from sonicgate.protocol.base import JsonObject
@@ -34,7 +37,11 @@ class ClientConnection:
         max_bytes: int,
         messages: RateLimiter,
         max_session_seconds: float,
+        dialect: Dialect | None = None,
+        opening: Start | None = None,
     ) -> None:
+        """``dialect``: fixed by the route (else the first message tells); ``opening``:
+        a session to start as soon as the socket opens (the Realtime API's way)."""
         self.id = f"conn-{uuid.uuid4()}"
         self._ws = websocket
         self._manager = manager
@@ -42,7 +49,8 @@ class ClientConnection:
         self._client = client_of(websocket.scope)
         self._messages = messages  # shared by all of a client's connections
         self._max_session_seconds = max_session_seconds  # 0: no limit
-        self._dialect: Dialect | None = None
+        self._dialect = dialect
+        self._opening = opening
         self._session: LiveSession | None = None
         self._expiry: asyncio.Task[None] | None = None  # ends a session at its time limit
         # One message at a time: the session-length timer ends sessions between messages.
@@ -52,11 +60,14 @@ class ClientConnection:
         self._closer: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
+        logs.connection_id.set(self.id)  # this task and those it starts log under it
         await self._ws.accept()
         writer = asyncio.create_task(self._write(), name=f"writer-{self.id}")
         connections = self._manager.services.metrics.connections
         connections.inc()
         try:
+            if self._dialect is not None and self._opening is not None:
+                await self._guarded(self._start(self._dialect, self._opening))
             while True:
                 frame = await self._ws.receive()
                 if frame["type"] == "websocket.disconnect":
@@ -94,9 +105,13 @@ class ClientConnection:
                 return  # the client is gone; the reader loop notices too
 
     async def _on_frame(self, text: str | None, data: bytes | None) -> None:
+        await self._guarded(self._handle(text, data))
+
+    async def _guarded(self, step: Awaitable[None]) -> None:
+        """One step at a time; a protocol error goes to the client, in its dialect."""
         async with self._turnstile:
             try:
-                await self._handle(text, data)
+                await step
             except ProtocolError as exc:
                 await self._error(exc.code, exc.message)
 
@@ -137,23 +152,10 @@ class ClientConnection:
 
     async def _dispatch(self, dialect: Dialect, message: JsonObject) -> None:
         event = dialect.parse(message)
+        if event is None:
+            return  # understood, and nothing to do
         if isinstance(event, Start):
-            if self._session is not None:
-                raise ProtocolError(
-                    "session_active", f"session {self._session.session_id} is already running"
-                )
-            self._session = await self._manager.open(
-                event, self.id, dialect, self.send, self._client
-            )
-            if self._max_session_seconds > 0:
-                self._expiry = asyncio.create_task(
-                    self._expire(self._session), name=f"expiry-{self.id}"
-                )
-            await self._manager.services.store.put_connection(
-                Connection(self.id, self._session.session_id, event.user_id, dialect.name)
-            )
-            log.info("session %s started on %s", self._session.session_id, self.id)
-            await self.send(dialect.ready(self._session.view))
+            await self._start(dialect, event)
             return
         session = self._session
         if session is None:
@@ -172,6 +174,26 @@ class ClientConnection:
             log.exception("session %s failed on input", session.session_id)
             raise ProtocolError("engine_error", f"the engine failed: {exc}") from exc
 
+    async def _start(self, dialect: Dialect, event: Start) -> None:
+        if self._session is not None:
+            if not event.reconfigure:
+                raise ProtocolError(
+                    "session_active", f"session {self._session.session_id} is already running"
+                )
+            # The same session again, with the new settings and its history.
+            event = replace(event, session_id=self._session.session_id)
+            self._stop_clock()
+        self._session = await self._manager.open(event, self.id, dialect, self.send, self._client)
+        if self._max_session_seconds > 0:
+            self._expiry = asyncio.create_task(
+                self._expire(self._session), name=f"expiry-{self.id}"
+            )
+        await self._manager.services.store.put_connection(
+            Connection(self.id, self._session.session_id, event.user_id, dialect.name)
+        )
+        log.info("session %s started on %s", self._session.session_id, self.id)
+        await self.send(dialect.ready(self._session.view))
+
     async def _end(self, session: LiveSession) -> None:
         """End the session as ``end_conversation`` does: pending speech is answered first."""
         self._stop_clock()
@@ -179,6 +201,7 @@ class ClientConnection:
         self._session = None
         await self._manager.close(session, SessionStatus.COMPLETED)
         log.info("session %s ended", session.session_id)
+        logs.session_id.set(None)
         await session.tell_ended()
 
     async def _expire(self, session: LiveSession) -> None:

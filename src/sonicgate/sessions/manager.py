@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sonicgate import logs
 from sonicgate.audio.decoder import InputDecoder
 from sonicgate.audio.formats import AudioFormatError
 from sonicgate.bus.base import SESSION_EVENT, BusEvent
@@ -125,6 +126,7 @@ class SessionManager:
                 await self.close(previous, None)  # the client moved to a new connection
             history = await store.history(record.sessionId)
 
+        logs.session_id.set(record.sessionId)  # the session's tasks inherit it
         config = EngineConfig(
             language=start.language,
             voice=start.voice,

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
+from sonicgate import logs, tracing
 from sonicgate.audio.decoder import InputDecoder
 from sonicgate.audio.formats import AudioFormatError, decode_file, wav_bytes
 from sonicgate.bus.base import (
@@ -28,9 +29,11 @@ from sonicgate.engines.base import INPUT_SAMPLE_RATE, EngineError, EngineSession
 from sonicgate.events import (
     AudioIn,
     AudioOut,
+    Cancel,
     ClientEvent,
     EngineEvent,
     Error,
+    Metrics,
     ResponseTextFinal,
     TextIn,
     TranscriptFinal,
@@ -107,6 +110,7 @@ class LiveSession:
         self._last_reply = asyncio.Event()
         self._answering_last = False
         self._usage: Usage | None = None  # the engine's last running token totals
+        self._trace = tracing.TurnTrace(record.sessionId, view.engine)
         self._pump = asyncio.create_task(self._run_engine(), name=f"engine-{record.sessionId}")
         self.closed = False
         self.last_activity = time.time()  # wall clock: compared with stored timestamps
@@ -121,9 +125,12 @@ class LiveSession:
             raise ProtocolError("session_ended", f"session {self.session_id} has ended")
         self.last_activity = time.time()
         if isinstance(event, TextIn):
+            self._trace.start(self._turn, "text")
             await self._engine.push_text(event.text)
         elif isinstance(event, AudioIn):
             await self._audio_in(event)
+        elif isinstance(event, Cancel):
+            await self._engine.interrupt()
         else:
             raise ProtocolError(
                 "invalid_message", "a session is already started on this connection"
@@ -195,6 +202,7 @@ class LiveSession:
 
     async def _on_engine_event(self, event: EngineEvent) -> None:
         self._services.metrics.engine_event(self.view.engine, event)
+        self._trace.follow(event)
         if self._state.follow(event):
             self.context.processingState = self._state.state
             await self._services.store.put_context(self.context)
@@ -207,6 +215,10 @@ class LiveSession:
                 )
             case TranscriptFinal(text=text, confidence=confidence, reason=reason):
                 await self._user_turn(text)
+                # Words counted, never logged: what users say stays out of the logs.
+                self._trace.start(self._turn, str(reason))
+                words = len(text.split())
+                log.info("heard %d words (%s, confidence %.2f)", words, reason, confidence)
                 await self._publish(
                     TRANSCRIPTION_EVENT,
                     {
@@ -227,6 +239,8 @@ class LiveSession:
                 await self._publish(RESPONSE_EVENT, {"text": text})
             case TurnEnded():
                 await self._assistant_audio()
+            case Metrics(stages=stages):
+                log.info("stages: %s", ", ".join(f"{k} {v:.3f} s" for k, v in stages.items()))
             case Usage():
                 self._services.metrics.usage(self.view.engine, self._usage, event)
                 self._usage = event
@@ -245,6 +259,7 @@ class LiveSession:
             self.record.messageCount += 1
         if self._user_audio:
             self._turn += 1
+            logs.turn.set(self._turn)  # for this task's log lines from here on
             await self._save_audio("user", bytes(self._user_audio), INPUT_SAMPLE_RATE)
         self._user_audio.clear()
         self._turn_cut = False
@@ -294,6 +309,7 @@ class LiveSession:
             return
         self.closed = True
         await self._release_held()
+        self._trace.close()
         self._decoder.close()
         await self._engine.close()
         self._pump.cancel()

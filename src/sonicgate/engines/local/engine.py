@@ -27,8 +27,8 @@ from sonicgate.engines.base import (
     Message,
     Role,
 )
-from sonicgate.engines.local.llm import ChatModel
-from sonicgate.engines.local.stt import Transcriber
+from sonicgate.engines.local.llm import Chat, ChatModel
+from sonicgate.engines.local.stt import Recognizer, Transcriber
 from sonicgate.engines.local.text import SentenceSplitter, before_code
 from sonicgate.engines.local.tts import Synthesizer, load_synthesizer
 from sonicgate.engines.local.turns import FRAME_SAMPLES, Cue, Endpointer, TurnOptions
@@ -62,11 +62,15 @@ BARGE_IN_WAIT = 0.15  # seconds to wait for the LLM worker to stop after a barge
 
 @dataclass(slots=True)
 class LocalModels:
+    """The cascade's four parts: on this machine by default, or any backends with
+    the same interfaces (``engines/openai`` plugs in remote ones)."""
+
     vad: SileroVad
-    stt: Transcriber
-    llm: ChatModel
+    stt: Recognizer
+    llm: Chat
     tts: Synthesizer
     names: tuple[str, ...]
+    languages: tuple[str, ...] = LANGUAGES
 
     def warm_up(self) -> None:
         """Run each model once: first calls pay for allocation and caches."""
@@ -77,15 +81,25 @@ class LocalModels:
 
 
 class LocalEngine:
-    name = "local"
-
-    def __init__(self, models: LocalModels, options: TurnOptions | None = None) -> None:
+    def __init__(
+        self,
+        models: LocalModels,
+        options: TurnOptions | None = None,
+        *,
+        name: str = "local",
+        workers: int = 1,
+        session_models: Callable[[EngineConfig], LocalModels] | None = None,
+    ) -> None:
+        self.name = name
         self.models = models
         self.options = options or TurnOptions()
-        # One thread per model: models are not re-entrant, and the three stages overlap.
-        self.stt_pool = ThreadPoolExecutor(1, thread_name_prefix="stt")
-        self.llm_pool = ThreadPoolExecutor(1, thread_name_prefix="llm")
-        self.tts_pool = ThreadPoolExecutor(1, thread_name_prefix="tts")
+        # One thread per local model: they are not re-entrant, and the three stages
+        # overlap. Remote backends take more (``workers``): sessions wait on the network.
+        self.stt_pool = ThreadPoolExecutor(workers, thread_name_prefix=f"{name}-stt")
+        self.llm_pool = ThreadPoolExecutor(workers, thread_name_prefix=f"{name}-llm")
+        self.tts_pool = ThreadPoolExecutor(workers, thread_name_prefix=f"{name}-tts")
+        # Models for one session (its own credentials, say); by default the shared ones.
+        self._session_models = session_models or (lambda config: self.models)
 
     @classmethod
     def load(
@@ -111,7 +125,7 @@ class LocalEngine:
 
     def capabilities(self) -> Capabilities:
         tts = self.models.tts
-        return Capabilities(LANGUAGES, self.models.names, tts.voices, tts.sample_rate)
+        return Capabilities(self.models.languages, self.models.names, tts.voices, tts.sample_rate)
 
     async def start(self, config: EngineConfig) -> LocalSession:
         # The language was checked against capabilities by the session manager.
@@ -122,7 +136,7 @@ class LocalEngine:
                 f"voice '{config.voice}' is not installed; available: "
                 f"{', '.join(capabilities.voices)}",
             )
-        return LocalSession(self, config)
+        return LocalSession(self, config, self._session_models(config))
 
     async def aclose(self) -> None:
         for pool in (self.stt_pool, self.llm_pool, self.tts_pool):
@@ -169,14 +183,14 @@ class Turn:
 
 
 class LocalSession:
-    def __init__(self, engine: LocalEngine, config: EngineConfig) -> None:
+    def __init__(self, engine: LocalEngine, config: EngineConfig, models: LocalModels) -> None:
         self._engine = engine
-        self._models = engine.models
+        self._models = models
         self._config = config
         self._language = config.language.split("-")[0].lower()
         self._history: list[Message] = list(config.history)
         self._out: asyncio.Queue[EngineEvent | None] = asyncio.Queue()
-        self._vad = VadStream(engine.models.vad)
+        self._vad = VadStream(models.vad)
         self._endpointer = Endpointer(engine.options)
         self._frames = bytearray()  # input not yet a whole VAD frame
         self._preroll = bytearray()
@@ -348,9 +362,14 @@ class LocalSession:
             await self._answer_turn(turn)
         except asyncio.CancelledError:
             raise
+        except EngineError as exc:  # a backend refused: the client (or a fallback) is told
+            log.warning("%s engine turn failed: %s: %s", self._engine.name, exc.code, exc.message)
+            await self._emit(turn, Error(exc.code, exc.message, fatal=True))
+            await self._emit(turn, TurnEnded())
         except Exception as exc:
-            log.exception("local engine turn failed")
-            await self._emit(turn, Error("engine_failed", f"the local engine failed: {exc}"))
+            log.exception("%s engine turn failed", self._engine.name)
+            message = f"the {self._engine.name} engine failed: {exc}"
+            await self._emit(turn, Error("engine_failed", message))
             await self._emit(turn, TurnEnded())
 
     async def _answer_turn(self, turn: Turn) -> None:

@@ -5,9 +5,21 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from llama_cpp import Llama
+
+
+class Chat(Protocol):
+    """A chat model whose reply streams as text deltas and can be cut short."""
+
+    n_ctx: int  # context size, in tokens
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def stream(
+        self, messages: list[dict[str, str]], cancel: threading.Event, max_tokens: int = 160
+    ) -> Iterator[str]: ...
 
 
 class ChatModel:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from faster_whisper import WhisperModel
@@ -16,7 +17,15 @@ class Transcript:
     confidence: float
 
 
+class Recognizer(Protocol):
+    """Speech to text, one whole utterance at a time (16 kHz mono pcm16)."""
+
+    def transcribe(self, pcm: bytes, language: str = "en") -> Transcript: ...
+
+
 class Transcriber:
+    """Whisper through faster-whisper (CTranslate2, int8 on the CPU)."""
+
     languages = ("en",)
 
     def __init__(self, model_dir: Path, threads: int = 2) -> None:

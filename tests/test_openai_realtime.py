@@ -1,0 +1,134 @@
+"""The OpenAI Realtime engine through sonicgate: a seed-001 client on one side,
+the real ``openai`` SDK against the Realtime emulator on the other."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bench.speech import silence, speak
+from sonicgate.engines.base import EngineConfig
+from sonicgate.engines.fallback import FallbackEngine
+from sonicgate.engines.local import LocalEngine, LocalModels
+from sonicgate.engines.openai.client import OpenAISettings
+from sonicgate.engines.openai.realtime import OpenAIRealtimeEngine
+from tests.conftest import Client, RunningServer, ServerFactory
+from tests.emulators.openai_api import OpenAIEmulator
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[OpenAIEmulator]:
+    async with OpenAIEmulator() as running:
+        yield running
+
+
+def realtime(emulator: OpenAIEmulator) -> OpenAIRealtimeEngine:
+    return OpenAIRealtimeEngine(
+        OpenAISettings(base_url=emulator.base_url, api_key=emulator.api_key)
+    )
+
+
+async def start(connect, server: RunningServer, **fields: object) -> Client:
+    client: Client = await connect(server.ws())
+    await client.initialize(engine="openai-realtime", **fields)
+    return client
+
+
+async def talk(client: Client, text: str) -> None:
+    await client.stream_audio(speak(text) + silence(0.8))
+
+
+async def final_text(client: Client) -> tuple[dict[str, object], list[dict[str, object]]]:
+    seen: list[dict[str, object]] = []
+    while True:
+        reply, before = await client.until("text_response", within=20)
+        seen += [*before, reply]
+        if reply["isFinal"]:
+            return reply, seen
+
+
+async def test_a_voice_turn_through_the_realtime_api(
+    emulator: OpenAIEmulator, make_server: ServerFactory, connect
+) -> None:
+    server = await make_server({"openai-realtime": realtime(emulator)})
+    client = await start(connect, server)
+    await talk(client, "What is the capital of France?")
+    reply, seen = await final_text(client)
+    transcript = next(m for m in seen if m["type"] == "transcription" and m["isFinal"])
+    assert transcript["text"] == emulator.transcript
+    assert reply["text"] == emulator.reply
+    audio = [m for m in seen if m["type"] == "audio_response"]
+    assert audio and all(m["sampleRate"] == 24_000 for m in audio)
+
+    update = next(e for e in emulator.realtime_events if e["type"] == "session.update")
+    assert update["session"]["instructions"] == EngineConfig().system_prompt
+    assert update["session"]["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24_000}
+    sent = sum(
+        len(base64.b64decode(e["audio"]))
+        for e in emulator.realtime_events
+        if e["type"] == "input_audio_buffer.append"
+    )
+    spoken = len(speak("What is the capital of France?") + silence(0.8))
+    assert abs(sent - spoken * 1.5) < 2_000  # resampled 16 -> 24 kHz
+
+
+async def test_speech_during_the_reply_interrupts_and_truncates_it(
+    emulator: OpenAIEmulator, make_server: ServerFactory, connect
+) -> None:
+    emulator.reply = " ".join(["and then the dragon flew on"] * 20)
+    emulator.word_delay = 0.05
+    server = await make_server({"openai-realtime": realtime(emulator)})
+    client = await start(connect, server)
+    await talk(client, "Tell me a story.")
+    await client.until("audio_response", within=20)
+    await talk(client, "Stop.")
+    await client.until("interrupted", within=20)
+    truncate = next(
+        e for e in emulator.realtime_events if e["type"] == "conversation.item.truncate"
+    )
+    assert truncate["audio_end_ms"] > 0
+
+
+async def test_typed_text_and_text_only(
+    emulator: OpenAIEmulator, make_server: ServerFactory, connect
+) -> None:
+    server = await make_server({"openai-realtime": realtime(emulator)})
+    client = await start(connect, server, textOnly=True)
+    await client.send({"type": "text_message", "text": "Hello"})
+    reply, seen = await final_text(client)
+    assert reply["text"] == emulator.reply
+    assert not any(m["type"] == "audio_response" for m in seen)
+    update = next(e for e in emulator.realtime_events if e["type"] == "session.update")
+    assert update["session"]["output_modalities"] == ["text"]
+
+
+async def test_a_refused_key_is_a_clear_error(
+    emulator: OpenAIEmulator, make_server: ServerFactory, connect
+) -> None:
+    server = await make_server({"openai-realtime": realtime(emulator)})
+    client: Client = await connect(server.ws())
+    await client.send(
+        {"type": "initialize", "engine": "openai-realtime", "openaiApiKey": "sk-not-this"}
+    )
+    error = await client.recv()
+    assert error["type"] == "error" and error["code"] == "unauthorized", error
+    assert emulator.keys_seen[-1] == "sk-not-this"
+
+
+@pytest.mark.models
+async def test_a_dropped_socket_falls_back_to_local_with_the_history(
+    emulator: OpenAIEmulator, local_models: LocalModels, make_server: ServerFactory, connect
+) -> None:
+    engine = FallbackEngine(realtime(emulator), LocalEngine(local_models))
+    server = await make_server({"openai-realtime": engine})
+    client = await start(connect, server)
+    await client.send({"type": "text_message", "text": "My name is Ada."})
+    await final_text(client)
+    emulator.drop_realtime_after_deltas = 2
+    await client.send({"type": "text_message", "text": "What is my name?"})
+    notice, _ = await client.until("error", within=30)
+    assert notice["code"] == "engine_fallback"
+    answer, _ = await final_text(client)
+    assert "ada" in str(answer["text"]).lower()
