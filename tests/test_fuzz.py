@@ -1,5 +1,6 @@
 """Hostile input, generated: thousands of malformed, truncated, oversized and
-out-of-order messages in both seed dialects against one running server.
+out-of-order messages in both seed dialects, and OpenAI's Realtime dialect at
+``/v1/realtime``, against one running server.
 
 Properties: the server never crashes or drops the connection, every reply is
 in the client's dialect, every frame that is not a JSON object gets an error,
@@ -15,6 +16,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,26 @@ TYPED_REPLIES = {
     "usage",
     "error",
     "conversation_ended",
+}
+REALTIME_REPLIES = {
+    "session.created",
+    "session.updated",
+    "input_audio_buffer.speech_started",
+    "input_audio_buffer.speech_stopped",
+    "input_audio_buffer.committed",
+    "conversation.item.added",
+    "conversation.item.input_audio_transcription.completed",
+    "response.created",
+    "response.output_item.added",
+    "response.output_audio_transcript.delta",
+    "response.output_audio_transcript.done",
+    "response.output_text.delta",
+    "response.output_text.done",
+    "response.output_audio.delta",
+    "response.output_audio.done",
+    "response.output_item.done",
+    "response.done",
+    "error",
 }
 ACTION_REPLIES = {
     "voice_session_initialized",
@@ -112,6 +134,44 @@ action_messages = st.fixed_dictionaries(
     },
 )
 
+realtime_session = st.fixed_dictionaries(
+    {},
+    optional=fields(
+        instructions=st.text(max_size=30),
+        output_modalities=st.sampled_from([["text"], ["audio"], []]),
+        voice=st.text(max_size=8),
+    ),
+)
+realtime_item = st.fixed_dictionaries(
+    {"type": st.just("message"), "role": st.sampled_from(["user", "assistant"])},
+    optional=fields(
+        content=st.lists(
+            st.fixed_dictionaries(
+                {"type": st.sampled_from(["input_text", "text"]), "text": st.text(max_size=20)}
+            ),
+            max_size=2,
+        )
+    ),
+)
+realtime_messages = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(
+            [
+                "session.update",
+                "input_audio_buffer.append",
+                "input_audio_buffer.commit",
+                "input_audio_buffer.clear",
+                "conversation.item.create",
+                "response.create",
+                "response.cancel",
+                PROBE,
+            ]
+        )
+        | json_values
+    },
+    optional=fields(audio=base64ish, session=realtime_session, item=realtime_item),
+)
+
 
 def truncated(message: dict[str, Any]) -> st.SearchStrategy[str]:
     text = json.dumps(message)
@@ -132,6 +192,9 @@ def frames(messages: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[str
 # A conversation: a first message that picks the dialect, then anything, in any order.
 typed_conversations = st.tuples(typed_messages, st.lists(frames(typed_messages), max_size=20))
 action_conversations = st.tuples(action_messages, st.lists(frames(action_messages), max_size=20))
+realtime_conversations = st.tuples(
+    realtime_messages, st.lists(frames(realtime_messages), max_size=20)
+)
 
 
 def is_json_object(frame: str | bytes) -> bool:
@@ -184,21 +247,34 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]:
         yield server
 
 
-def converse(live: ThreadedServer, first: dict[str, Any], rest: list[str | bytes]) -> None:
-    action = "action" in first
-    replies = ACTION_REPLIES if action else TYPED_REPLIES
-    error = "voice_error" if action else "error"
+@dataclass(frozen=True)
+class Dialect:
+    path: str
+    tag: str  # the field that names a message's kind
+    error: str  # the type of its error messages
+    replies: set[str]
+    common: str  # a field every reply carries
+
+
+TYPED = Dialect("/api/nova-sonic/stream", "type", "error", TYPED_REPLIES, "sessionId")
+ACTION = Dialect("/api/nova-sonic/stream", "action", "voice_error", ACTION_REPLIES, "sessionId")
+REALTIME = Dialect("/v1/realtime", "type", "error", REALTIME_REPLIES, "event_id")
+
+
+def converse(
+    live: ThreadedServer, dialect: Dialect, first: dict[str, Any], rest: list[str | bytes]
+) -> None:
     sent = [json.dumps(first), *rest]
-    with connect(live.url.replace("http", "ws") + "/api/nova-sonic/stream") as ws:
+    with connect(live.url.replace("http", "ws") + dialect.path) as ws:
         for frame in sent:
             ws.send(frame)
-        ws.send(json.dumps({"action" if action else "type": LAST}))
-        received = until_probe(ws, error)
+        ws.send(json.dumps({dialect.tag: LAST}))
+        received = until_probe(ws, dialect.error)
     kinds = [message.get("type") for message in received]
-    assert set(kinds) <= replies, f"replies outside the {'action' if action else 'type'} dialect"
-    assert all("sessionId" in message for message in received)
+    assert set(kinds) <= dialect.replies, f"replies outside the {dialect.path} dialect"
+    assert all(dialect.common in message for message in received)
     not_objects = sum(not is_json_object(frame) for frame in sent)
-    assert kinds.count(error) >= not_objects + 1  # each non-object, and the last probe
+    assert kinds.count(dialect.error) >= not_objects + 1  # each non-object, and the last probe
 
 
 def until_probe(ws: ClientConnection, error: str) -> list[dict[str, Any]]:
@@ -207,11 +283,8 @@ def until_probe(ws: ClientConnection, error: str) -> list[dict[str, Any]]:
     while True:
         message = json.loads(ws.recv(timeout=10))
         received.append(message)
-        code = message.get("code") or (message.get("data") or {}).get("code")
-        if message.get("type") == error and code in ("unknown_type", "unknown_action"):
-            text = message.get("message") or message["data"]["message"]
-            if LAST in text:
-                return received
+        if message.get("type") == error and LAST in json.dumps(message):
+            return received
 
 
 fuzz = settings(
@@ -228,7 +301,7 @@ fuzz = settings(
 def test_typed_dialect_survives_anything(
     live: ThreadedServer, conversation: tuple[dict[str, Any], list[str | bytes]]
 ) -> None:
-    converse(live, *conversation)
+    converse(live, TYPED, *conversation)
 
 
 @fuzz
@@ -236,7 +309,15 @@ def test_typed_dialect_survives_anything(
 def test_action_dialect_survives_anything(
     live: ThreadedServer, conversation: tuple[dict[str, Any], list[str | bytes]]
 ) -> None:
-    converse(live, *conversation)
+    converse(live, ACTION, *conversation)
+
+
+@fuzz
+@given(conversation=realtime_conversations)
+def test_realtime_dialect_survives_anything(
+    live: ThreadedServer, conversation: tuple[dict[str, Any], list[str | bytes]]
+) -> None:
+    converse(live, REALTIME, *conversation)
 
 
 def test_after_the_fuzzing_the_server_and_store_are_sound(live: ThreadedServer) -> None:

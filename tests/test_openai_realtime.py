@@ -89,6 +89,7 @@ async def test_speech_during_the_reply_interrupts_and_truncates_it(
         e for e in emulator.realtime_events if e["type"] == "conversation.item.truncate"
     )
     assert truncate["audio_end_ms"] > 0
+    assert any(e["type"] == "response.cancel" for e in emulator.realtime_events)
 
 
 async def test_typed_text_and_text_only(

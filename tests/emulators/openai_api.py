@@ -226,6 +226,9 @@ class _RealtimeSession:
             case "response.create":
                 self.start_reply()
             case "response.cancel":
+                if self.reply is None or self.reply.done():
+                    error = {"type": "invalid_request_error", "code": "response_cancel_not_active"}
+                    await self.emit("error", error={**error, "message": "no active response"})
                 await self.cancel_reply()
             case "conversation.item.truncate":
                 await self.emit("conversation.item.truncated", item_id=event["item_id"])

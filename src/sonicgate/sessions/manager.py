@@ -123,7 +123,10 @@ class SessionManager:
             if start.user_id not in ("anonymous", record.userId):
                 raise ProtocolError("forbidden", "this session belongs to another user")
             if (previous := self.live.get(record.sessionId)) is not None:
-                await self.close(previous, None)  # the client moved to a new connection
+                # The client moved to a new connection (or reconfigured this one). The old
+                # session saves its last turn as it closes: read the record after that.
+                await self.close(previous, None)
+                record = await store.get_session(record.sessionId) or record
             history = await store.history(record.sessionId)
 
         logs.session_id.set(record.sessionId)  # the session's tasks inherit it

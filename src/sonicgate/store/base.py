@@ -79,7 +79,8 @@ class Store(Protocol):
     async def get_session(self, session_id: str) -> VoiceSession | None: ...
 
     async def update_session(self, session: VoiceSession) -> None:
-        """Write the whole record back; sets ``updatedAt``."""
+        """Write the record back, all but ``messageCount`` (``append_message`` keeps
+        that); sets ``updatedAt``."""
 
     async def list_sessions(self, status: SessionStatus | None = None) -> list[VoiceSession]: ...
 

@@ -91,8 +91,12 @@ _CONNECTION_COLUMNS = tuple(f.name for f in fields(Connection))
 _CONTEXT_COLUMNS = tuple(f.name for f in fields(StreamingContext))
 
 _INSERT_SESSION = _insert("sessions", _SESSION_COLUMNS)
+# messageCount is left out: append_message keeps it, in the same transaction as the
+# message, so a record written back from memory can never undo a count.
 _UPDATE_SESSION = "UPDATE sessions SET {} WHERE sessionId = :sessionId".format(
-    ", ".join(f"{column} = :{column}" for column in _SESSION_COLUMNS[1:])
+    ", ".join(
+        f"{column} = :{column}" for column in _SESSION_COLUMNS[1:] if column != "messageCount"
+    )
 )
 _PUT_CONNECTION = _upsert("connections", _CONNECTION_COLUMNS)
 _PUT_CONTEXT = _upsert("contexts", _CONTEXT_COLUMNS)

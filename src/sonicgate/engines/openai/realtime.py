@@ -247,7 +247,10 @@ class OpenAIRealtimeSession:
                 self._partial = ""
                 if self._reply_item is None:
                     return [SpeechStarted()]
-                await self._truncate()  # the service stopped the reply; the client must too
+                # Server VAD stops the reply itself; cancel anyway (a reply created by
+                # response.create may not be), then forget what the user never heard.
+                await self._send(self._connection.response.cancel())
+                await self._truncate()
                 return [SpeechStarted(), Interrupted()]
             case "conversation.item.input_audio_transcription.delta":
                 self._partial += event.get("delta", "")
@@ -282,6 +285,8 @@ class OpenAIRealtimeSession:
             case "error":
                 error = event.get("error", {})
                 code = error.get("code") or error.get("type") or "provider_error"
+                if code == "response_cancel_not_active":
+                    return []  # our cancel came after the service's own: nothing to tell
                 return [Error(str(code), str(error.get("message", "OpenAI Realtime error")))]
         return []
 
