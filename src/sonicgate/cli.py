@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--store",
         default=defaults.store,
-        help="session store: 'sqlite' (a file in the data dir) or sqlite:///PATH",
+        help="session store: 'sqlite' (a file in the data dir), sqlite:///PATH, or "
+        "postgresql://USER@HOST:PORT/DB to share sessions between gateway nodes",
     )
     serve.add_argument(
         "--data-dir",
@@ -330,6 +331,7 @@ def _serve(args: argparse.Namespace) -> int:
     from sonicgate.server.access import AccessPolicy
     from sonicgate.server.app import create_app
     from sonicgate.server.graceful import GracefulServer
+    from sonicgate.store import make_store
     from sonicgate.tools import DEFAULT_TOOLS
 
     logs.configure(args.log_level, args.log_format)
@@ -354,6 +356,11 @@ def _serve(args: argparse.Namespace) -> int:
         max_turn_audio_seconds=args.max_turn_audio_seconds,
         max_session_seconds=args.max_session_seconds,
     )
+    try:
+        make_store(settings)  # a bad --store fails before the models load, too
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     try:
         policy = AccessPolicy.from_settings(settings)  # fail before the models load
     except (ValueError, OSError) as exc:

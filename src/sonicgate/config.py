@@ -17,7 +17,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     engine: str = "local"
-    # "sqlite" (a file in the data dir) or "sqlite:///path/to/file.db".
+    # "sqlite" (a file in the data dir), "sqlite:///path/to/file.db", or a
+    # PostgreSQL URL (postgresql://user@host:5432/db) shared by several nodes.
     store: str = "sqlite"
     data_dir: Path = field(default_factory=default_data_dir)
     log_level: str = "info"
@@ -50,7 +51,10 @@ class Settings:
             return self.data_dir / "sonicgate.db"
         prefix = "sqlite:///"
         if not self.store.startswith(prefix):
-            raise ValueError(f"unsupported store '{self.store}': use 'sqlite' or sqlite:///PATH")
+            raise ValueError(
+                f"unsupported store '{self.store}': use 'sqlite', sqlite:///PATH or "
+                "postgresql://USER@HOST:PORT/DATABASE"
+            )
         return Path(self.store.removeprefix(prefix))
 
     @property

@@ -28,8 +28,8 @@ from sonicgate.server.access import AccessMiddleware, AccessPolicy, RateLimiter
 from sonicgate.server.stream import ClientConnection
 from sonicgate.sessions.manager import Limits, SessionManager
 from sonicgate.sessions.session import Services
+from sonicgate.store import make_store
 from sonicgate.store.audio import FileAudioStore
-from sonicgate.store.sqlite import SqliteStore
 from sonicgate.web import STATIC_DIR
 
 
@@ -37,7 +37,7 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
     """Raises ``ValueError`` for unusable access settings (see ``AccessPolicy``)."""
     policy = AccessPolicy.from_settings(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore(settings.store_path)
+    store = make_store(settings)
     metrics = GatewayMetrics(lambda: len(manager.live))
     services = Services(
         store=store, bus=MemoryBus(), audio=FileAudioStore(settings.audio_dir), metrics=metrics

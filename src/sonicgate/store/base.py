@@ -69,12 +69,17 @@ class StreamingContext:
     processingState: ProcessingState = ProcessingState.IDLE
 
 
+class SessionExists(ValueError):
+    """``create_session`` with an id already taken (by another node, say)."""
+
+
 class Store(Protocol):
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
 
-    async def create_session(self, session: VoiceSession) -> None: ...
+    async def create_session(self, session: VoiceSession) -> None:
+        """Raises ``SessionExists`` if the id is taken."""
 
     async def get_session(self, session_id: str) -> VoiceSession | None: ...
 

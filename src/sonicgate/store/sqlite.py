@@ -20,6 +20,7 @@ from sonicgate.engines.base import Message, Role
 from sonicgate.store.base import (
     Connection,
     ProcessingState,
+    SessionExists,
     SessionStatus,
     StreamingContext,
     VoiceSession,
@@ -197,8 +198,11 @@ class SqliteStore:
         params = asdict(session)
 
         def job(db: sqlite3.Connection) -> None:
-            with db:
-                db.execute(_INSERT_SESSION, params)
+            try:
+                with db:
+                    db.execute(_INSERT_SESSION, params)
+            except sqlite3.IntegrityError as exc:
+                raise SessionExists(session.sessionId) from exc
 
         await self._run(job)
 
