@@ -22,6 +22,7 @@ from sonicgate.models import (
     names,
     status,
 )
+from sonicgate.store import AUDIO_STORE_FORMS, parse_audio_store
 
 ENGINES = ("local", "nova-sonic", "openai", "openai-realtime", "echo")
 
@@ -66,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="models, database and recorded audio (env SONICGATE_DATA_DIR)",
     )
     serve.add_argument(
+        "--audio-store",
+        type=_audio_store_url,
+        default=defaults.audio_store,
+        help=f"where each turn's audio is kept: {AUDIO_STORE_FORMS} on any S3-compatible "
+        "service, with the standard AWS credentials (environment, profile, role)",
+    )
+    serve.add_argument(
+        "--s3-endpoint-url",
+        default=os.environ.get("AWS_ENDPOINT_URL_S3"),
+        help="an S3-compatible service (MinIO, ...) instead of AWS S3 (env AWS_ENDPOINT_URL_S3)",
+    )
+    serve.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
         default=defaults.log_level,
@@ -102,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--data-dir", type=Path, default=default_data_dir())
     _add_model_choice(models)
     return parser
+
+
+def _audio_store_url(url: str) -> str:
+    """Checks --audio-store as it is parsed, before any model loads."""
+    try:
+        parse_audio_store(url)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return url
 
 
 def _add_access_options(parser: argparse.ArgumentParser) -> None:
@@ -342,6 +364,8 @@ def _serve(args: argparse.Namespace) -> int:
         engine=args.engine,
         store=args.store,
         data_dir=args.data_dir,
+        audio_store=args.audio_store,
+        s3_endpoint_url=args.s3_endpoint_url,
         log_level=args.log_level,
         max_message_bytes=args.max_message_bytes,
         # Secrets from the environment too; they never reach a log (Settings hides them).

@@ -29,6 +29,10 @@ class Settings:
     # Sessions idle longer than this are ended by /api/nova-sonic/cleanup.
     stale_after_seconds: float = 30 * 60
     audio_retention_days: float = 7.0
+    # Each turn's audio: "file" (WAV files in the data dir) or s3://BUCKET[/PREFIX] on an
+    # S3-compatible service (store/s3.py), at s3_endpoint_url if set, else AWS S3.
+    audio_store: str = "file"
+    s3_endpoint_url: str | None = None
 
     # Access control (server/access.py). Auth is off unless an API key, a JWT
     # secret (HS256) or a JWT public key (RS256) is set. Secrets stay out of repr.

@@ -28,20 +28,19 @@ from sonicgate.server.access import AccessMiddleware, AccessPolicy, RateLimiter
 from sonicgate.server.stream import ClientConnection
 from sonicgate.sessions.manager import Limits, SessionManager
 from sonicgate.sessions.session import Services
-from sonicgate.store import make_store
-from sonicgate.store.audio import FileAudioStore
+from sonicgate.store import make_audio_store, make_store
 from sonicgate.web import STATIC_DIR
 
 
 def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
-    """Raises ``ValueError`` for unusable access settings (see ``AccessPolicy``)."""
+    """Raises ``ValueError`` for unusable access settings (see ``AccessPolicy``) or an
+    unknown audio store."""
     policy = AccessPolicy.from_settings(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = make_store(settings)
     metrics = GatewayMetrics(lambda: len(manager.live))
-    services = Services(
-        store=store, bus=MemoryBus(), audio=FileAudioStore(settings.audio_dir), metrics=metrics
-    )
+    audio = make_audio_store(settings)
+    services = Services(store=store, bus=MemoryBus(), audio=audio, metrics=metrics)
     manager = SessionManager(
         engines,
         settings.engine,

@@ -1,12 +1,16 @@
-"""Where sessions, connections, streaming contexts and history live."""
+"""Where sessions, connections, streaming contexts, history and audio live."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from sonicgate.config import Settings
+from sonicgate.store.audio import AudioStore, FileAudioStore
 from sonicgate.store.base import Store
 from sonicgate.store.sqlite import SqliteStore
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+AUDIO_STORE_FORMS = "'file' (WAV files in the data dir) or s3://BUCKET[/PREFIX]"
 
 
 def make_store(settings: Settings) -> Store:
@@ -17,3 +21,25 @@ def make_store(settings: Settings) -> Store:
 
         return PostgresStore(settings.store)
     return SqliteStore(settings.store_path)
+
+
+def parse_audio_store(url: str) -> tuple[str, str] | None:
+    """None for 'file', (bucket, prefix) for s3://BUCKET[/PREFIX]; else ValueError."""
+    if url == "file":
+        return None
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"unsupported audio store {url!r}: use {AUDIO_STORE_FORMS}")
+    return parts.netloc, parts.path.strip("/")
+
+
+def make_audio_store(settings: Settings) -> AudioStore:
+    """The audio store ``settings.audio_store`` names (see ``parse_audio_store``)."""
+    location = parse_audio_store(settings.audio_store)
+    if location is None:
+        return FileAudioStore(settings.audio_dir)
+    # boto3 takes a fifth of a second to import: only servers that use S3 pay for it.
+    from sonicgate.store.s3 import S3AudioStore
+
+    bucket, prefix = location
+    return S3AudioStore(bucket, prefix, endpoint_url=settings.s3_endpoint_url)

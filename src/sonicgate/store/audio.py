@@ -32,6 +32,19 @@ def _check_component(kind: str, value: str) -> str:
     return value
 
 
+def check_session_id(session_id: str) -> str:
+    return _check_component("session id", session_id)
+
+
+def audio_key(session_id: str, turn: int, role: str) -> str:
+    """``<session_id>/<turn:05d>-<role>.wav``, the key layout every audio store uses."""
+    check_session_id(session_id)
+    _check_component("role", role)
+    if turn < 0:
+        raise ValueError(f"turn must not be negative: {turn}")
+    return f"{session_id}/{turn:05d}-{role}.wav"
+
+
 class FileAudioStore:
     """Files at ``root/<session_id>/<turn:05d>-<role>.wav``; keys are paths under root."""
 
@@ -39,11 +52,7 @@ class FileAudioStore:
         self.root = root
 
     async def save(self, session_id: str, turn: int, role: str, wav: bytes) -> str:
-        _check_component("session id", session_id)
-        _check_component("role", role)
-        if turn < 0:
-            raise ValueError(f"turn must not be negative: {turn}")
-        key = f"{session_id}/{turn:05d}-{role}.wav"
+        key = audio_key(session_id, turn, role)
         await asyncio.to_thread(self._write, self.root / key, wav)
         return key
 
@@ -88,7 +97,7 @@ class FileAudioStore:
         return deleted
 
     async def list_keys(self, session_id: str) -> list[str]:
-        _check_component("session id", session_id)
+        check_session_id(session_id)
         return await asyncio.to_thread(self._list_keys, session_id)
 
     def _list_keys(self, session_id: str) -> list[str]:
