@@ -6,11 +6,13 @@ import asyncio
 import base64
 import json
 import socket
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import uvicorn
 import websockets
@@ -66,6 +68,20 @@ server_task: dict[int, asyncio.Task[None]] = {}
 async def stop_server(running: RunningServer) -> None:
     running.server.should_exit = True
     await server_task.pop(id(running.server))
+
+
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"  # the machine's own PostgreSQL
+
+
+@pytest.fixture
+def postgres_schema() -> Iterator[str]:
+    """A store URL on the machine's PostgreSQL, in a schema of its own (dropped after)."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    yield f"{POSTGRES}?options=-csearch_path%3D{schema}"
+    with psycopg.connect(POSTGRES, autocommit=True) as admin:
+        admin.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import closing
 from pathlib import Path
 
@@ -28,20 +27,9 @@ from sonicgate.store.base import (
 from sonicgate.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
 from sonicgate.store.postgres import PostgresStore
 from sonicgate.store.sqlite import MIGRATIONS, SqliteStore
+from tests.conftest import POSTGRES
 
-POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 StoreMaker = Callable[[], Store]
-
-
-@pytest.fixture
-def postgres_schema() -> Iterator[str]:
-    """A store URL on the machine's PostgreSQL, in a schema of its own (dropped after)."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES, autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    yield f"{POSTGRES}?options=-csearch_path%3D{schema}"
-    with psycopg.connect(POSTGRES, autocommit=True) as admin:
-        admin.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

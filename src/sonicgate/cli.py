@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="text, or one JSON object per line for log collectors; both carry the "
         "session and turn ids",
     )
+    serve.add_argument(
+        "--node-id",
+        default=defaults.node_id,
+        help="this node's name (default: the host name); gateway nodes sharing a "
+        "PostgreSQL store need distinct ones",
+    )
     _add_model_choice(serve)
     _add_nova_options(serve)
     _add_openai_options(serve)
@@ -363,6 +369,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         engine=args.engine,
         store=args.store,
+        node_id=args.node_id,
         data_dir=args.data_dir,
         audio_store=args.audio_store,
         s3_endpoint_url=args.s3_endpoint_url,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,9 @@ class Settings:
     # Sessions idle longer than this are ended by /api/nova-sonic/cleanup.
     stale_after_seconds: float = 30 * 60
     audio_retention_days: float = 7.0
+    # This gateway node's name, part of its connection ids: after a crash it marks
+    # only its own sessions lost. Nodes sharing one store need distinct names.
+    node_id: str = field(default_factory=socket.gethostname)
     # Each turn's audio: "file" (WAV files in the data dir) or s3://BUCKET[/PREFIX] on an
     # S3-compatible service (store/s3.py), at s3_endpoint_url if set, else AWS S3.
     audio_store: str = "file"

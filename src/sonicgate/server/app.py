@@ -52,6 +52,7 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
             max_sessions_per_client=settings.max_sessions_per_client,
             max_turn_audio_seconds=settings.max_turn_audio_seconds,
         ),
+        settings.node_id,
     )
     messages = RateLimiter(settings.max_messages_per_second)
     started = time.monotonic()

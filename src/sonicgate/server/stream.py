@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import uuid
 from collections.abc import Awaitable
 from dataclasses import replace
 from typing import Any
@@ -42,7 +41,7 @@ class ClientConnection:
     ) -> None:
         """``dialect``: fixed by the route (else the first message tells); ``opening``:
         a session to start as soon as the socket opens (the Realtime API's way)."""
-        self.id = f"conn-{uuid.uuid4()}"
+        self.id = manager.new_connection_id()
         self._ws = websocket
         self._manager = manager
         self._max_bytes = max_bytes

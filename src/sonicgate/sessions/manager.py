@@ -45,6 +45,7 @@ class SessionManager:
         default_engine: str,
         services: Services,
         limits: Limits,
+        node_id: str,
     ) -> None:
         if default_engine not in engines:
             raise ValueError(f"default engine '{default_engine}' is not loaded")
@@ -52,6 +53,7 @@ class SessionManager:
         self.default_engine = default_engine
         self.services = services
         self.limits = limits
+        self._connection_prefix = f"conn-{node_id}-"
         self.live: dict[str, LiveSession] = {}
         self.stopping = False  # a clean stop is under way: no new sessions
         self._opening: Counter[str] = Counter()  # sessions each client has starting
@@ -212,15 +214,21 @@ class SessionManager:
             await self.close(live, SessionStatus.COMPLETED)
             await live.tell_ended()
 
+    def new_connection_id(self) -> str:
+        return f"{self._connection_prefix}{uuid.uuid4()}"
+
     async def recover(self) -> None:
-        """At start: sessions still ACTIVE were cut off by a crash (a clean stop ends
-        them), and their connections are gone."""
+        """At start: this node's sessions still ACTIVE were cut off by its crash (a
+        clean stop ends them), and its connections are gone. Other nodes' sessions,
+        in a shared store, are theirs."""
         store = self.services.store
         for record in await store.list_sessions(SessionStatus.ACTIVE):
-            record.status = SessionStatus.ERROR
-            await store.update_session(record)
+            if record.connectionId.startswith(self._connection_prefix):
+                record.status = SessionStatus.ERROR
+                await store.update_session(record)
         for connection in await store.list_connections():
-            await store.delete_connection(connection.connectionId)
+            if connection.connectionId.startswith(self._connection_prefix):
+                await store.delete_connection(connection.connectionId)
 
     async def cleanup(self) -> dict[str, int]:
         """End sessions nobody has touched for a while; drop audio past retention."""

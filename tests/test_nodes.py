@@ -1,0 +1,57 @@
+"""Several gateway nodes on one PostgreSQL store: a conversation moves between
+nodes with its history, and a node that restarts after a crash marks only its
+own sessions lost."""
+
+from __future__ import annotations
+
+from sonicgate.store.base import SessionStatus, VoiceSession
+from sonicgate.store.postgres import PostgresStore
+from tests.conftest import ServerFactory
+from tests.scripted_engine import ScriptedEngine
+
+
+async def test_a_conversation_resumes_on_another_node_with_its_history(
+    make_server: ServerFactory, scripted: ScriptedEngine, connect, postgres_schema: str
+) -> None:
+    node_a = await make_server({"scripted": scripted}, store=postgres_schema, node_id="a")
+    node_b = await make_server({"scripted": scripted}, store=postgres_schema, node_id="b")
+    first = await connect(node_a.ws())
+    session_id = (await first.initialize())["sessionId"]
+    await first.stream_audio(bytes(16_000))
+    await first.send({"type": "audio_chunk", "audio": "", "isComplete": True})
+    reply, _ = await first.until("text_response")
+    while not reply["isFinal"]:
+        reply, _ = await first.until("text_response")
+    await first.connection.close()  # the client lost node A
+
+    second = await connect(node_b.ws())
+    ready = await second.initialize(sessionId=session_id)
+    assert ready["resumed"] is True and ready["messageCount"] == 2
+    assert [m.text for m in scripted.configs[-1].history] == [scripted.transcript, scripted.reply]
+    await second.send({"type": "text_message", "text": "still me"})
+    reply, _ = await second.until("text_response")
+    assert reply["sessionId"] == session_id
+
+
+async def test_a_restarting_node_marks_only_its_own_sessions_lost(
+    make_server: ServerFactory, scripted: ScriptedEngine, postgres_schema: str
+) -> None:
+    store = PostgresStore(postgres_schema)
+    await store.open()
+    try:
+        for node in ("a", "b"):  # each node had a live session when node A crashed
+            await store.create_session(
+                VoiceSession(
+                    sessionId=f"s-{node}",
+                    novaSonicSessionId="ns",
+                    connectionId=f"conn-{node}-1",
+                    userId="u",
+                )
+            )
+        await make_server({"scripted": scripted}, store=postgres_schema, node_id="a")
+        crashed = await store.get_session("s-a")
+        elsewhere = await store.get_session("s-b")
+    finally:
+        await store.close()
+    assert crashed is not None and crashed.status is SessionStatus.ERROR
+    assert elsewhere is not None and elsewhere.status is SessionStatus.ACTIVE
