@@ -91,10 +91,12 @@ async def make_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
     running: list[RunningServer] = []
 
     async def factory(engines: dict[str, Engine], **overrides: Any) -> RunningServer:
-        engine = next(iter(engines))
-        settings = Settings(
-            port=free_port(), engine=engine, data_dir=tmp_path / "data", **overrides
-        )
+        defaults: dict[str, Any] = {
+            "port": free_port(),
+            "engine": next(iter(engines)),
+            "data_dir": tmp_path / "data",
+        }
+        settings = Settings(**(defaults | overrides))
         server = await start_server(settings, engines)
         running.append(server)
         return server

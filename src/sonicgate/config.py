@@ -28,6 +28,11 @@ class Settings:
     # Sessions idle longer than this are ended by /api/nova-sonic/cleanup.
     stale_after_seconds: float = 30 * 60
     audio_retention_days: float = 7.0
+    # Event bus for /api/events: "memory" (this process) or redis://HOST[:PORT][/DB],
+    # shared by every node; out of repr, as the URL may carry a password.
+    bus: str = field(default="memory", repr=False)
+    # Namespaces the Redis channel (<prefix>:events), so deployments can share a Redis.
+    bus_prefix: str = "sonicgate"
 
     # Access control (server/access.py). Auth is off unless an API key, a JWT
     # secret (HS256) or a JWT public key (RS256) is set. Secrets stay out of repr.

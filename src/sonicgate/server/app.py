@@ -18,7 +18,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sonicgate import __version__
-from sonicgate.bus.memory import MemoryBus
+from sonicgate.bus import open_bus
 from sonicgate.config import Settings
 from sonicgate.engines.base import Engine
 from sonicgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -34,13 +34,17 @@ from sonicgate.web import STATIC_DIR
 
 
 def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
-    """Raises ``ValueError`` for unusable access settings (see ``AccessPolicy``)."""
+    """Raises ``ValueError`` for unusable access settings (see ``AccessPolicy``) or
+    bus URL (see ``check_bus_url``)."""
     policy = AccessPolicy.from_settings(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqliteStore(settings.store_path)
     metrics = GatewayMetrics(lambda: len(manager.live))
     services = Services(
-        store=store, bus=MemoryBus(), audio=FileAudioStore(settings.audio_dir), metrics=metrics
+        store=store,
+        bus=open_bus(settings.bus, settings.bus_prefix),
+        audio=FileAudioStore(settings.audio_dir),
+        metrics=metrics,
     )
     manager = SessionManager(
         engines,
@@ -65,6 +69,7 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
             yield
         finally:
             await manager.close_all()
+            await services.bus.aclose()  # after close_all, whose session events it carries
             for engine in engines.values():
                 await engine.aclose()
             await store.close()
