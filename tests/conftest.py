@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import secrets
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -14,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis
 import uvicorn
 import websockets
 
@@ -105,10 +107,12 @@ async def make_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
     running: list[RunningServer] = []
 
     async def factory(engines: dict[str, Engine], **overrides: Any) -> RunningServer:
-        engine = next(iter(engines))
-        settings = Settings(
-            port=free_port(), engine=engine, data_dir=tmp_path / "data", **overrides
-        )
+        defaults: dict[str, Any] = {
+            "port": free_port(),
+            "engine": next(iter(engines)),
+            "data_dir": tmp_path / "data",
+        }
+        settings = Settings(**(defaults | overrides))
         server = await start_server(settings, engines)
         running.append(server)
         return server
@@ -117,6 +121,28 @@ async def make_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
     for server in running:
         if not server.server.should_exit:
             await stop_server(server)
+
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The local Redis; its tests are skipped where none runs."""
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError:
+        pytest.skip(f"no Redis at {REDIS_URL}")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def bus_prefix() -> str:
+    """Channels of this test's own on the shared Redis."""
+    return f"sonicgate-test-{secrets.token_hex(6)}"
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from sonicgate import __version__, logs, tracing
+from sonicgate.bus import BUS_FORMS, check_bus_url
 from sonicgate.config import Settings, default_data_dir
 from sonicgate.engines.nova_sonic.settings import NOVA_2_SONIC, NOVA_SONIC, NovaSettings
 from sonicgate.engines.openai.client import OpenAISettings
@@ -59,6 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.store,
         help="session store: 'sqlite' (a file in the data dir), sqlite:///PATH, or "
         "postgresql://USER@HOST:PORT/DB to share sessions between gateway nodes",
+    )
+    serve.add_argument(
+        "--bus",
+        type=_bus_url,
+        default=defaults.bus,
+        help=f"event bus behind /api/events: {BUS_FORMS}. A Redis shared by several "
+        "gateways lets /api/events on any of them see the sessions of all",
+    )
+    serve.add_argument(
+        "--bus-prefix",
+        default=defaults.bus_prefix,
+        help="prefix of the Redis channel (PREFIX:events); gateways that share one see "
+        "each other's events",
     )
     serve.add_argument(
         "--data-dir",
@@ -130,6 +144,14 @@ def _audio_store_url(url: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
     return url
+
+
+def _bus_url(value: str) -> str:
+    """``check_bus_url`` for argparse, which shows only this error type's message."""
+    try:
+        return check_bus_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_access_options(parser: argparse.ArgumentParser) -> None:
@@ -370,6 +392,8 @@ def _serve(args: argparse.Namespace) -> int:
         engine=args.engine,
         store=args.store,
         node_id=args.node_id,
+        bus=args.bus,
+        bus_prefix=args.bus_prefix,
         data_dir=args.data_dir,
         audio_store=args.audio_store,
         s3_endpoint_url=args.s3_endpoint_url,

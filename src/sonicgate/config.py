@@ -37,6 +37,11 @@ class Settings:
     # S3-compatible service (store/s3.py), at s3_endpoint_url if set, else AWS S3.
     audio_store: str = "file"
     s3_endpoint_url: str | None = None
+    # Event bus for /api/events: "memory" (this process) or redis://HOST[:PORT][/DB],
+    # shared by every node; out of repr, as the URL may carry a password.
+    bus: str = field(default="memory", repr=False)
+    # Namespaces the Redis channel (<prefix>:events), so deployments can share a Redis.
+    bus_prefix: str = "sonicgate"
 
     # Access control (server/access.py). Auth is off unless an API key, a JWT
     # secret (HS256) or a JWT public key (RS256) is set. Secrets stay out of repr.

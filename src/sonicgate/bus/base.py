@@ -27,6 +27,17 @@ class BusEvent:
             "timestamp": self.timestamp,
         }
 
+    @classmethod
+    def from_json(cls, message: dict[str, Any]) -> BusEvent:
+        """The inverse of ``to_json``; a missing field raises ``KeyError``."""
+        return cls(
+            message["type"],
+            message["sessionId"],
+            message["userId"],
+            message["data"],
+            message["timestamp"],
+        )
+
 
 class Subscription(Protocol):
     def __aiter__(self) -> Subscription: ...
@@ -41,4 +52,8 @@ class Bus(Protocol):
 
     def subscribe(self, session_id: str | None = None, user_id: str | None = None) -> Subscription:
         """Events matching the filters, from now on, until the iterator is closed."""
+        ...
+
+    async def aclose(self) -> None:
+        """Ends every subscription and lets go of any connection."""
         ...

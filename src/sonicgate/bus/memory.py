@@ -69,3 +69,7 @@ class MemoryBus:
 
     def subscribe(self, session_id: str | None = None, user_id: str | None = None) -> Subscription:
         return Subscription(self, session_id, user_id, self.maxsize)
+
+    async def aclose(self) -> None:
+        for subscription in list(self._subscriptions):  # each one leaves the set
+            await subscription.aclose()

@@ -18,7 +18,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sonicgate import __version__
-from sonicgate.bus.memory import MemoryBus
+from sonicgate.bus import open_bus
 from sonicgate.config import Settings
 from sonicgate.engines.base import Engine
 from sonicgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -33,14 +33,15 @@ from sonicgate.web import STATIC_DIR
 
 
 def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
-    """Raises ``ValueError`` for unusable access settings (see ``AccessPolicy``) or an
-    unknown audio store."""
+    """Raises ``ValueError`` for unusable access settings (see ``AccessPolicy``), an
+    unknown audio store or bus URL (see ``check_bus_url``)."""
     policy = AccessPolicy.from_settings(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = make_store(settings)
     metrics = GatewayMetrics(lambda: len(manager.live))
     audio = make_audio_store(settings)
-    services = Services(store=store, bus=MemoryBus(), audio=audio, metrics=metrics)
+    bus = open_bus(settings.bus, settings.bus_prefix)
+    services = Services(store=store, bus=bus, audio=audio, metrics=metrics)
     manager = SessionManager(
         engines,
         settings.engine,
@@ -65,6 +66,7 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
             yield
         finally:
             await manager.close_all()
+            await services.bus.aclose()  # after close_all, whose session events it carries
             for engine in engines.values():
                 await engine.aclose()
             await store.close()

@@ -1,0 +1,157 @@
+"""The Redis bus across nodes, through outages, and picked by URL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from urllib.parse import urlsplit
+
+import pytest
+from redis.asyncio import Redis
+
+from sonicgate.bus import open_bus
+from sonicgate.bus.base import RESPONSE_EVENT, SESSION_EVENT, TRANSCRIPTION_EVENT, BusEvent
+from sonicgate.bus.memory import MemoryBus
+from sonicgate.bus.redis import RedisBus
+from tests.conftest import Client, free_port
+from tests.scripted_engine import tone
+
+
+def event(n: int) -> BusEvent:
+    return BusEvent(SESSION_EVENT, "s1", "u1", {"n": n}, "2024-01-01T00:00:00.000Z")
+
+
+def test_the_bus_is_picked_by_url(redis_url: str) -> None:
+    assert isinstance(open_bus("memory", "p"), MemoryBus)
+    assert isinstance(open_bus(redis_url, "p"), RedisBus)
+    for bad in ("redis", "http://host", "redis://", "redis://host:port", "redis://host/x"):
+        with pytest.raises(ValueError, match=r"use 'memory' or redis://"):
+            open_bus(bad, "p")
+
+
+async def test_publishing_to_an_unreachable_redis_drops_events_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bus = RedisBus(f"redis://127.0.0.1:{free_port()}/0", "unreachable")
+    for n in range(3):
+        await asyncio.wait_for(bus.publish(event(n)), 2)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "unreachable" in warnings[0].getMessage()
+    await bus.aclose()
+
+
+async def test_a_conversation_goes_on_while_redis_is_unreachable(
+    make_server, scripted, connect
+) -> None:
+    server = await make_server({"scripted": scripted}, bus=f"redis://127.0.0.1:{free_port()}/0")
+    client = await connect(server.ws())
+    await client.initialize()
+    await client.send({"type": "text_message", "text": "hello"})
+    final, _ = await client.until("text_response")
+    while not final["isFinal"]:
+        final, _ = await client.until("text_response")
+    assert final["text"] == scripted.reply
+
+
+class Outage:
+    """A TCP relay to Redis that can be cut and restored, as a network would be."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def restore(self) -> None:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in self.writers:
+            writer.close()
+        self.writers.clear()
+        await self.server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self.writers += [writer, up_writer]
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_subscriptions_come_back_with_redis(
+    redis_url: str, bus_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "sonicgate.bus.redis")
+    outage = Outage(urlsplit(redis_url).port or 6379)
+    await outage.restore()
+    bus = RedisBus(f"redis://127.0.0.1:{outage.port}/0", bus_prefix)
+    subscription = bus.subscribe()
+    await bus.publish(event(1))
+    assert (await asyncio.wait_for(anext(subscription), 5)).data == {"n": 1}
+
+    await outage.cut()
+    await asyncio.wait_for(bus.publish(event(2)), 2)  # dropped, without raising
+    assert "unreachable" in caplog.text
+    await outage.restore()
+    async with asyncio.timeout(10):  # the reader subscribes again within a second or so
+        while True:
+            await bus.publish(event(3))
+            with contextlib.suppress(TimeoutError):
+                seen = await asyncio.wait_for(anext(subscription), 0.5)
+                break
+    assert seen.data == {"n": 3}
+    assert "reachable again" in caplog.text
+    await bus.aclose()
+    await outage.cut()
+
+
+async def subscribed(redis_url: str, channel: str) -> None:
+    """Until some node listens on ``channel``: Redis tells nobody, so it is asked."""
+    async with Redis.from_url(redis_url) as redis:
+        for _ in range(250):
+            if dict(await redis.pubsub_numsub(channel)).get(channel.encode()):
+                return
+            await asyncio.sleep(0.02)
+    raise AssertionError(f"nobody subscribed to {channel} within 5 s")
+
+
+async def test_events_on_one_node_reach_a_subscriber_on_another(
+    make_server, scripted, connect, redis_url: str, bus_prefix: str, tmp_path
+) -> None:
+    shared = {"bus": redis_url, "bus_prefix": bus_prefix}
+    node_a = await make_server({"scripted": scripted}, data_dir=tmp_path / "a", **shared)
+    node_b = await make_server({"scripted": scripted}, data_dir=tmp_path / "b", **shared)
+    client: Client = await connect(node_a.ws())
+    session_id = (await client.initialize(userId="alice"))["sessionId"]
+    events: Client = await connect(node_b.ws(f"/api/events?sessionId={session_id}"))
+    await subscribed(redis_url, f"{bus_prefix}:events")  # only node B subscribes
+
+    await client.stream_audio(tone(1.5, 16_000))
+    await client.send({"type": "audio_chunk", "audio": "", "isComplete": True})
+    await client.until("text_response")
+    await client.send({"type": "end_conversation"})
+    await client.until("conversation_ended")
+
+    ended, seen = await events.until(SESSION_EVENT)
+    while ended["data"].get("event") != "ended":
+        seen.append(ended)
+        ended, more = await events.until(SESSION_EVENT)
+        seen += more
+    assert {e["sessionId"] for e in [*seen, ended]} == {session_id}
+    assert {e["userId"] for e in seen} == {"alice"}
+    kinds = {e["type"] for e in seen}
+    assert {SESSION_EVENT, TRANSCRIPTION_EVENT, RESPONSE_EVENT} <= kinds
+    finals = [e["data"] for e in seen if e["type"] == TRANSCRIPTION_EVENT and e["data"]["isFinal"]]
+    assert [f["text"] for f in finals] == [scripted.transcript]
+    responses = [e["data"]["text"] for e in seen if e["type"] == RESPONSE_EVENT]
+    assert responses == [scripted.reply]
