@@ -176,7 +176,8 @@ async def test_a_client_that_never_reads_is_cut_off(
     make_server, scripted: ScriptedEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(stream, "OUTBOX_LIMIT", 32)
-    server = await make_server({"scripted": scripted})
+    # No rate limit: every message below must get its reply, to fill the outbox.
+    server = await make_server({"scripted": scripted}, max_messages_per_second=0)
     # A tiny receive window and max_queue=1: this client stops taking frames off
     # the socket, as a stuck one would, and the kernel buffers little for it.
     sock = socket.socket()
@@ -189,7 +190,7 @@ async def test_a_client_that_never_reads_is_cut_off(
                 await reader_that_stalls.send(json.dumps({"type": "text_message", "text": "hi"}))
                 await asyncio.sleep(0.002)
             while True:  # drain what was sent before the server gave up
-                await asyncio.wait_for(reader_that_stalls.recv(), 15)
+                await asyncio.wait_for(reader_that_stalls.recv(), 30)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == stream.SLOW_CLIENT_CODE
     async with httpx.AsyncClient() as http:
         status = (await http.get(server.url + "/api/nova-sonic/status")).json()

@@ -57,11 +57,12 @@ class ClientConnection:
         self._outbox: asyncio.Queue[JsonObject] = asyncio.Queue(OUTBOX_LIMIT)
         self._cut_off = False
         self._closer: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         logs.connection_id.set(self.id)  # this task and those it starts log under it
         await self._ws.accept()
-        writer = asyncio.create_task(self._write(), name=f"writer-{self.id}")
+        writer = self._writer = asyncio.create_task(self._write(), name=f"writer-{self.id}")
         connections = self._manager.services.metrics.connections
         connections.inc()
         try:
@@ -93,7 +94,14 @@ class ClientConnection:
             self._cut_off = True
             log.warning("%s: %d messages unread, closing the connection", self.id, OUTBOX_LIMIT)
             self._manager.services.metrics.errors.labels("client_too_slow").inc()
-            self._closer = asyncio.create_task(self._ws.close(SLOW_CLIENT_CODE, "client too slow"))
+            self._closer = asyncio.create_task(self._cut_off_now())
+
+    async def _cut_off_now(self) -> None:
+        # The writer is stuck on the full socket: stop it, so the close frame goes first.
+        if self._writer is not None:
+            self._writer.cancel()
+        with contextlib.suppress(Exception):
+            await self._ws.close(SLOW_CLIENT_CODE, "client too slow")
 
     async def _write(self) -> None:
         while True:
