@@ -29,6 +29,7 @@ from sonicgate.server.stream import ClientConnection
 from sonicgate.sessions.manager import Limits, SessionManager
 from sonicgate.sessions.session import Services
 from sonicgate.store import make_audio_store, make_store
+from sonicgate.store.base import StoreUnavailable
 from sonicgate.web import STATIC_DIR
 
 
@@ -109,8 +110,13 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
             await subscription.aclose()
 
     async def status(request: Request) -> JSONResponse:
+        try:
+            connections: int | None = len(await store.list_connections())
+        except StoreUnavailable:  # a shared store is down: say so, still answer
+            connections = None
         body: dict[str, Any] = {
-            "status": "ok",
+            "status": "ok" if connections is not None else "degraded",
+            "store": "ok" if connections is not None else "unavailable",
             "service": "sonicgate",
             "version": __version__,
             "uptimeSeconds": round(time.monotonic() - started, 3),
@@ -126,7 +132,7 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
                 if (caps := engine.capabilities())
             },
             "activeSessions": len(manager.live),
-            "activeConnections": len(await store.list_connections()),
+            "activeConnections": connections,
         }
         return JSONResponse(body)
 

@@ -19,7 +19,7 @@ from sonicgate.protocol.base import JsonObject
 from sonicgate.server.access import RateLimiter, client_of
 from sonicgate.sessions.manager import SessionManager
 from sonicgate.sessions.session import LiveSession
-from sonicgate.store.base import Connection, SessionStatus
+from sonicgate.store.base import Connection, SessionStatus, StoreUnavailable, saved
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,9 @@ class ClientConnection:
                 await step
             except ProtocolError as exc:
                 await self._error(exc.code, exc.message)
+            except StoreUnavailable as exc:  # a session cannot start or resume now
+                log.warning("%s: %s", self.id, exc)
+                await self._error("store_unavailable", f"sessions are unavailable: {exc}")
 
     async def _handle(self, text: str | None, data: bytes | None) -> None:
         if self._messages.take(self._client) > 0:
@@ -195,8 +198,11 @@ class ClientConnection:
             self._expiry = asyncio.create_task(
                 self._expire(self._session), name=f"expiry-{self.id}"
             )
-        await self._manager.services.store.put_connection(
-            Connection(self.id, self._session.session_id, event.user_id, dialect.name)
+        await saved(
+            self._manager.services.store.put_connection(
+                Connection(self.id, self._session.session_id, event.user_id, dialect.name)
+            ),
+            "connection",
         )
         log.info("session %s started on %s", self._session.session_id, self.id)
         await self.send(dialect.ready(self._session.view))
@@ -241,4 +247,4 @@ class ClientConnection:
         if self._session is not None:
             await self._manager.close(self._session, None)
             self._session = None
-        await self._manager.services.store.delete_connection(self.id)
+        await saved(self._manager.services.store.delete_connection(self.id), "connection")

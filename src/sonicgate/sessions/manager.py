@@ -145,26 +145,11 @@ class SessionManager:
         except EngineError as exc:
             raise ProtocolError(exc.code, exc.message) from exc
 
-        context = await store.get_context(record.sessionId) if resumed else None
-        if context is None:
-            context = StreamingContext(
-                sessionId=record.sessionId,
-                connectionId=connection_id,
-                userId=record.userId,
-                audioFormat=start.audio_format,
-                language=start.language,
-                model=name,
-            )
-        context.connectionId = connection_id
-        context.audioFormat = record.audioFormat = start.audio_format
-        context.language, context.model = start.language, name
-        context.processingState = ProcessingState.IDLE  # a fresh engine has no turn under way
-        record.connectionId, record.status = connection_id, SessionStatus.ACTIVE
-        if resumed:
-            await store.update_session(record)
-        else:
-            await store.create_session(record)
-        await store.put_context(context)
+        try:
+            context = await self._record_start(record, start, name, connection_id, resumed)
+        except BaseException:
+            await engine_session.close()  # the store refused: no half-open session
+            raise
 
         view = SessionView(
             session=record,
@@ -197,6 +182,33 @@ class SessionManager:
             )
         )
         return live
+
+    async def _record_start(
+        self, record: VoiceSession, start: Start, engine: str, connection_id: str, resumed: bool
+    ) -> StreamingContext:
+        """Write the session (new or resumed) and its context as it goes live."""
+        store = self.services.store
+        context = await store.get_context(record.sessionId) if resumed else None
+        if context is None:
+            context = StreamingContext(
+                sessionId=record.sessionId,
+                connectionId=connection_id,
+                userId=record.userId,
+                audioFormat=start.audio_format,
+                language=start.language,
+                model=engine,
+            )
+        context.connectionId = connection_id
+        context.audioFormat = record.audioFormat = start.audio_format
+        context.language, context.model = start.language, engine
+        context.processingState = ProcessingState.IDLE  # a fresh engine has no turn under way
+        record.connectionId, record.status = connection_id, SessionStatus.ACTIVE
+        if resumed:
+            await store.update_session(record)
+        else:
+            await store.create_session(record)
+        await store.put_context(context)
+        return context
 
     async def close(self, live: LiveSession, status: SessionStatus | None) -> None:
         if self.live.get(live.session_id) is live:

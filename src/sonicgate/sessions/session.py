@@ -52,6 +52,7 @@ from sonicgate.store.base import (
     Store,
     StreamingContext,
     VoiceSession,
+    saved,
     utc_now,
 )
 
@@ -205,7 +206,7 @@ class LiveSession:
         self._trace.follow(event)
         if self._state.follow(event):
             self.context.processingState = self._state.state
-            await self._services.store.put_context(self.context)
+            await saved(self._services.store.put_context(self.context), "context")
             await self._publish(SESSION_EVENT, {"processingState": str(self._state.state)})
         match event:
             case TranscriptPartial(text=text, confidence=confidence):
@@ -232,10 +233,7 @@ class LiveSession:
                 _append_bounded(self._reply_audio, pcm, RECORDING_LIMIT_SECONDS * rate * 2)
             case ResponseTextFinal(text=text):
                 if text:
-                    await self._services.store.append_message(
-                        self.session_id, Message(Role.ASSISTANT, text)
-                    )
-                    self.record.messageCount += 1
+                    await self._remember(Message(Role.ASSISTANT, text))
                 await self._publish(RESPONSE_EVENT, {"text": text})
             case TurnEnded():
                 await self._assistant_audio()
@@ -255,8 +253,7 @@ class LiveSession:
     async def _user_turn(self, text: str) -> None:
         self.context.transcriptionBuffer = text
         if text:
-            await self._services.store.append_message(self.session_id, Message(Role.USER, text))
-            self.record.messageCount += 1
+            await self._remember(Message(Role.USER, text))
         if self._user_audio:
             self._turn += 1
             logs.turn.set(self._turn)  # for this task's log lines from here on
@@ -276,9 +273,14 @@ class LiveSession:
     async def _save_audio(self, role: str, pcm: bytes, rate: int) -> None:
         await self._services.audio.save(self.session_id, self._turn, role, wav_bytes(pcm, rate))
 
+    async def _remember(self, message: Message) -> None:
+        if await saved(self._services.store.append_message(self.session_id, message), "message"):
+            self.record.messageCount += 1
+
     async def _persist(self) -> None:
-        await self._services.store.update_session(self.record)
-        await self._services.store.put_context(self.context)
+        store = self._services.store
+        await saved(store.update_session(self.record), "session record")
+        await saved(store.put_context(self.context), "context")
 
     async def _publish(self, channel: str, data: JsonObject) -> None:
         await self._services.bus.publish(

@@ -6,12 +6,16 @@ same ``Store`` protocol.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Protocol
 
 from sonicgate.engines.base import Message
+
+log = logging.getLogger(__name__)
 
 
 def utc_now() -> str:
@@ -67,6 +71,21 @@ class StreamingContext:
     chunks: list[int] = field(default_factory=list)
     transcriptionBuffer: str = ""
     processingState: ProcessingState = ProcessingState.IDLE
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached (a shared database down or restarting)."""
+
+
+async def saved(write: Awaitable[object], what: str) -> bool:
+    """A write during a conversation: while the store is unreachable it is lost
+    (and logged) rather than taking the conversation down with it."""
+    try:
+        await write
+    except StoreUnavailable as exc:
+        log.warning("%s not saved: %s", what, exc)
+        return False
+    return True
 
 
 class SessionExists(ValueError):

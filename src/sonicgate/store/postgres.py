@@ -7,14 +7,17 @@ together migrate once. Columns keep the records' camelCase names (quoted).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, fields
 from typing import Any
 
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection, OperationalError, sql
 from psycopg.errors import UniqueViolation
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from sonicgate.engines.base import Message, Role
 from sonicgate.store.base import (
@@ -22,6 +25,7 @@ from sonicgate.store.base import (
     ProcessingState,
     SessionExists,
     SessionStatus,
+    StoreUnavailable,
     StreamingContext,
     VoiceSession,
     utc_now,
@@ -73,6 +77,10 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 MIGRATION_LOCK = 0x50_6E_69_63  # any constant: the advisory lock all nodes agree on
+CONNECT_TIMEOUT = 2.0  # seconds to wait for a pooled connection
+# After a failure, calls fail at once for this long: a conversation must not wait on
+# a database that is down, once per event.
+RETRY_AFTER = 1.0
 
 _SESSION_COLUMNS = tuple(f.name for f in fields(VoiceSession))
 _CONNECTION_COLUMNS = tuple(f.name for f in fields(Connection))
@@ -145,6 +153,7 @@ class PostgresStore:
         self.url = url
         self._pool: AsyncConnectionPool[AsyncConnection[dict[str, Any]]] | None = None
         self._max_connections = max_connections
+        self._down_until = 0.0
 
     async def open(self) -> None:
         if self._pool is not None:
@@ -155,9 +164,15 @@ class PostgresStore:
             max_size=self._max_connections,
             kwargs={"row_factory": dict_row, "autocommit": True},
             connection_class=AsyncConnection[dict[str, Any]],
+            # A connection the database dropped (a restart) is replaced, not handed out.
+            check=AsyncConnectionPool.check_connection,
             open=False,
         )
-        await pool.open(wait=True, timeout=10)
+        try:
+            await pool.open(wait=True, timeout=10)
+        except PoolTimeout as exc:
+            await pool.close()
+            raise StoreUnavailable("cannot reach PostgreSQL (is it running?)") from exc
         try:
             async with pool.connection() as db:
                 await _migrate(db)
@@ -171,12 +186,21 @@ class PostgresStore:
         if pool is not None:
             await pool.close()
 
-    def _connection(self) -> Any:
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection[dict[str, Any]]]:
+        """A pooled connection; an unreachable database is ``StoreUnavailable``."""
         if self._pool is None:
             raise RuntimeError("store is not open")
-        return self._pool.connection()
+        if time.monotonic() < self._down_until:
+            raise StoreUnavailable("PostgreSQL is unreachable")
+        try:
+            async with self._pool.connection(timeout=CONNECT_TIMEOUT) as db:
+                yield db
+        except (OperationalError, PoolTimeout) as exc:
+            self._down_until = time.monotonic() + RETRY_AFTER
+            raise StoreUnavailable(f"PostgreSQL is unreachable: {exc}") from exc
 
-    async def _execute(self, query: sql.Composable | str, params: Any = None) -> int:
+    async def _execute(self, query: sql.Composed | str, params: Any = None) -> int:
         async with self._connection() as db:
             cursor = await db.execute(query, params)
             return int(cursor.rowcount)
