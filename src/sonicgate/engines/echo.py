@@ -12,7 +12,14 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from sonicgate.engines.base import INPUT_SAMPLE_RATE, Capabilities, EngineConfig
-from sonicgate.events import AudioOut, EngineEvent, ResponseTextFinal, TriggerReason, TurnEnded
+from sonicgate.events import (
+    AudioOut,
+    EngineEvent,
+    ResponseTextFinal,
+    TranscriptFinal,
+    TriggerReason,
+    TurnEnded,
+)
 
 
 class EchoSession:
@@ -25,6 +32,7 @@ class EchoSession:
             await self._out.put(AudioOut(pcm, INPUT_SAMPLE_RATE))
 
     async def push_text(self, text: str) -> None:
+        await self._out.put(TranscriptFinal(text, 1.0, TriggerReason.TEXT))  # the user's turn
         await self._out.put(ResponseTextFinal(text))
         await self._out.put(TurnEnded())
 
