@@ -180,6 +180,23 @@ class Client:
             audio = base64.b64encode(pcm[offset : offset + chunk_bytes]).decode()
             await self.send({"type": "audio_chunk", "audio": audio})
 
+    async def complete_turn(self, pcm: bytes) -> None:
+        """Speak ``pcm`` and mark the turn complete (the second seed's ``isComplete``)."""
+        await self.stream_audio(pcm)
+        await self.send({"type": "audio_chunk", "audio": "", "isComplete": True})
+
+    async def final_reply(
+        self, within: float = 30.0
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Receive until the reply's final text; returns it and everything before it."""
+        seen: list[dict[str, Any]] = []
+        while True:
+            reply, before = await self.until("text_response", within)
+            seen += before
+            if reply["isFinal"]:
+                return reply, seen
+            seen.append(reply)
+
     async def until(
         self, kind: str, within: float = 30.0
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -18,7 +18,7 @@ import websockets
 
 from bench.harness import UNLIMITED, wait_ready
 from sonicgate.config import default_data_dir
-from tests.conftest import REDIS_URL, Client, free_port
+from tests.conftest import REDIS_URL, free_port
 
 pytestmark = pytest.mark.models  # each node loads the local models at start
 
@@ -57,13 +57,6 @@ def cluster(
             node.process.wait()
 
 
-async def final_text(client: Client) -> str:
-    reply, _ = await client.until("text_response", within=20)
-    while not reply["isFinal"]:
-        reply, _ = await client.until("text_response", within=20)
-    return str(reply["text"])
-
-
 async def test_a_conversation_survives_its_node(cluster: tuple[Node, Node], connect) -> None:
     node_a, node_b = cluster
     for node in cluster:
@@ -73,7 +66,7 @@ async def test_a_conversation_survives_its_node(cluster: tuple[Node, Node], conn
         client = await connect(node_a.ws("/api/nova-sonic/stream"))
         await client.initialize(sessionId=session_id)
         await client.send({"type": "text_message", "text": "remember me"})
-        assert await final_text(client) == "remember me"
+        assert (await client.final_reply())[0]["text"] == "remember me"
         seen = [json.loads(await asyncio.wait_for(events.recv(), 10)) for _ in range(3)]
     assert {event["sessionId"] for event in seen} == {session_id}  # node A's, seen on B
 
@@ -85,4 +78,4 @@ async def test_a_conversation_survives_its_node(cluster: tuple[Node, Node], conn
     await moved.send({"type": "text_message", "text": "still me"})
     transcript, before = await moved.until("transcription", within=20)
     assert transcript["text"] == "still me" and not before  # nothing replayed
-    assert await final_text(moved) == "still me"
+    assert (await moved.final_reply())[0]["text"] == "still me"

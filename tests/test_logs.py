@@ -34,8 +34,7 @@ async def test_a_conversation_logs_its_session_and_turn(
     server = await make_server({"scripted": scripted})
     client = await connect(server.ws())
     session_id = (await client.initialize())["sessionId"]
-    await client.stream_audio(bytes(16_000))
-    await client.send({"type": "audio_chunk", "audio": "", "isComplete": True})
+    await client.complete_turn(bytes(16_000))
     await client.until("text_response")
     await client.send({"type": "end_conversation"})
     await client.until("conversation_ended")

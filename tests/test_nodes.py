@@ -17,11 +17,8 @@ async def test_a_conversation_resumes_on_another_node_with_its_history(
     node_b = await make_server({"scripted": scripted}, store=postgres_schema, node_id="b")
     first = await connect(node_a.ws())
     session_id = (await first.initialize())["sessionId"]
-    await first.stream_audio(bytes(16_000))
-    await first.send({"type": "audio_chunk", "audio": "", "isComplete": True})
-    reply, _ = await first.until("text_response")
-    while not reply["isFinal"]:
-        reply, _ = await first.until("text_response")
+    await first.complete_turn(bytes(16_000))
+    await first.final_reply()
     await first.connection.close()  # the client lost node A
 
     second = await connect(node_b.ws())

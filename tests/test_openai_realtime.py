@@ -40,22 +40,13 @@ async def talk(client: Client, text: str) -> None:
     await client.stream_audio(speak(text) + silence(0.8))
 
 
-async def final_text(client: Client) -> tuple[dict[str, object], list[dict[str, object]]]:
-    seen: list[dict[str, object]] = []
-    while True:
-        reply, before = await client.until("text_response", within=20)
-        seen += [*before, reply]
-        if reply["isFinal"]:
-            return reply, seen
-
-
 async def test_a_voice_turn_through_the_realtime_api(
     emulator: OpenAIEmulator, make_server: ServerFactory, connect
 ) -> None:
     server = await make_server({"openai-realtime": realtime(emulator)})
     client = await start(connect, server)
     await talk(client, "What is the capital of France?")
-    reply, seen = await final_text(client)
+    reply, seen = await client.final_reply()
     transcript = next(m for m in seen if m["type"] == "transcription" and m["isFinal"])
     assert transcript["text"] == emulator.transcript
     assert reply["text"] == emulator.reply
@@ -98,7 +89,7 @@ async def test_typed_text_and_text_only(
     server = await make_server({"openai-realtime": realtime(emulator)})
     client = await start(connect, server, textOnly=True)
     await client.send({"type": "text_message", "text": "Hello"})
-    reply, seen = await final_text(client)
+    reply, seen = await client.final_reply()
     assert reply["text"] == emulator.reply
     assert not any(m["type"] == "audio_response" for m in seen)
     update = next(e for e in emulator.realtime_events if e["type"] == "session.update")
@@ -126,10 +117,10 @@ async def test_a_dropped_socket_falls_back_to_local_with_the_history(
     server = await make_server({"openai-realtime": engine})
     client = await start(connect, server)
     await client.send({"type": "text_message", "text": "My name is Ada."})
-    await final_text(client)
+    await client.final_reply()
     emulator.drop_realtime_after_deltas = 2
     await client.send({"type": "text_message", "text": "What is my name?"})
     notice, _ = await client.until("error", within=30)
     assert notice["code"] == "engine_fallback"
-    answer, _ = await final_text(client)
+    answer, _ = await client.final_reply()
     assert "ada" in str(answer["text"]).lower()

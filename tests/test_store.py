@@ -280,11 +280,8 @@ async def test_a_server_keeps_its_conversations_in_postgres(
     server = await make_server({"scripted": scripted}, store=postgres_schema)
     client = await connect(server.ws())
     session_id = (await client.initialize())["sessionId"]
-    await client.stream_audio(bytes(16_000))
-    await client.send({"type": "audio_chunk", "audio": "", "isComplete": True})
-    reply, _ = await client.until("text_response")
-    while not reply["isFinal"]:
-        reply, _ = await client.until("text_response")
+    await client.complete_turn(bytes(16_000))
+    await client.final_reply()
     await client.send({"type": "end_conversation"})
     await client.until("conversation_ended")
 

@@ -91,10 +91,7 @@ def postgres() -> Iterator[Postgres]:
 
 async def reply_to(client: Client, text: str) -> dict[str, object]:
     await client.send({"type": "text_message", "text": text})
-    reply, _ = await client.until("text_response")
-    while not reply["isFinal"]:
-        reply, _ = await client.until("text_response")
-    return reply
+    return (await client.final_reply())[0]
 
 
 async def test_conversations_outlive_a_postgres_outage(

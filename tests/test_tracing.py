@@ -36,8 +36,7 @@ async def test_each_turn_is_a_span_with_its_session(
     server = await make_server({"scripted": scripted})
     client = await connect(server.ws())
     session_id = (await client.initialize())["sessionId"]
-    await client.stream_audio(bytes(16_000))
-    await client.send({"type": "audio_chunk", "audio": "", "isComplete": True})
+    await client.complete_turn(bytes(16_000))
     await client.until("audio_response")
     await client.send({"type": "text_message", "text": "and now in writing"})
     await client.send({"type": "end_conversation"})

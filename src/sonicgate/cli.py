@@ -266,12 +266,7 @@ def _add_nova_options(parser: argparse.ArgumentParser) -> None:
         default=defaults.rotate_after,
         help="seconds before a conversation moves to a fresh stream (Nova ends one at ~8 min)",
     )
-    nova.add_argument(
-        "--nova-fallback",
-        choices=("local", "none"),
-        default="local",
-        help="engine that takes a conversation over when Nova Sonic fails",
-    )
+    _add_fallback(nova, "--nova-fallback", "Nova Sonic")
 
 
 def _add_openai_options(parser: argparse.ArgumentParser) -> None:
@@ -293,11 +288,15 @@ def _add_openai_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--openai-speech-model", default=defaults.speech_model)
     group.add_argument("--openai-voice", default=defaults.voice, help="default voice")
     group.add_argument("--openai-realtime-model", default=defaults.realtime_model)
+    _add_fallback(group, "--openai-fallback", "OpenAI")
+
+
+def _add_fallback(group: argparse._ArgumentGroup, flag: str, engine: str) -> None:
     group.add_argument(
-        "--openai-fallback",
+        flag,
         choices=("local", "none"),
         default="local",
-        help="engine that takes a conversation over when OpenAI fails",
+        help=f"engine that takes a conversation over when {engine} fails",
     )
 
 
