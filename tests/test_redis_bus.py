@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from urllib.parse import urlsplit
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from sonicgate.bus import open_bus
 from sonicgate.bus.base import RESPONSE_EVENT, SESSION_EVENT, TRANSCRIPTION_EVENT, BusEvent
@@ -54,55 +58,63 @@ async def test_a_conversation_goes_on_while_redis_is_unreachable(
     assert final["text"] == scripted.reply
 
 
-class Outage:
-    """A TCP relay to Redis that can be cut and restored, as a network would be."""
+class OwnRedis:
+    """A Redis server of the test's own (the machine's shared one is never stopped)."""
 
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
+    def __init__(self, workdir: Path) -> None:
         self.port = free_port()
-        self.server: asyncio.Server | None = None
-        self.writers: list[asyncio.StreamWriter] = []
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
 
-    async def restore(self) -> None:
-        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
 
-    async def cut(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for writer in self.writers:
-            writer.close()
-        self.writers.clear()
-        await self.server.wait_closed()
+    def _launch(self) -> None:
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
 
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        self.writers += [writer, up_writer]
+    async def start(self) -> None:
+        self._launch()
+        async with Redis.from_url(self.url) as redis:
+            for _ in range(100):
+                with contextlib.suppress(RedisError):
+                    await redis.ping()
+                    return
+                await asyncio.sleep(0.05)
+        raise AssertionError("the test's Redis did not start")
 
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            sink.close()
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+@pytest.fixture
+async def own_redis(tmp_path: Path) -> AsyncIterator[OwnRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("no redis-server binary")
+    redis = OwnRedis(tmp_path)
+    await redis.start()
+    yield redis
+    redis.stop()
 
 
 async def test_subscriptions_come_back_with_redis(
-    redis_url: str, bus_prefix: str, caplog: pytest.LogCaptureFixture
+    own_redis: OwnRedis, bus_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "sonicgate.bus.redis")
-    outage = Outage(urlsplit(redis_url).port or 6379)
-    await outage.restore()
-    bus = RedisBus(f"redis://127.0.0.1:{outage.port}/0", bus_prefix)
+    bus = RedisBus(own_redis.url, bus_prefix)
     subscription = bus.subscribe()
     await bus.publish(event(1))
     assert (await asyncio.wait_for(anext(subscription), 5)).data == {"n": 1}
 
-    await outage.cut()
+    own_redis.stop()
     await asyncio.wait_for(bus.publish(event(2)), 2)  # dropped, without raising
     assert "unreachable" in caplog.text
-    await outage.restore()
+    await own_redis.start()
     async with asyncio.timeout(10):  # the reader subscribes again within a second or so
         while True:
             await bus.publish(event(3))
@@ -112,7 +124,6 @@ async def test_subscriptions_come_back_with_redis(
     assert seen.data == {"n": 3}
     assert "reachable again" in caplog.text
     await bus.aclose()
-    await outage.cut()
 
 
 async def subscribed(redis_url: str, channel: str) -> None:
