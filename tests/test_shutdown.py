@@ -40,7 +40,7 @@ async def test_sessions_left_active_by_a_crash_are_marked_error_at_start(
 ) -> None:
     store = SqliteStore(tmp_path / "data" / "sonicgate.db")
     await store.open()
-    await store.create_session(VoiceSession("crashed", "ns-crashed", "conn-here-gone", "u1"))
+    await store.create_session(VoiceSession("crashed", "ns-crashed", "conn-here:gone", "u1"))
     await store.close()
 
     server = await make_server({"scripted": scripted}, node_id="here")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import closing
 from pathlib import Path
@@ -190,6 +191,16 @@ async def test_concurrent_appends_are_all_counted(store: Store) -> None:
     assert loaded is not None and loaded.messageCount == 200
     texts = [m.text for m in await store.history("s1")]  # in commit order
     assert sorted(texts) == sorted(f"m{i}" for i in range(200))
+
+
+async def test_silent_nodes_are_handed_out_once(store: Store) -> None:
+    await store.heartbeat("a")
+    await store.heartbeat("b")
+    assert await store.silent_nodes(time.time() - 60) == []  # both spoke just now
+    assert await store.silent_nodes(time.time() + 1) == ["a", "b"]
+    assert await store.silent_nodes(time.time() + 1) == []  # forgotten as returned
+    await store.heartbeat("a")
+    assert await store.silent_nodes(time.time() + 1) == ["a"]
 
 
 async def test_data_survives_a_restart(make_store: StoreMaker) -> None:

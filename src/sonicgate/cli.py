@@ -23,6 +23,7 @@ from sonicgate.models import (
     names,
     status,
 )
+from sonicgate.sessions.manager import NODE_ID
 from sonicgate.store import AUDIO_STORE_FORMS, parse_audio_store
 
 ENGINES = ("local", "nova-sonic", "openai", "openai-realtime", "echo")
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--node-id",
+        type=_node_id,
         default=defaults.node_id,
         help="this node's name (default: the host name); gateway nodes sharing a "
         "PostgreSQL store need distinct ones",
@@ -144,6 +146,12 @@ def _audio_store_url(url: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
     return url
+
+
+def _node_id(value: str) -> str:
+    if not NODE_ID.fullmatch(value):
+        raise argparse.ArgumentTypeError("use up to 64 letters, digits, '.', '-' and '_'")
+    return value
 
 
 def _bus_url(value: str) -> str:

@@ -63,9 +63,13 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.open()
         await manager.recover()
+        keep_alive = asyncio.create_task(manager.keep_alive(), name="keep-alive")
         try:
             yield
         finally:
+            keep_alive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keep_alive
             await manager.close_all()
             await services.bus.aclose()  # after close_all, whose session events it carries
             for engine in engines.values():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import time
 import uuid
@@ -21,10 +23,13 @@ from sonicgate.sessions.session import LiveSession, Send, Services
 from sonicgate.store.base import (
     ProcessingState,
     SessionStatus,
+    StoreUnavailable,
     StreamingContext,
     VoiceSession,
     utc_now,
 )
+
+log = logging.getLogger(__name__)
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
@@ -36,6 +41,15 @@ class Limits:
     audio_retention_days: float = 7.0
     max_sessions_per_client: int = 10  # 0: no limit
     max_turn_audio_seconds: float = 0.0  # 0: no limit
+    heartbeat_seconds: float = 10.0  # how often this node tells the store it lives
+    node_silence_seconds: float = 30.0  # a node not heard from for this long is gone
+
+
+NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _connection_prefix(node_id: str) -> str:
+    return f"conn-{node_id}:"  # ':' never occurs in a node id: no node's is another's
 
 
 class SessionManager:
@@ -53,7 +67,10 @@ class SessionManager:
         self.default_engine = default_engine
         self.services = services
         self.limits = limits
-        self._connection_prefix = f"conn-{node_id}-"
+        if not NODE_ID.fullmatch(node_id):
+            raise ValueError(f"node id {node_id!r}: use letters, digits, '.', '-' and '_'")
+        self.node_id = node_id
+        self._connection_prefix = _connection_prefix(node_id)
         self.live: dict[str, LiveSession] = {}
         self.stopping = False  # a clean stop is under way: no new sessions
         self._opening: Counter[str] = Counter()  # sessions each client has starting
@@ -233,13 +250,38 @@ class SessionManager:
         """At start: this node's sessions still ACTIVE were cut off by its crash (a
         clean stop ends them), and its connections are gone. Other nodes' sessions,
         in a shared store, are theirs."""
+        await self._mark_lost(self.node_id)
+
+    async def keep_alive(self) -> None:
+        """Runs for the node's life: tells the store it lives, and does the crash
+        recovery of nodes that fell silent."""
+        while True:
+            try:
+                await self._heartbeat()
+            except StoreUnavailable as exc:
+                log.warning("heartbeat not saved: %s", exc)
+            await asyncio.sleep(self.limits.heartbeat_seconds)
+
+    async def _heartbeat(self) -> None:
         store = self.services.store
+        await store.heartbeat(self.node_id)
+        # The store hands each silent node to one node only.
+        for node in await store.silent_nodes(time.time() - self.limits.node_silence_seconds):
+            if node != self.node_id:
+                log.warning("node %s fell silent: its sessions are lost", node)
+                await self._mark_lost(node)
+
+    async def _mark_lost(self, node_id: str) -> None:
+        """A node is gone: its ACTIVE sessions end in ERROR (clients can still resume
+        them), and its connections leave the registry."""
+        store = self.services.store
+        prefix = _connection_prefix(node_id)
         for record in await store.list_sessions(SessionStatus.ACTIVE):
-            if record.connectionId.startswith(self._connection_prefix):
+            if record.connectionId.startswith(prefix) and record.sessionId not in self.live:
                 record.status = SessionStatus.ERROR
                 await store.update_session(record)
         for connection in await store.list_connections():
-            if connection.connectionId.startswith(self._connection_prefix):
+            if connection.connectionId.startswith(prefix):
                 await store.delete_connection(connection.connectionId)
 
     async def cleanup(self) -> dict[str, int]:

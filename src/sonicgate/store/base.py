@@ -122,3 +122,9 @@ class Store(Protocol):
         """Append to the history and bump the session's ``messageCount``."""
 
     async def history(self, session_id: str) -> list[Message]: ...
+
+    async def heartbeat(self, node_id: str) -> None:
+        """The node is alive now (a registry of the nodes sharing this store)."""
+
+    async def silent_nodes(self, since_epoch: float) -> list[str]:
+        """Nodes not heard from since then, forgotten as they are returned."""

@@ -75,6 +75,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX messages_by_session ON messages ("sessionId", id);
     """,
+    """
+    CREATE TABLE nodes (
+        "nodeId" TEXT PRIMARY KEY,
+        "seenAt" DOUBLE PRECISION NOT NULL  -- epoch seconds
+    );
+    """,
 )
 MIGRATION_LOCK = 0x50_6E_69_63  # any constant: the advisory lock all nodes agree on
 CONNECT_TIMEOUT = 2.0  # seconds to wait for a pooled connection
@@ -278,3 +284,16 @@ class PostgresStore:
             'SELECT role, text FROM messages WHERE "sessionId" = %s ORDER BY id', (session_id,)
         )
         return [Message(Role(row["role"]), row["text"]) for row in rows]
+
+    async def heartbeat(self, node_id: str) -> None:
+        await self._execute(
+            'INSERT INTO nodes ("nodeId", "seenAt") VALUES (%s, %s)'
+            ' ON CONFLICT ("nodeId") DO UPDATE SET "seenAt" = excluded."seenAt"',
+            (node_id, time.time()),
+        )
+
+    async def silent_nodes(self, since_epoch: float) -> list[str]:
+        rows = await self._rows(
+            'DELETE FROM nodes WHERE "seenAt" < %s RETURNING "nodeId"', (since_epoch,)
+        )
+        return sorted(row["nodeId"] for row in rows)

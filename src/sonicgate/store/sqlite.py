@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, fields
@@ -70,6 +71,12 @@ MIGRATIONS: tuple[str, ...] = (
         text TEXT NOT NULL
     );
     CREATE INDEX messages_by_session ON messages (sessionId, id);
+    """,
+    """
+    CREATE TABLE nodes (
+        nodeId TEXT PRIMARY KEY,
+        seenAt REAL NOT NULL  -- epoch seconds
+    );
     """,
 )
 
@@ -298,5 +305,26 @@ class SqliteStore:
                 "SELECT role, text FROM messages WHERE sessionId = ? ORDER BY id", (session_id,)
             )
             return [Message(Role(row["role"]), row["text"]) for row in rows]
+
+        return await self._run(job)
+
+    async def heartbeat(self, node_id: str) -> None:
+        def job(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute(
+                    "INSERT INTO nodes (nodeId, seenAt) VALUES (?, ?)"
+                    " ON CONFLICT (nodeId) DO UPDATE SET seenAt = excluded.seenAt",
+                    (node_id, time.time()),
+                )
+
+        await self._run(job)
+
+    async def silent_nodes(self, since_epoch: float) -> list[str]:
+        def job(db: sqlite3.Connection) -> list[str]:
+            with db:
+                rows = db.execute(
+                    "DELETE FROM nodes WHERE seenAt < ? RETURNING nodeId", (since_epoch,)
+                ).fetchall()
+            return sorted(row["nodeId"] for row in rows)
 
         return await self._run(job)
