@@ -6,13 +6,15 @@ by the others."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import wave
 
 import psycopg
 
 from sonicgate.store.base import Connection, SessionStatus, VoiceSession
 from sonicgate.store.postgres import PostgresStore
-from tests.conftest import ServerFactory
-from tests.scripted_engine import ScriptedEngine
+from tests.conftest import Client, ServerFactory
+from tests.scripted_engine import ScriptedEngine, tone
 
 
 async def test_a_conversation_resumes_on_another_node_with_its_history(
@@ -87,3 +89,46 @@ async def test_the_sessions_of_a_node_that_fell_silent_are_marked_lost(
         await store.close()
     assert record is not None and record.status is SessionStatus.ERROR
     assert "conn-ghost:1" not in [c.connectionId for c in connections]
+
+
+async def test_audio_acknowledged_before_a_node_is_lost_is_heard_on_the_next(
+    make_server: ServerFactory, scripted: ScriptedEngine, connect, postgres_schema: str
+) -> None:
+    """The first seed's numbered chunks: the turn under way moves with the session."""
+    node_a = await make_server({"scripted": scripted}, store=postgres_schema, node_id="a")
+    node_b = await make_server({"scripted": scripted}, store=postgres_schema, node_id="b")
+    second = tone(1.0, 16_000)
+
+    async def chunk(client: Client, session_id: str, number: int, final: bool = False) -> None:
+        data = {"audioData": base64.b64encode(second).decode(), "sequenceNumber": number}
+        await client.send(
+            {
+                "action": "voice_chunk",
+                "sessionId": session_id,
+                "data": {**data, "audioFormat": "pcm16", "isFinal": final},
+            }
+        )
+
+    first = await connect(node_a.ws())
+    start = {"action": "voice_session_start", "userId": "u", "data": {"audioFormat": "pcm16"}}
+    await first.send(start)
+    session_id = (await first.recv())["sessionId"]
+    for number in (1, 2, 3):
+        await chunk(first, session_id, number)
+    partial, _ = await first.until("voice_transcription_partial")
+    acknowledged = partial["data"]["sequenceNumber"]
+    assert acknowledged is not None and acknowledged >= 1
+    await first.connection.close()  # node A is lost with the turn under way
+
+    moved = await connect(node_b.ws())
+    await moved.send({**start, "sessionId": session_id})
+    assert (await moved.recv())["resumed"] is True
+    for number in range(acknowledged + 1, 6):
+        await chunk(moved, session_id, number, final=number == 5)
+    _, before = await moved.until("voice_response_triggered")
+    # Chunks kept after the last acknowledgment and sent again are told apart, not used twice.
+    errors = {m["data"]["code"] for m in before if m["type"] == "voice_error"}
+    assert errors <= {"duplicate_chunk"}
+    recording = node_b.settings.audio_dir / session_id / "00001-user.wav"
+    with wave.open(str(recording)) as wav:
+        assert wav.getnframes() == 5 * 16_000  # all five seconds: none lost, none twice

@@ -203,6 +203,17 @@ async def test_silent_nodes_are_handed_out_once(store: Store) -> None:
     assert await store.silent_nodes(time.time() + 1) == ["a"]
 
 
+async def test_turn_audio_is_kept_in_order_until_cleared(store: Store) -> None:
+    for sequence in (3, 1, 2):
+        await store.save_turn_audio("s1", sequence, bytes([sequence]) * 4)
+    await store.save_turn_audio("s2", 1, b"other")
+    await store.save_turn_audio("s1", 2, b"\x02\x02")  # a resent chunk replaces itself
+    assert await store.turn_audio("s1") == [(1, b"\x01" * 4), (2, b"\x02\x02"), (3, b"\x03" * 4)]
+    await store.clear_turn_audio("s1")
+    assert await store.turn_audio("s1") == []
+    assert await store.turn_audio("s2") == [(1, b"other")]
+
+
 async def test_data_survives_a_restart(make_store: StoreMaker) -> None:
     first = make_store()
     await first.open()

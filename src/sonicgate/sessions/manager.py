@@ -19,7 +19,7 @@ from sonicgate.bus.base import SESSION_EVENT, BusEvent
 from sonicgate.engines.base import Engine, EngineConfig, EngineError, supports_language
 from sonicgate.events import Start
 from sonicgate.protocol.base import Dialect, ProtocolError, SessionView
-from sonicgate.sessions.session import LiveSession, Send, Services
+from sonicgate.sessions.session import KEPT_SEQUENCE_NUMBERS, LiveSession, Send, Services
 from sonicgate.store.base import (
     ProcessingState,
     SessionStatus,
@@ -164,9 +164,13 @@ class SessionManager:
 
         try:
             context = await self._record_start(record, start, name, connection_id, resumed)
+            turn_audio = await store.turn_audio(record.sessionId) if resumed else []
         except BaseException:
             await engine_session.close()  # the store refused: no half-open session
             raise
+        if turn_audio:  # the client's sequence goes on from what was kept
+            kept = {sequence for sequence, _ in turn_audio}
+            context.chunks = sorted(set(context.chunks) | kept)[-KEPT_SEQUENCE_NUMBERS:]
 
         view = SessionView(
             session=record,
@@ -189,6 +193,7 @@ class SessionManager:
             max_turn_seconds=self.limits.max_turn_audio_seconds,
         )
         self.live[record.sessionId] = live
+        await live.replay(turn_audio)
         await self.services.bus.publish(
             BusEvent(
                 SESSION_EVENT,

@@ -156,14 +156,20 @@ class LiveSession:
             ready, notices = ready + held, notices + late_notices
         for notice in notices:
             await self._send(self._dialect.error(notice.code, notice.message, self.session_id))
-        if event.sequence is not None:
-            self.context.chunks = [*self.context.chunks, event.sequence][-KEPT_SEQUENCE_NUMBERS:]
-            self.view = _with_sequence(self.view, self._sequencer.last_released)
+        released = bytearray()
         for data in ready:
             try:
-                await self._forward(data)
+                released += await self._forward(data)
             except AudioFormatError as exc:
                 raise ProtocolError("audio_format", str(exc)) from exc
+        if event.sequence is not None:
+            if released:  # kept before it is acknowledged: another node can resume the turn
+                write = self._services.store.save_turn_audio(
+                    self.session_id, event.sequence, bytes(released)
+                )
+                await saved(write, "turn audio")
+            self.context.chunks = [*self.context.chunks, event.sequence][-KEPT_SEQUENCE_NUMBERS:]
+            self.view = _with_sequence(self.view, self._sequencer.last_released)
         if event.end_of_turn:
             self._turn_cut = False
             await self._engine.end_turn(TriggerReason.EXPLICIT)
@@ -175,16 +181,27 @@ class LiveSession:
                 self._max_turn_bytes, "the turn ends here, and the rest of it is dropped"
             )
 
-    async def _forward(self, data: bytes) -> None:
-        """Decode one chunk of client audio, count it, and pass it to the engine."""
+    async def _forward(self, data: bytes) -> bytes:
+        """Decode one chunk of client audio, count it, and pass it to the engine;
+        returns the audio passed on."""
         if self._decoder.blocking:  # off the loop: a webm chunk waits for its decoder thread
             pcm = await asyncio.to_thread(self._decoder.feed, data)
         else:
             pcm = self._decoder.feed(data)
         if self._turn_cut:
-            return  # decoded all the same: a stream's decoder must see every chunk
+            return b""  # decoded all the same: a stream's decoder must see every chunk
         await self._received(pcm)
         await self._engine.push_audio(pcm)
+        return pcm
+
+    async def replay(self, turn_audio: list[tuple[int, bytes]]) -> None:
+        """The turn under way when the session left another node (or connection):
+        the engine hears it again from its start, and the client's sequence goes on."""
+        for _, pcm in turn_audio:
+            await self._received(pcm)
+            await self._engine.push_audio(pcm)
+        if turn_audio:
+            self.view = _with_sequence(self.view, turn_audio[-1][0])
 
     async def _received(self, pcm: bytes) -> None:
         self._services.metrics.audio_in(self.view.engine, len(pcm) / BYTES_PER_SECOND)
@@ -254,6 +271,7 @@ class LiveSession:
         self.context.transcriptionBuffer = text
         if text:
             await self._remember(Message(Role.USER, text))
+        await saved(self._services.store.clear_turn_audio(self.session_id), "turn audio")
         if self._user_audio:
             self._turn += 1
             logs.turn.set(self._turn)  # for this task's log lines from here on
@@ -317,8 +335,9 @@ class LiveSession:
         self._pump.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._pump
-        if status is not None:
+        if status is not None:  # ended: no other node will resume its turn
             self.record.status = status
+            await saved(self._services.store.clear_turn_audio(self.session_id), "turn audio")
         await self._assistant_audio()  # saves a reply cut short by the close, then persists
         event = "ended" if status is not None else "detached"
         await self._publish(SESSION_EVENT, {"event": event, "status": str(self.record.status)})

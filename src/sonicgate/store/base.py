@@ -123,6 +123,15 @@ class Store(Protocol):
 
     async def history(self, session_id: str) -> list[Message]: ...
 
+    async def save_turn_audio(self, session_id: str, sequence: int, pcm: bytes) -> None:
+        """Audio of the turn under way, by the client's sequence number, kept until the
+        turn ends: another node resuming the session hears the turn from the start."""
+
+    async def turn_audio(self, session_id: str) -> list[tuple[int, bytes]]:
+        """The turn's audio so far, in sequence order."""
+
+    async def clear_turn_audio(self, session_id: str) -> None: ...
+
     async def heartbeat(self, node_id: str) -> None:
         """The node is alive now (a registry of the nodes sharing this store)."""
 

@@ -81,6 +81,14 @@ MIGRATIONS: tuple[str, ...] = (
         "seenAt" DOUBLE PRECISION NOT NULL  -- epoch seconds
     );
     """,
+    """
+    CREATE TABLE turn_audio (
+        "sessionId" TEXT NOT NULL,
+        sequence INTEGER NOT NULL,
+        pcm BYTEA NOT NULL,
+        PRIMARY KEY ("sessionId", sequence)
+    );
+    """,
 )
 MIGRATION_LOCK = 0x50_6E_69_63  # any constant: the advisory lock all nodes agree on
 CONNECT_TIMEOUT = 2.0  # seconds to wait for a pooled connection
@@ -284,6 +292,23 @@ class PostgresStore:
             'SELECT role, text FROM messages WHERE "sessionId" = %s ORDER BY id', (session_id,)
         )
         return [Message(Role(row["role"]), row["text"]) for row in rows]
+
+    async def save_turn_audio(self, session_id: str, sequence: int, pcm: bytes) -> None:
+        await self._execute(
+            'INSERT INTO turn_audio ("sessionId", sequence, pcm) VALUES (%s, %s, %s)'
+            ' ON CONFLICT ("sessionId", sequence) DO UPDATE SET pcm = excluded.pcm',
+            (session_id, sequence, pcm),
+        )
+
+    async def turn_audio(self, session_id: str) -> list[tuple[int, bytes]]:
+        rows = await self._rows(
+            'SELECT sequence, pcm FROM turn_audio WHERE "sessionId" = %s ORDER BY sequence',
+            (session_id,),
+        )
+        return [(row["sequence"], bytes(row["pcm"])) for row in rows]
+
+    async def clear_turn_audio(self, session_id: str) -> None:
+        await self._execute('DELETE FROM turn_audio WHERE "sessionId" = %s', (session_id,))
 
     async def heartbeat(self, node_id: str) -> None:
         await self._execute(

@@ -78,6 +78,14 @@ MIGRATIONS: tuple[str, ...] = (
         seenAt REAL NOT NULL  -- epoch seconds
     );
     """,
+    """
+    CREATE TABLE turn_audio (
+        sessionId TEXT NOT NULL,
+        sequence INTEGER NOT NULL,
+        pcm BLOB NOT NULL,
+        PRIMARY KEY (sessionId, sequence)
+    );
+    """,
 )
 
 
@@ -307,6 +315,33 @@ class SqliteStore:
             return [Message(Role(row["role"]), row["text"]) for row in rows]
 
         return await self._run(job)
+
+    async def save_turn_audio(self, session_id: str, sequence: int, pcm: bytes) -> None:
+        def job(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute(
+                    "INSERT OR REPLACE INTO turn_audio (sessionId, sequence, pcm) VALUES (?, ?, ?)",
+                    (session_id, sequence, pcm),
+                )
+
+        await self._run(job)
+
+    async def turn_audio(self, session_id: str) -> list[tuple[int, bytes]]:
+        def job(db: sqlite3.Connection) -> list[tuple[int, bytes]]:
+            rows = db.execute(
+                "SELECT sequence, pcm FROM turn_audio WHERE sessionId = ? ORDER BY sequence",
+                (session_id,),
+            )
+            return [(row["sequence"], bytes(row["pcm"])) for row in rows]
+
+        return await self._run(job)
+
+    async def clear_turn_audio(self, session_id: str) -> None:
+        def job(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("DELETE FROM turn_audio WHERE sessionId = ?", (session_id,))
+
+        await self._run(job)
 
     async def heartbeat(self, node_id: str) -> None:
         def job(db: sqlite3.Connection) -> None:
