@@ -32,9 +32,7 @@ async def test_metrics_count_sessions_turns_audio_and_errors(
     audio = base64.b64encode(tone(0.5, 16_000)).decode()
     await client.send({"type": "audio_chunk", "audio": audio, "isComplete": True})
     await client.until("audio_response")
-    final, _ = await client.until("text_response")
-    while not final["isFinal"]:
-        final, _ = await client.until("text_response")
+    await client.final_reply()
     await client.send("{not json")
     await client.until("error")
 

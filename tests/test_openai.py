@@ -71,10 +71,7 @@ async def test_typed_text_and_text_only_replies(
     server = await make_server({"openai": cascade(emulator, local_models)})
     client = await start(connect, server, textOnly=True)
     await client.send({"type": "text_message", "text": "Hello there"})
-    reply, before = await client.until("text_response", within=10)
-    while not reply["isFinal"]:
-        reply, more = await client.until("text_response", within=10)
-        before += more
+    reply, before = await client.final_reply(within=10)
     assert reply["text"] == emulator.reply
     assert not any(m["type"] == "audio_response" for m in before)
     assert "speech" not in [path for path, _ in emulator.requests]
@@ -129,7 +126,5 @@ async def test_provider_failures_fall_back_to_local_with_the_history(
     await client.send({"type": "text_message", "text": "What is my name?"})
     notice, _ = await client.until("error", within=30)
     assert notice["code"] == "engine_fallback"
-    answer, _ = await client.until("text_response", within=60)
-    while not answer["isFinal"]:
-        answer, _ = await client.until("text_response", within=60)
+    answer, _ = await client.final_reply(within=60)
     assert "ada" in answer["text"].lower()  # the local engine got the history

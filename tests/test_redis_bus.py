@@ -52,9 +52,7 @@ async def test_a_conversation_goes_on_while_redis_is_unreachable(
     client = await connect(server.ws())
     await client.initialize()
     await client.send({"type": "text_message", "text": "hello"})
-    final, _ = await client.until("text_response")
-    while not final["isFinal"]:
-        final, _ = await client.until("text_response")
+    final, _ = await client.final_reply()
     assert final["text"] == scripted.reply
 
 

@@ -79,11 +79,7 @@ async def test_text_message_and_text_only(server: RunningServer, connect, script
     client = await connect(server.ws())
     await initialize(client, textOnly=True)
     await client.send({"type": "text_message", "text": "What time is it?"})
-    final, seen = await client.until("text_response")
-    while not final["isFinal"]:
-        seen.append(final)
-        final, more = await client.until("text_response")
-        seen += more
+    _, seen = await client.final_reply()
     assert scripted.texts == ["What time is it?"]
     assert not [m for m in seen if m["type"] == "audio_response"]
 
@@ -97,9 +93,7 @@ async def test_barge_in_reaches_the_client(server: RunningServer, connect, scrip
     await stream_speech(client, 0.3)
     interrupted, _ = await client.until("interrupted")
     assert interrupted["sessionId"]
-    final, _ = await client.until("text_response")
-    while not final["isFinal"]:
-        final, _ = await client.until("text_response")
+    final, _ = await client.final_reply()
     assert final["text"] == "Hi!"  # only what was said before the barge-in
 
 
@@ -158,9 +152,7 @@ async def test_each_turn_audio_is_saved_as_wav(server: RunningServer, connect) -
     client = await connect(server.ws())
     ready = await initialize(client)
     await stream_speech(client, 1.0)
-    final, _ = await client.until("text_response")
-    while not final["isFinal"]:
-        final, _ = await client.until("text_response")
+    await client.final_reply()
     await client.send({"type": "end_conversation"})
     await client.until("conversation_ended")
     folder = server.settings.audio_dir / str(ready["sessionId"])

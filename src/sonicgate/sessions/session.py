@@ -190,16 +190,18 @@ class LiveSession:
             pcm = self._decoder.feed(data)
         if self._turn_cut:
             return b""  # decoded all the same: a stream's decoder must see every chunk
+        await self._pass_on(pcm)
+        return pcm
+
+    async def _pass_on(self, pcm: bytes) -> None:
         await self._received(pcm)
         await self._engine.push_audio(pcm)
-        return pcm
 
     async def replay(self, turn_audio: list[tuple[int, bytes]]) -> None:
         """The turn under way when the session left another node (or connection):
         the engine hears it again from its start, and the client's sequence goes on."""
         for _, pcm in turn_audio:
-            await self._received(pcm)
-            await self._engine.push_audio(pcm)
+            await self._pass_on(pcm)
         if turn_audio:
             self.view = _with_sequence(self.view, turn_audio[-1][0])
 

@@ -218,10 +218,7 @@ class OpenAIRealtimeSession:
 
     # Output ----------------------------------------------------------------------
 
-    def events(self) -> AsyncIterator[EngineEvent]:
-        return self._events()
-
-    async def _events(self) -> AsyncIterator[EngineEvent]:
+    async def events(self) -> AsyncIterator[EngineEvent]:
         while (event := await self._out.get()) is not None:
             yield event
 
