@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from sonicgate import __version__, logs, tracing
@@ -23,7 +24,7 @@ from sonicgate.models import (
     names,
     status,
 )
-from sonicgate.sessions.manager import NODE_ID
+from sonicgate.sessions.manager import check_node_id
 from sonicgate.store import AUDIO_STORE_FORMS, parse_audio_store
 
 ENGINES = ("local", "nova-sonic", "openai", "openai-realtime", "echo")
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--bus",
-        type=_bus_url,
+        type=_checked(check_bus_url),
         default=defaults.bus,
         help=f"event bus behind /api/events: {BUS_FORMS}. A Redis shared by several "
         "gateways lets /api/events on any of them see the sessions of all",
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--audio-store",
-        type=_audio_store_url,
+        type=_checked(parse_audio_store),
         default=defaults.audio_store,
         help=f"where each turn's audio is kept: {AUDIO_STORE_FORMS} on any S3-compatible "
         "service, with the standard AWS credentials (environment, profile, role)",
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--node-id",
-        type=_node_id,
+        type=_checked(check_node_id),
         default=defaults.node_id,
         help="this node's name (default: the host name); gateway nodes sharing a "
         "PostgreSQL store need distinct ones",
@@ -139,27 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _audio_store_url(url: str) -> str:
-    """Checks --audio-store as it is parsed, before any model loads."""
-    try:
-        parse_audio_store(url)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-    return url
+def _checked(check: Callable[[str], object]) -> Callable[[str], str]:
+    """An argparse type from a check that raises ``ValueError`` with a message for
+    people: a bad value is refused as the arguments are parsed, before any model loads
+    (argparse shows only ``ArgumentTypeError`` messages)."""
 
+    def parse(value: str) -> str:
+        try:
+            check(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
 
-def _node_id(value: str) -> str:
-    if not NODE_ID.fullmatch(value):
-        raise argparse.ArgumentTypeError("use up to 64 letters, digits, '.', '-' and '_'")
-    return value
-
-
-def _bus_url(value: str) -> str:
-    """``check_bus_url`` for argparse, which shows only this error type's message."""
-    try:
-        return check_bus_url(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
 
 
 def _add_access_options(parser: argparse.ArgumentParser) -> None:

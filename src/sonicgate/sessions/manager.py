@@ -48,6 +48,12 @@ class Limits:
 NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
+def check_node_id(node_id: str) -> str:
+    if not NODE_ID.fullmatch(node_id):
+        raise ValueError(f"node id {node_id!r}: use up to 64 letters, digits, '.', '-' and '_'")
+    return node_id
+
+
 def _connection_prefix(node_id: str) -> str:
     return f"conn-{node_id}:"  # ':' never occurs in a node id: no node's is another's
 
@@ -67,9 +73,7 @@ class SessionManager:
         self.default_engine = default_engine
         self.services = services
         self.limits = limits
-        if not NODE_ID.fullmatch(node_id):
-            raise ValueError(f"node id {node_id!r}: use letters, digits, '.', '-' and '_'")
-        self.node_id = node_id
+        self.node_id = check_node_id(node_id)
         self._connection_prefix = _connection_prefix(node_id)
         self.live: dict[str, LiveSession] = {}
         self.stopping = False  # a clean stop is under way: no new sessions
