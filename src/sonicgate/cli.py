@@ -25,7 +25,7 @@ from sonicgate.models import (
     status,
 )
 from sonicgate.sessions.manager import check_node_id
-from sonicgate.store import AUDIO_STORE_FORMS, parse_audio_store
+from sonicgate.store import AUDIO_STORE_FORMS, STORE_FORMS, check_store_url, parse_audio_store
 
 ENGINES = ("local", "nova-sonic", "openai", "openai-realtime", "echo")
 
@@ -59,9 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--store",
+        type=_checked(check_store_url),
         default=defaults.store,
-        help="session store: 'sqlite' (a file in the data dir), sqlite:///PATH, or "
-        "postgresql://USER@HOST:PORT/DB to share sessions between gateway nodes",
+        help=f"session store: {STORE_FORMS}; PostgreSQL lets gateway nodes share sessions",
     )
     serve.add_argument(
         "--bus",
@@ -381,7 +381,6 @@ def _serve(args: argparse.Namespace) -> int:
     from sonicgate.server.access import AccessPolicy
     from sonicgate.server.app import create_app
     from sonicgate.server.graceful import GracefulServer
-    from sonicgate.store import make_store
     from sonicgate.tools import DEFAULT_TOOLS
 
     logs.configure(args.log_level, args.log_format)
@@ -411,11 +410,6 @@ def _serve(args: argparse.Namespace) -> int:
         max_turn_audio_seconds=args.max_turn_audio_seconds,
         max_session_seconds=args.max_session_seconds,
     )
-    try:
-        make_store(settings)  # a bad --store fails before the models load, too
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     try:
         policy = AccessPolicy.from_settings(settings)  # fail before the models load
     except (ValueError, OSError) as exc:

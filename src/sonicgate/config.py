@@ -60,15 +60,10 @@ class Settings:
 
     @property
     def store_path(self) -> Path:
+        """The SQLite file of a 'sqlite' or sqlite:///PATH store."""
         if self.store == "sqlite":
             return self.data_dir / "sonicgate.db"
-        prefix = "sqlite:///"
-        if not self.store.startswith(prefix):
-            raise ValueError(
-                f"unsupported store '{self.store}': use 'sqlite', sqlite:///PATH or "
-                "postgresql://USER@HOST:PORT/DATABASE"
-            )
-        return Path(self.store.removeprefix(prefix))
+        return Path(self.store.removeprefix("sqlite:///"))
 
     @property
     def audio_dir(self) -> Path:

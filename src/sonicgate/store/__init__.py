@@ -10,12 +10,25 @@ from sonicgate.store.base import Store
 from sonicgate.store.sqlite import SqliteStore
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+SQLITE_PREFIX = "sqlite:///"
+STORE_FORMS = "'sqlite' (a file in the data dir), sqlite:///PATH or postgresql://USER@HOST:PORT/DB"
 AUDIO_STORE_FORMS = "'file' (WAV files in the data dir) or s3://BUCKET[/PREFIX]"
+
+
+def check_store_url(url: str) -> str:
+    """``url`` if ``make_store`` can open it, else ``ValueError`` naming the accepted
+    forms. The message leaves the URL out: it may carry a password."""
+    if url == "sqlite" or url.startswith(POSTGRES_SCHEMES):
+        return url
+    if url.startswith(SQLITE_PREFIX) and url != SQLITE_PREFIX:
+        return url
+    raise ValueError(f"unsupported store: use {STORE_FORMS}")
 
 
 def make_store(settings: Settings) -> Store:
     """The store ``settings.store`` names: SQLite (embedded, the default) or PostgreSQL
     (shared by several gateway nodes)."""
+    check_store_url(settings.store)
     if settings.store.startswith(POSTGRES_SCHEMES):
         from sonicgate.store.postgres import PostgresStore  # psycopg loads only when used
 
