@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import deque
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -17,24 +18,30 @@ from sonicgate.bus.memory import MemoryBus, Subscription
 
 log = logging.getLogger(__name__)
 
-# A connect or a command waits no longer than this: publishing happens inside a
-# conversation, which must not stall on a Redis that has gone away.
+# A connect or a command waits no longer than this, so a Redis that has gone silent
+# is noticed soon; the conversation never waits on it (events go through an outbox).
 TIMEOUT_SECONDS = 1.0
-RETRY_SECONDS = 1.0  # between attempts to subscribe again after losing Redis
+RETRY_SECONDS = 1.0  # between attempts to reach Redis again after losing it
+# After an outage the kept events wait this long, so that every node's reader (which
+# retries each RETRY_SECONDS) has subscribed again and sees them.
+RESUBSCRIBED_SECONDS = 1.5 * RETRY_SECONDS
+FLUSH_SECONDS = 2.0  # how long closing the bus waits for the outbox to go out
+OUTBOX_SIZE = 10_000  # events kept through an outage; beyond it the oldest are dropped
 
 
 class RedisBus:
     """Publishes each event's JSON on ``<prefix>:events``. One pub/sub connection per
     bus feeds a ``MemoryBus``, which filters and queues for the local subscribers.
 
-    While Redis is unreachable events are dropped (one warning per outage), and the
-    subscriber side keeps trying to subscribe again.
+    ``publish`` only puts the event in an outbox, sent in order by one task. While
+    Redis is unreachable the outbox keeps the events (one warning per outage), and
+    they go out once Redis and the nodes' subscriptions are back. An event whose
+    PUBLISH timed out may be delivered twice.
     """
 
     def __init__(self, url: str, prefix: str, maxsize: int = 1000) -> None:
         self.channel = f"{prefix}:events"
-        # No retries inside redis-py: a dropped event is better than a late conversation,
-        # and the reader's own loop is what reconnects.
+        # No retries inside redis-py: the outbox and the reader's loop do the retrying.
         self._redis = Redis.from_url(
             url,
             socket_timeout=TIMEOUT_SECONDS,
@@ -43,20 +50,24 @@ class RedisBus:
         )
         self._local = MemoryBus(maxsize)
         self._reader: asyncio.Task[None] | None = None
-        # Set once the reader's first SUBSCRIBE succeeded or failed.
-        self._first_attempt = asyncio.Event()
+        self._subscribed = asyncio.Event()  # the reader listens on the channel
+        self._outbox: deque[str] = deque(maxlen=OUTBOX_SIZE)
+        self._queued = asyncio.Event()  # the outbox has something to send
+        self._sent = asyncio.Event()  # ... and this, once it is empty again
+        self._sender: asyncio.Task[None] | None = None
         self._reachable = True
+        # Set by any loss of Redis, cleared once the other nodes have had time to
+        # subscribe again: until then the outbox holds its events.
+        self._after_outage = False
 
     async def publish(self, event: BusEvent) -> None:
-        if self._reader is not None:
-            # A subscription made just before this publish must see it, as with MemoryBus.
-            await self._first_attempt.wait()
-        try:
-            await self._redis.publish(self.channel, json.dumps(event.to_json()))
-        except RedisError as exc:
-            self._lost(exc)
-        else:
-            self._found()
+        if len(self._outbox) == self._outbox.maxlen:
+            log.warning("Redis bus outbox full: dropped its oldest event")
+        self._outbox.append(json.dumps(event.to_json()))
+        self._sent.clear()
+        self._queued.set()
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send())
 
     def subscribe(self, session_id: str | None = None, user_id: str | None = None) -> Subscription:
         # Started on first use: subscribe() runs inside the event loop, the constructor may not.
@@ -65,12 +76,39 @@ class RedisBus:
         return self._local.subscribe(session_id, user_id)
 
     async def aclose(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        if self._sender is not None:
+            # The last events (sessions ended by a shutdown, say) go out if Redis is there.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sent.wait(), FLUSH_SECONDS)
+        for task in (self._sender, self._reader):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._local.aclose()
         await self._redis.aclose()
+
+    async def _send(self) -> None:
+        while True:
+            await self._queued.wait()
+            if self._reader is not None:
+                # A subscription made just before a publish sees it, as with MemoryBus.
+                await self._subscribed.wait()
+            try:
+                if self._after_outage:
+                    await self._redis.ping()
+                    await asyncio.sleep(RESUBSCRIBED_SECONDS)
+                    self._after_outage = False
+                while self._outbox:
+                    await self._redis.publish(self.channel, self._outbox[0])
+                    self._outbox.popleft()
+            except RedisError as exc:
+                self._lost(exc)
+                await asyncio.sleep(RETRY_SECONDS)
+            else:
+                self._found()
+                self._queued.clear()
+                self._sent.set()
 
     async def _read(self) -> None:
         while True:
@@ -78,12 +116,12 @@ class RedisBus:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.channel)
                     self._found()
-                    self._first_attempt.set()
+                    self._subscribed.set()
                     async for message in pubsub.listen():
                         await self._deliver(message["data"])
             except RedisError as exc:
                 self._lost(exc)
-            self._first_attempt.set()
+            self._subscribed.clear()
             await asyncio.sleep(RETRY_SECONDS)
 
     async def _deliver(self, raw: bytes) -> None:
@@ -97,8 +135,9 @@ class RedisBus:
 
     def _lost(self, exc: RedisError) -> None:
         if self._reachable:
-            log.warning("Redis bus unreachable, dropping events until it is back: %s", exc)
+            log.warning("Redis bus unreachable, keeping events until it is back: %s", exc)
         self._reachable = False
+        self._after_outage = True
 
     def _found(self) -> None:
         if not self._reachable:
