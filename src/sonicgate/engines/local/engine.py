@@ -301,8 +301,9 @@ class LocalSession:
             await self._deliver(turn, event)
 
     def _start_turn(self, turn: Turn) -> None:
-        if self._partial is not None:
-            self._partial.cancel()
+        # A partial under way goes on: its decode would run on in the worker thread
+        # anyway, and until the endpoint its words are news to the client (after it,
+        # _transcribe_partial drops them). Short questions get a partial this way.
         self._turn = turn
         turn.task = asyncio.create_task(self._answer(turn))
 
