@@ -12,6 +12,7 @@ from sonicgate.engines.fallback import FallbackEngine
 from sonicgate.engines.local import LocalEngine, LocalModels
 from sonicgate.engines.openai.cascade import openai_cascade
 from sonicgate.engines.openai.client import OpenAISettings
+from tests.test_metrics import scrape
 from tests.conftest import Client, RunningServer, ServerFactory
 from tests.emulators.openai_api import OpenAIEmulator
 
@@ -128,3 +129,4 @@ async def test_provider_failures_fall_back_to_local_with_the_history(
     assert notice["code"] == "engine_fallback"
     answer, _ = await client.final_reply(within=60)
     assert "ada" in answer["text"].lower()  # the local engine got the history
+    assert (await scrape(server))[("sonicgate_fallbacks_total", (("engine", "openai"),))] == 1

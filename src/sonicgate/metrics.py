@@ -41,6 +41,12 @@ class GatewayMetrics:
         self.errors = Counter(
             "sonicgate_errors", "Errors told to clients, by code.", ["code"], registry=self.registry
         )
+        self.fallbacks = Counter(
+            "sonicgate_fallbacks",
+            "Conversations an engine handed over to its backup, by the engine that failed.",
+            ["engine"],
+            registry=self.registry,
+        )
         self.tokens = Counter(
             "sonicgate_engine_tokens",
             "Tokens cloud engines reported.",
@@ -63,6 +69,8 @@ class GatewayMetrics:
                 self.turns.labels(engine, str(interrupted).lower()).inc()
             case Error(code=code):
                 self.errors.labels(code).inc()
+                if code == "engine_fallback":
+                    self.fallbacks.labels(engine).inc()
             case AudioOut(pcm=pcm, sample_rate=rate):
                 self.audio.labels(engine, "out").inc(len(pcm) / 2 / rate)
 

@@ -105,6 +105,7 @@ class LiveSession:
         self._user_audio = bytearray()  # the user's turn so far
         self._max_turn_bytes = int(max_turn_seconds * BYTES_PER_SECOND)  # 0: no limit
         self._turn_cut = False  # the turn went over the limit: its rest is dropped
+        self._turn_key = 0  # the last key of the turn's audio kept in the store
         self._reply_audio = bytearray()
         self._turn = record.messageCount
         # finish(): set once the answer to the speech pending at the end went out.
@@ -162,12 +163,13 @@ class LiveSession:
                 released += await self._forward(data)
             except AudioFormatError as exc:
                 raise ProtocolError("audio_format", str(exc)) from exc
+        if released:  # kept before it is acknowledged: another node can resume the turn
+            # By the client's number; unnumbered chunks (the second seed's) by their order.
+            key = self._turn_key + 1 if event.sequence is None else event.sequence
+            self._turn_key = key
+            write = self._services.store.save_turn_audio(self.session_id, key, bytes(released))
+            await saved(write, "turn audio")
         if event.sequence is not None:
-            if released:  # kept before it is acknowledged: another node can resume the turn
-                write = self._services.store.save_turn_audio(
-                    self.session_id, event.sequence, bytes(released)
-                )
-                await saved(write, "turn audio")
             self.context.chunks = [*self.context.chunks, event.sequence][-KEPT_SEQUENCE_NUMBERS:]
             self.view = _with_sequence(self.view, self._sequencer.last_released)
         if event.end_of_turn:
@@ -203,7 +205,8 @@ class LiveSession:
         for _, pcm in turn_audio:
             await self._pass_on(pcm)
         if turn_audio:
-            self.view = _with_sequence(self.view, turn_audio[-1][0])
+            self._turn_key = turn_audio[-1][0]
+            self.view = _with_sequence(self.view, self._turn_key)
 
     async def _received(self, pcm: bytes) -> None:
         self._services.metrics.audio_in(self.view.engine, len(pcm) / BYTES_PER_SECOND)
