@@ -12,9 +12,9 @@ from sonicgate.engines.fallback import FallbackEngine
 from sonicgate.engines.local import LocalEngine, LocalModels
 from sonicgate.engines.openai.cascade import openai_cascade
 from sonicgate.engines.openai.client import OpenAISettings
-from tests.test_metrics import scrape
 from tests.conftest import Client, RunningServer, ServerFactory
 from tests.emulators.openai_api import OpenAIEmulator
+from tests.test_metrics import scrape
 
 pytestmark = pytest.mark.models  # the VAD is the local one
 
