@@ -9,6 +9,7 @@ import asyncio
 import base64
 import wave
 
+import httpx
 import psycopg
 
 from sonicgate.store.base import Connection, SessionStatus, VoiceSession
@@ -35,6 +36,22 @@ async def test_a_conversation_resumes_on_another_node_with_its_history(
     await second.send({"type": "text_message", "text": "still me"})
     reply, _ = await second.until("text_response")
     assert reply["sessionId"] == session_id
+
+
+async def test_status_on_any_node_counts_the_connections_of_every_node(
+    make_server: ServerFactory, scripted: ScriptedEngine, connect, postgres_schema: str
+) -> None:
+    node_a = await make_server({"scripted": scripted}, store=postgres_schema, node_id="a")
+    node_b = await make_server({"scripted": scripted}, store=postgres_schema, node_id="b")
+    for node, clients in ((node_a, 1), (node_b, 2)):
+        for _ in range(clients):
+            await (await connect(node.ws())).initialize()
+    for node in (node_a, node_b):
+        async with httpx.AsyncClient(base_url=node.url) as http:
+            status = (await http.get("/api/nova-sonic/status")).json()
+        assert status["connectionsByNode"] == {"a": 1, "b": 2}
+        assert status["activeConnections"] == 3
+        assert status["node"] == node.settings.node_id
 
 
 async def test_a_restarting_node_marks_only_its_own_sessions_lost(

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -26,7 +27,7 @@ from sonicgate.metrics import GatewayMetrics
 from sonicgate.protocol.realtime import RealtimeDialect
 from sonicgate.server.access import AccessMiddleware, AccessPolicy, RateLimiter
 from sonicgate.server.stream import ClientConnection
-from sonicgate.sessions.manager import Limits, SessionManager
+from sonicgate.sessions.manager import Limits, SessionManager, node_of
 from sonicgate.sessions.session import Services
 from sonicgate.store import make_audio_store, make_store
 from sonicgate.store.base import StoreUnavailable
@@ -114,13 +115,13 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
             await subscription.aclose()
 
     async def status(request: Request) -> JSONResponse:
-        try:
-            connections: int | None = len(await store.list_connections())
-        except StoreUnavailable:  # a shared store is down: say so, still answer
-            connections = None
+        # Connections of every node sharing the store: the cluster's registry.
+        by_node: dict[str, int] | None = None
+        with contextlib.suppress(StoreUnavailable):  # a shared store is down: still answer
+            by_node = dict(Counter(node_of(c.connectionId) for c in await store.list_connections()))
         body: dict[str, Any] = {
-            "status": "ok" if connections is not None else "degraded",
-            "store": "ok" if connections is not None else "unavailable",
+            "status": "ok" if by_node is not None else "degraded",
+            "store": "ok" if by_node is not None else "unavailable",
             "service": "sonicgate",
             "version": __version__,
             "uptimeSeconds": round(time.monotonic() - started, 3),
@@ -135,8 +136,10 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
                 for name, engine in engines.items()
                 if (caps := engine.capabilities())
             },
-            "activeSessions": len(manager.live),
-            "activeConnections": connections,
+            "node": settings.node_id,
+            "activeSessions": len(manager.live),  # on this node
+            "activeConnections": None if by_node is None else sum(by_node.values()),
+            "connectionsByNode": by_node,
         }
         return JSONResponse(body)
 

@@ -58,6 +58,11 @@ def _connection_prefix(node_id: str) -> str:
     return f"conn-{node_id}:"  # ':' never occurs in a node id: no node's is another's
 
 
+def node_of(connection_id: str) -> str:
+    """The node holding a connection, from its id ('conn-NODE:UUID')."""
+    return connection_id.removeprefix("conn-").partition(":")[0]
+
+
 class SessionManager:
     def __init__(
         self,
