@@ -11,6 +11,7 @@ import wave
 
 import httpx
 import psycopg
+import pytest
 
 from sonicgate.store.base import Connection, SessionStatus, VoiceSession
 from sonicgate.store.postgres import PostgresStore
@@ -38,11 +39,21 @@ async def test_a_conversation_resumes_on_another_node_with_its_history(
     assert reply["sessionId"] == session_id
 
 
+@pytest.mark.parametrize("registry", ["store", "redis"])
 async def test_status_on_any_node_counts_the_connections_of_every_node(
-    make_server: ServerFactory, scripted: ScriptedEngine, connect, postgres_schema: str
+    make_server: ServerFactory,
+    scripted: ScriptedEngine,
+    connect,
+    postgres_schema: str,
+    registry: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    node_a = await make_server({"scripted": scripted}, store=postgres_schema, node_id="a")
-    node_b = await make_server({"scripted": scripted}, store=postgres_schema, node_id="b")
+    shared: dict[str, str] = {"store": postgres_schema}
+    if registry == "redis":  # nodes sharing a Redis bus keep the registry there
+        shared |= {"bus": request.getfixturevalue("redis_url")}
+        shared |= {"bus_prefix": request.getfixturevalue("bus_prefix")}
+    node_a = await make_server({"scripted": scripted}, node_id="a", **shared)
+    node_b = await make_server({"scripted": scripted}, node_id="b", **shared)
     for node, clients in ((node_a, 1), (node_b, 2)):
         for _ in range(clients):
             await (await connect(node.ws())).initialize()
@@ -50,6 +61,7 @@ async def test_status_on_any_node_counts_the_connections_of_every_node(
         async with httpx.AsyncClient(base_url=node.url) as http:
             status = (await http.get("/api/nova-sonic/status")).json()
         assert status["connectionsByNode"] == {"a": 1, "b": 2}
+        assert (status["status"], status["store"], status["registry"]) == ("ok", "ok", "ok")
         assert status["activeConnections"] == 3
         assert status["node"] == node.settings.node_id
 

@@ -7,7 +7,7 @@ import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -27,10 +27,11 @@ from sonicgate.metrics import GatewayMetrics
 from sonicgate.protocol.realtime import RealtimeDialect
 from sonicgate.server.access import AccessMiddleware, AccessPolicy, RateLimiter
 from sonicgate.server.stream import ClientConnection
-from sonicgate.sessions.manager import Limits, SessionManager, node_of
+from sonicgate.sessions.manager import Limits, SessionManager
 from sonicgate.sessions.session import Services
 from sonicgate.store import make_audio_store, make_store
 from sonicgate.store.base import StoreUnavailable
+from sonicgate.store.registry import node_of, open_registry
 from sonicgate.web import STATIC_DIR
 
 
@@ -43,20 +44,17 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
     metrics = GatewayMetrics(lambda: len(manager.live))
     audio = make_audio_store(settings)
     bus = open_bus(settings.bus, settings.bus_prefix)
-    services = Services(store=store, bus=bus, audio=audio, metrics=metrics)
-    manager = SessionManager(
-        engines,
-        settings.engine,
-        services,
-        Limits(
-            reorder_window=settings.reorder_window,
-            stale_after_seconds=settings.stale_after_seconds,
-            audio_retention_days=settings.audio_retention_days,
-            max_sessions_per_client=settings.max_sessions_per_client,
-            max_turn_audio_seconds=settings.max_turn_audio_seconds,
-        ),
-        settings.node_id,
+    limits = Limits(
+        reorder_window=settings.reorder_window,
+        stale_after_seconds=settings.stale_after_seconds,
+        audio_retention_days=settings.audio_retention_days,
+        max_sessions_per_client=settings.max_sessions_per_client,
+        max_turn_audio_seconds=settings.max_turn_audio_seconds,
     )
+    # A node's connections outlive it as long as its sessions are taken to.
+    registry = open_registry(settings, store, ttl_seconds=limits.node_silence_seconds)
+    services = Services(store=store, registry=registry, bus=bus, audio=audio, metrics=metrics)
+    manager = SessionManager(engines, settings.engine, services, limits, settings.node_id)
     messages = RateLimiter(settings.max_messages_per_second)
     started = time.monotonic()
 
@@ -73,6 +71,7 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
                 await keep_alive
             await manager.close_all()
             await services.bus.aclose()  # after close_all, whose session events it carries
+            await registry.aclose()
             for engine in engines.values():
                 await engine.aclose()
             await store.close()
@@ -115,13 +114,15 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
             await subscription.aclose()
 
     async def status(request: Request) -> JSONResponse:
-        # Connections of every node sharing the store: the cluster's registry.
-        by_node: dict[str, int] | None = None
-        with contextlib.suppress(StoreUnavailable):  # a shared store is down: still answer
-            by_node = dict(Counter(node_of(c.connectionId) for c in await store.list_connections()))
+        # A shared store or registry that is down does not stop the answer.
+        by_node: dict[str, int] | None = None  # every node's connections
+        with contextlib.suppress(StoreUnavailable):
+            by_node = dict(Counter(node_of(c.connectionId) for c in await registry.connections()))
+        store_up = await _answers(store.get_session(""))
         body: dict[str, Any] = {
-            "status": "ok" if by_node is not None else "degraded",
-            "store": "ok" if by_node is not None else "unavailable",
+            "status": "ok" if store_up and by_node is not None else "degraded",
+            "store": "ok" if store_up else "unavailable",
+            "registry": "ok" if by_node is not None else "unavailable",
             "service": "sonicgate",
             "version": __version__,
             "uptimeSeconds": round(time.monotonic() - started, 3),
@@ -165,3 +166,12 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
     )
     app.state.manager = manager
     return app
+
+
+async def _answers(request: Awaitable[object]) -> bool:
+    """Whether a store request got through (False: the store is unavailable)."""
+    try:
+        await request
+    except StoreUnavailable:
+        return False
+    return True

@@ -134,8 +134,13 @@ class ClientConnection:
         message = self._decode(text, data)
         if self._dialect is None:
             self._dialect = detect(message)
-            await self._manager.services.store.put_connection(
-                Connection(self.id, None, "anonymous", self._dialect.name)
+            # Best effort, as later writes: a registry that is down (Redis, say) must
+            # not keep a client from talking; a Redis registry is written again later.
+            await saved(
+                self._manager.services.registry.add(
+                    Connection(self.id, None, "anonymous", self._dialect.name)
+                ),
+                "connection",
             )
         await self._dispatch(self._dialect, message)
 
@@ -199,7 +204,7 @@ class ClientConnection:
                 self._expire(self._session), name=f"expiry-{self.id}"
             )
         await saved(
-            self._manager.services.store.put_connection(
+            self._manager.services.registry.add(
                 Connection(self.id, self._session.session_id, event.user_id, dialect.name)
             ),
             "connection",
@@ -247,4 +252,4 @@ class ClientConnection:
         if self._session is not None:
             await self._manager.close(self._session, None)
             self._session = None
-        await saved(self._manager.services.store.delete_connection(self.id), "connection")
+        await saved(self._manager.services.registry.remove(self.id), "connection")

@@ -26,8 +26,10 @@ from sonicgate.store.base import (
     StoreUnavailable,
     StreamingContext,
     VoiceSession,
+    saved,
     utc_now,
 )
+from sonicgate.store.registry import node_of
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +58,6 @@ def check_node_id(node_id: str) -> str:
 
 def _connection_prefix(node_id: str) -> str:
     return f"conn-{node_id}:"  # ':' never occurs in a node id: no node's is another's
-
-
-def node_of(connection_id: str) -> str:
-    """The node holding a connection, from its id ('conn-NODE:UUID')."""
-    return connection_id.removeprefix("conn-").partition(":")[0]
 
 
 class SessionManager:
@@ -271,6 +268,10 @@ class SessionManager:
         recovery of nodes that fell silent."""
         while True:
             try:
+                await self.services.registry.renew()
+            except StoreUnavailable as exc:
+                log.warning("connection registry not renewed: %s", exc)
+            try:
                 await self._heartbeat()
             except StoreUnavailable as exc:
                 log.warning("heartbeat not saved: %s", exc)
@@ -289,14 +290,11 @@ class SessionManager:
         """A node is gone: its ACTIVE sessions end in ERROR (clients can still resume
         them), and its connections leave the registry."""
         store = self.services.store
-        prefix = _connection_prefix(node_id)
         for record in await store.list_sessions(SessionStatus.ACTIVE):
-            if record.connectionId.startswith(prefix) and record.sessionId not in self.live:
+            if node_of(record.connectionId) == node_id and record.sessionId not in self.live:
                 record.status = SessionStatus.ERROR
                 await store.update_session(record)
-        for connection in await store.list_connections():
-            if connection.connectionId.startswith(prefix):
-                await store.delete_connection(connection.connectionId)
+        await saved(self.services.registry.forget_node(node_id), "connection registry")
 
     async def cleanup(self) -> dict[str, int]:
         """End sessions nobody has touched for a while; drop audio past retention."""

@@ -55,6 +55,7 @@ from sonicgate.store.base import (
     saved,
     utc_now,
 )
+from sonicgate.store.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ RECORDING_LIMIT_SECONDS = 60
 @dataclass(frozen=True, slots=True)
 class Services:
     store: Store
+    registry: Registry  # which node holds which connection
     bus: Bus
     audio: AudioStore
     metrics: GatewayMetrics

@@ -1,0 +1,150 @@
+"""The connection registry: which node holds which live client connection.
+
+In the store by default (one process, or nodes sharing PostgreSQL); in Redis
+when the nodes share one for their bus: each node's connections are one hash
+that expires unless the node keeps renewing it, so a dead node's connections
+leave the registry by themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Protocol
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from sonicgate.bus.redis import TIMEOUT_SECONDS
+from sonicgate.config import Settings
+from sonicgate.store.base import Connection, Store, StoreUnavailable
+
+
+def node_of(connection_id: str) -> str:
+    """The node holding a connection, from its id ('conn-NODE:UUID')."""
+    return connection_id.removeprefix("conn-").partition(":")[0]
+
+
+class Registry(Protocol):
+    async def add(self, connection: Connection) -> None:
+        """Registers the connection, or updates it (a session started on it)."""
+
+    async def remove(self, connection_id: str) -> None: ...
+
+    async def connections(self) -> list[Connection]:
+        """Every node's, oldest first."""
+
+    async def renew(self) -> None:
+        """This node lives: its connections stay registered."""
+
+    async def forget_node(self, node_id: str) -> None:
+        """The node is gone: its connections leave the registry."""
+
+    async def aclose(self) -> None: ...
+
+
+class StoreRegistry:
+    """The registry as the store's connections table; nodes' liveness is the store's
+    node registry (``Store.heartbeat``), so ``renew`` has nothing to do."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def add(self, connection: Connection) -> None:
+        await self._store.put_connection(connection)
+
+    async def remove(self, connection_id: str) -> None:
+        await self._store.delete_connection(connection_id)
+
+    async def connections(self) -> list[Connection]:
+        return await self._store.list_connections()
+
+    async def renew(self) -> None:
+        pass
+
+    async def forget_node(self, node_id: str) -> None:
+        for connection in await self._store.list_connections():
+            if node_of(connection.connectionId) == node_id:
+                await self._store.delete_connection(connection.connectionId)
+
+    async def aclose(self) -> None:
+        pass  # the store is closed by its owner
+
+
+class RedisRegistry:
+    """``<prefix>:connections:<node>``: a hash of the node's connections (JSON by
+    connection id) that expires ``ttl_seconds`` after the node last renewed it.
+
+    The node keeps its own connections in memory too, and each renewal writes them
+    all again: a Redis that restarted empty, or missed a removal while it was down,
+    is right again within one heartbeat. An unreachable Redis is
+    ``StoreUnavailable``, as an unreachable store is.
+    """
+
+    def __init__(self, url: str, prefix: str, node_id: str, ttl_seconds: float) -> None:
+        self._prefix = f"{prefix}:connections:"
+        self._key = f"{self._prefix}{node_id}"
+        self._ttl_ms = int(ttl_seconds * 1000)
+        self._mine: dict[str, str] = {}  # this node's connections, as stored
+        self._redis = Redis.from_url(
+            url,
+            socket_timeout=TIMEOUT_SECONDS,
+            socket_connect_timeout=TIMEOUT_SECONDS,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    async def add(self, connection: Connection) -> None:
+        value = json.dumps(asdict(connection))
+        self._mine[connection.connectionId] = value
+        async with _reaching_redis(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._key, connection.connectionId, value)
+            pipe.pexpire(self._key, self._ttl_ms)
+            await pipe.execute()
+
+    async def remove(self, connection_id: str) -> None:
+        self._mine.pop(connection_id, None)
+        async with _reaching_redis():
+            await self._redis.hdel(self._key, connection_id)
+
+    async def connections(self) -> list[Connection]:
+        found: list[Connection] = []
+        async with _reaching_redis():
+            async for key in self._redis.scan_iter(match=f"{self._prefix}*", count=100):
+                found += [Connection(**json.loads(v)) for v in await self._redis.hvals(key)]
+        return sorted(found, key=lambda connection: connection.connectedAt)
+
+    async def renew(self) -> None:
+        async with _reaching_redis(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._key)
+            if self._mine:
+                pipe.hset(self._key, items=[part for item in self._mine.items() for part in item])
+                pipe.pexpire(self._key, self._ttl_ms)
+            await pipe.execute()
+
+    async def forget_node(self, node_id: str) -> None:
+        async with _reaching_redis():
+            await self._redis.delete(f"{self._prefix}{node_id}")
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _reaching_redis() -> AsyncIterator[None]:
+    """A Redis failure becomes ``StoreUnavailable``: callers have one handler for both."""
+    try:
+        yield
+    except RedisError as exc:
+        raise StoreUnavailable(f"the Redis registry is unreachable: {exc}") from exc
+
+
+def open_registry(settings: Settings, store: Store, ttl_seconds: float) -> Registry:
+    """In Redis when the nodes share one for their bus (``--bus redis://...``), else
+    in the store."""
+    if settings.bus == "memory":
+        return StoreRegistry(store)
+    return RedisRegistry(settings.bus, settings.bus_prefix, settings.node_id, ttl_seconds)
