@@ -292,7 +292,7 @@ def _add_bedrock_options(parser: argparse.ArgumentParser) -> None:
         default=BedrockSettings().model_id,
         help="model id or inference profile that supports ConverseStream",
     )
-    bedrock.add_argument("--bedrock-region", help="AWS region (default: --nova-region)")
+    bedrock.add_argument("--bedrock-region", help="AWS region, if other than --nova-region's")
     bedrock.add_argument(
         "--bedrock-endpoint",
         default=os.environ.get("AWS_ENDPOINT_URL_BEDROCK_RUNTIME"),

@@ -96,7 +96,8 @@ class BedrockEmulator(Served):
     requests: list[dict[str, Any]] = field(default_factory=list)  # the valid bodies
     keys_seen: list[str] = field(default_factory=list)
     model_ids: list[str] = field(default_factory=list)
-    unfinished: int = 0  # replies that stopped before their end (cancelled or dropped)
+    # Set when a reply stops before its end (the client closed it, or it was dropped).
+    cut_short: asyncio.Event = field(default_factory=asyncio.Event)
     port: int = field(default_factory=free_port)
 
     @property
@@ -153,4 +154,5 @@ class BedrockEmulator(Served):
             yield event("metadata", {"usage": usage, "metrics": {"latencyMs": 50}})
             finished = True
         finally:
-            self.unfinished += not finished
+            if not finished:
+                self.cut_short.set()

@@ -13,6 +13,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import boto3
@@ -126,6 +127,40 @@ class BedrockChat:
             raise bedrock_error(exc) from exc
 
 
+class Runtimes:
+    """Makes boto3 ``bedrock-runtime`` clients for ``settings``, from any thread."""
+
+    def __init__(self, settings: BedrockSettings) -> None:
+        self._settings = settings
+        self._boto = boto3.session.Session()
+        self._lock = threading.Lock()  # a boto3 Session makes one client at a time safely
+        self._config = Config(
+            connect_timeout=settings.timeout,
+            read_timeout=settings.timeout,
+            # A fallback is quicker than a retry, and the reply streams from its first word.
+            retries={"mode": "standard", "total_max_attempts": 1},
+        )
+
+    def client(self, region: str, credentials: AwsCredentials | None) -> Client:
+        """``credentials`` None: the standard AWS chain."""
+        keys: dict[str, Any] = {}
+        if credentials is not None:
+            keys = {
+                "aws_access_key_id": credentials.access_key_id,
+                "aws_secret_access_key": credentials.secret_access_key,
+                "aws_session_token": credentials.session_token,
+            }
+        with self._lock:
+            return self._boto.client(
+                "bedrock-runtime",
+                region_name=region,
+                endpoint_url=self._settings.endpoint_url,
+                verify=self._settings.ca_file or True,
+                config=self._config,
+                **keys,
+            )
+
+
 def bedrock_cascade(settings: BedrockSettings, local: LocalEngine) -> LocalEngine:
     """The cascade with Bedrock writing the replies; VAD, recognition and synthesis are
     ``local``'s models, run on its threads."""
@@ -134,39 +169,10 @@ def bedrock_cascade(settings: BedrockSettings, local: LocalEngine) -> LocalEngin
     botocore_log = logging.getLogger("botocore")
     if botocore_log.getEffectiveLevel() < logging.INFO:
         botocore_log.setLevel(logging.INFO)
-    boto = boto3.session.Session()
-    made = threading.Lock()  # a boto3 Session makes one client at a time safely
-    config = Config(
-        connect_timeout=settings.timeout,
-        read_timeout=settings.timeout,
-        # A fallback is quicker than a retry, and the reply streams from its first word.
-        retries={"mode": "standard", "total_max_attempts": 1},
-    )
-
-    def connect(region: str, credentials: AwsCredentials | None) -> Callable[[], Client]:
-        keys: dict[str, Any] = {}  # none: the standard AWS chain
-        if credentials is not None:
-            keys = {
-                "aws_access_key_id": credentials.access_key_id,
-                "aws_secret_access_key": credentials.secret_access_key,
-                "aws_session_token": credentials.session_token,
-            }
-
-        def client() -> Client:
-            with made:
-                return boto.client(
-                    "bedrock-runtime",
-                    region_name=region,
-                    endpoint_url=settings.endpoint_url,
-                    verify=settings.ca_file or True,
-                    config=config,
-                    **keys,
-                )
-
-        return client
+    runtimes = Runtimes(settings)
 
     def models(region: str, credentials: AwsCredentials | None) -> LocalModels:
-        chat = BedrockChat(connect(region, credentials), settings)
+        chat = BedrockChat(partial(runtimes.client, region, credentials), settings)
         vad, stt, _, tts = local.models.names
         return replace(local.models, llm=chat, names=(vad, stt, settings.model_id, tts))
 
