@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from sonicgate.engines.aws import AwsCredentials
 from sonicgate.engines.base import EngineConfig, EngineError, Message, Role
 from sonicgate.engines.fallback import FallbackEngine
 from sonicgate.engines.nova_sonic import grammar
 from sonicgate.engines.nova_sonic.client import (
-    AwsCredentials,
     NovaStreamError,
     crt_transport,
     open_client,

@@ -12,6 +12,7 @@ from pathlib import Path
 from sonicgate import __version__, logs, tracing
 from sonicgate.bus import BUS_FORMS, check_bus_url
 from sonicgate.config import Settings, default_data_dir
+from sonicgate.engines.bedrock_settings import BedrockSettings
 from sonicgate.engines.nova_sonic.settings import NOVA_2_SONIC, NOVA_SONIC, NovaSettings
 from sonicgate.engines.openai.client import OpenAISettings
 from sonicgate.models import (
@@ -27,7 +28,7 @@ from sonicgate.models import (
 from sonicgate.sessions.manager import check_node_id
 from sonicgate.store import AUDIO_STORE_FORMS, STORE_FORMS, check_store_url, parse_audio_store
 
-ENGINES = ("local", "nova-sonic", "openai", "openai-realtime", "echo")
+ENGINES = ("local", "nova-sonic", "bedrock", "openai", "openai-realtime", "echo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=ENGINES,
         default=defaults.engine,
         help="engine of clients that do not pick one: local (offline models, the default), "
-        "nova-sonic, openai, openai-realtime, or echo (returns the caller's audio: a "
-        "diagnostic)",
+        "nova-sonic, bedrock (local speech, replies by a Bedrock model), openai, "
+        "openai-realtime, or echo (returns the caller's audio: a diagnostic)",
     )
     serve.add_argument(
         "--store",
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_choice(serve)
     _add_nova_options(serve)
+    _add_bedrock_options(serve)
     _add_openai_options(serve)
     serve.add_argument(
         "--max-message-bytes",
@@ -267,7 +269,38 @@ def _add_nova_options(parser: argparse.ArgumentParser) -> None:
         default=defaults.rotate_after,
         help="seconds before a conversation moves to a fresh stream (Nova ends one at ~8 min)",
     )
-    _add_fallback(nova, "--nova-fallback", "Nova Sonic")
+    nova.add_argument(
+        "--nova-fallback",
+        choices=("bedrock", "local", "none"),
+        default="local",
+        help="engine that takes a conversation over when Nova Sonic fails: bedrock (a "
+        "Bedrock model with the same AWS credentials, the local engine if that fails "
+        "too), local, or none",
+    )
+
+
+def _add_bedrock_options(parser: argparse.ArgumentParser) -> None:
+    bedrock = parser.add_argument_group(
+        "Bedrock engine",
+        "Clients pick it with engine 'bedrock'; --nova-fallback bedrock makes it Nova "
+        "Sonic's fallback. Speech is heard and spoken by the local models, the replies "
+        "are written by a Bedrock model through ConverseStream. AWS credentials as for "
+        "Nova Sonic; when Bedrock fails the conversation continues on the local engine.",
+    )
+    bedrock.add_argument(
+        "--bedrock-model",
+        default=BedrockSettings().model_id,
+        help="model id or inference profile that supports ConverseStream",
+    )
+    bedrock.add_argument("--bedrock-region", help="AWS region, if other than --nova-region's")
+    bedrock.add_argument(
+        "--bedrock-endpoint",
+        default=os.environ.get("AWS_ENDPOINT_URL_BEDROCK_RUNTIME"),
+        help="endpoint URL instead of the region's (env AWS_ENDPOINT_URL_BEDROCK_RUNTIME)",
+    )
+    bedrock.add_argument(
+        "--bedrock-ca-file", help="CA bundle to verify the endpoint with, instead of the system's"
+    )
 
 
 def _add_openai_options(parser: argparse.ArgumentParser) -> None:
@@ -372,6 +405,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from sonicgate.engines.base import Engine
+    from sonicgate.engines.bedrock import bedrock_cascade
     from sonicgate.engines.echo import EchoEngine
     from sonicgate.engines.fallback import FallbackEngine
     from sonicgate.engines.local import LocalEngine
@@ -439,10 +473,26 @@ def _serve(args: argparse.Namespace) -> int:
         """``engine``, taken over by the local one when it fails (unless 'none')."""
         return engine if fallback == "none" else FallbackEngine(engine, local)
 
+    # Bedrock backs Nova Sonic (when chosen), and the local engine backs Bedrock.
+    bedrock = FallbackEngine(
+        bedrock_cascade(
+            BedrockSettings(
+                model_id=args.bedrock_model,
+                region=args.bedrock_region or args.nova_region,
+                endpoint_url=args.bedrock_endpoint,
+                ca_file=args.bedrock_ca_file,
+            ),
+            local,
+        ),
+        local,
+    )
     openai = _openai_settings(args)
     engines: dict[str, Engine] = {
         "local": local,
-        "nova-sonic": backed(nova, args.nova_fallback),
+        "nova-sonic": FallbackEngine(nova, bedrock)
+        if args.nova_fallback == "bedrock"
+        else backed(nova, args.nova_fallback),
+        "bedrock": bedrock,
         "openai": backed(openai_cascade(openai, local.models.vad), args.openai_fallback),
         "openai-realtime": backed(OpenAIRealtimeEngine(openai), args.openai_fallback),
         "echo": EchoEngine(),

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -38,6 +37,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tests.conftest import free_port
+from tests.emulators.http import Served
 
 SPEECH_RATE = 24_000
 SPEECH_RMS = 0.01  # quieter input is silence: an empty transcript
@@ -53,7 +53,7 @@ class DroppedConnection(Exception):
 
 
 @dataclass
-class OpenAIEmulator:
+class OpenAIEmulator(Served):
     api_key: str = "test-key"
     transcript: str = "What is the capital of France?"
     reply: str = "The capital of France is Paris. It is a lovely city on the Seine."
@@ -162,20 +162,6 @@ class OpenAIEmulator:
             return
         await websocket.accept()
         await _RealtimeSession(self, websocket).run()
-
-    async def __aenter__(self) -> OpenAIEmulator:
-        config = uvicorn.Config(self.app(), port=self.port, log_level="critical", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()  # it failed to start: say why
-            await asyncio.sleep(0.01)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        await self._task
 
 
 class _RealtimeSession:

@@ -89,15 +89,22 @@ class LocalEngine:
         name: str = "local",
         workers: int = 1,
         session_models: Callable[[EngineConfig], LocalModels] | None = None,
+        beside: LocalEngine | None = None,
     ) -> None:
         self.name = name
         self.models = models
         self.options = options or TurnOptions()
         # One thread per local model: they are not re-entrant, and the three stages
         # overlap. Remote backends take more (``workers``): sessions wait on the network.
-        self.stt_pool = ThreadPoolExecutor(workers, thread_name_prefix=f"{name}-stt")
-        self.llm_pool = ThreadPoolExecutor(workers, thread_name_prefix=f"{name}-llm")
-        self.tts_pool = ThreadPoolExecutor(workers, thread_name_prefix=f"{name}-tts")
+        # With ``beside``, whose speech models these are, they run on its threads.
+        self._pools: list[ThreadPoolExecutor] = []  # its own, to shut down
+        self.stt_pool: ThreadPoolExecutor = (
+            beside.stt_pool if beside else self._pool("stt", workers)
+        )
+        self.llm_pool = self._pool("llm", workers)
+        self.tts_pool: ThreadPoolExecutor = (
+            beside.tts_pool if beside else self._pool("tts", workers)
+        )
         # Models for one session (its own credentials, say); by default the shared ones.
         self._session_models = session_models or (lambda config: self.models)
 
@@ -138,8 +145,13 @@ class LocalEngine:
             )
         return LocalSession(self, config, self._session_models(config))
 
+    def _pool(self, stage: str, workers: int) -> ThreadPoolExecutor:
+        pool = ThreadPoolExecutor(workers, thread_name_prefix=f"{self.name}-{stage}")
+        self._pools.append(pool)
+        return pool
+
     async def aclose(self) -> None:
-        for pool in (self.stt_pool, self.llm_pool, self.tts_pool):
+        for pool in self._pools:
             pool.shutdown(wait=False, cancel_futures=True)
 
 

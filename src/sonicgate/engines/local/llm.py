@@ -9,6 +9,13 @@ from typing import Any, Protocol
 
 from llama_cpp import Llama
 
+CHARS_PER_TOKEN = 4  # about, in English: remote models' tokenizers are not here
+
+
+def estimate_tokens(text: str) -> int:
+    """A remote model's token count, near enough for trimming history."""
+    return len(text) // CHARS_PER_TOKEN + 1
+
 
 class Chat(Protocol):
     """A chat model whose reply streams as text deltas and can be cut short."""

@@ -12,33 +12,24 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from aws_sdk_bedrock_runtime.client import AsyncBedrockRuntimeClient
 from aws_sdk_bedrock_runtime.config import AsyncBedrockRuntimeConfig
 from aws_sdk_bedrock_runtime.models import (
-    AccessDeniedException,
     BidirectionalInputPayloadPart,
     InvokeModelWithBidirectionalStreamInputChunk,
     InvokeModelWithBidirectionalStreamOperationInput,
     InvokeModelWithBidirectionalStreamOutputChunk,
     InvokeModelWithBidirectionalStreamOutputUnknown,
-    ThrottlingException,
-    ValidationException,
 )
 from awscrt import io as crt_io
 from smithy_core.exceptions import CallError, SmithyError
 from smithy_http.aio.crt import AWSCRTHTTPClient
 
+from sonicgate.engines.aws import AwsCredentials, service_error
+
 Stream = Any  # the SDK's DuplexEventStream, generic over its event shapes
-
-
-@dataclass(frozen=True, slots=True)
-class AwsCredentials:
-    access_key_id: str
-    secret_access_key: str = field(repr=False)
-    session_token: str | None = field(default=None, repr=False)
 
 
 class NovaStreamError(Exception):
@@ -152,19 +143,13 @@ def _stream_error(error: BaseException) -> NovaStreamError:
     message = getattr(error, "message", "") or str(error) or type(error).__name__
     name = type(error).__name__
     status = getattr(getattr(error, "response_metadata", None), "http_status_code", None)
-    refused = isinstance(error, AccessDeniedException) or status in (401, 403)
-    if refused or "UnrecognizedClient" in message or "Signature" in message:
-        return NovaStreamError(
-            "access_denied",
-            f"AWS refused the credentials or the model access; check the key, secret, "
-            f"region and model access ({message})",
-        )
-    if isinstance(error, ThrottlingException) or getattr(error, "is_throttling_error", False):
-        return NovaStreamError("throttled", message)
-    if isinstance(error, ValidationException):
-        return NovaStreamError("validation", message)
-    if (isinstance(error, CallError) and error.fault == "server") or status in (500, 503):
-        return NovaStreamError("unavailable", message)
+    # The SDK's own flags say what the name may not: as the status would.
+    if getattr(error, "is_throttling_error", False):
+        status = 429
+    elif isinstance(error, CallError) and error.fault == "server":
+        status = status or 500
+    if (known := service_error(name, status, message)) is not None:
+        return NovaStreamError(*known)
     if isinstance(error, OSError | ConnectionError) or "Connection" in name or "Socket" in name:
         return NovaStreamError("unreachable", message)
     return NovaStreamError("stream_error", f"{name}: {message}")

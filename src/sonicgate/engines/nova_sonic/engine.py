@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from sonicgate.engines.aws import session_credentials, session_region
 from sonicgate.engines.base import (
     Capabilities,
     EngineConfig,
@@ -31,7 +32,6 @@ from sonicgate.engines.base import (
 )
 from sonicgate.engines.nova_sonic import grammar
 from sonicgate.engines.nova_sonic.client import (
-    AwsCredentials,
     NovaStreamError,
     await_response,
     close_stream,
@@ -104,17 +104,6 @@ class NovaSonicEngine:
         pass  # each session closes its own connection
 
 
-def _credentials(config: EngineConfig) -> AwsCredentials | None:
-    found = config.credentials
-    if not found.get("aws_access_key_id") or not found.get("aws_secret_access_key"):
-        return None  # the standard chain: environment, profile, instance role
-    return AwsCredentials(
-        found["aws_access_key_id"],
-        found["aws_secret_access_key"],
-        found.get("aws_session_token"),
-    )
-
-
 def _loud(pcm: bytes) -> bool:
     samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2")
     return bool(samples.size) and (int(samples.max()) > LOUD or int(samples.min()) < -LOUD)
@@ -157,14 +146,14 @@ class NovaSession:
 
     async def open(self) -> None:
         settings = self._settings
-        region = self._config.credentials.get("aws_region") or settings.region
+        region = session_region(self._config, settings.region)
         try:
             # Bounded: the credential chain may wait on an instance-metadata service.
             async with asyncio.timeout(OPEN_TIMEOUT):
                 self._client = await open_client(
                     region=region,
                     endpoint_uri=settings.endpoint_uri,
-                    credentials=_credentials(self._config),
+                    credentials=session_credentials(self._config),
                     transport=self._transport,
                 )
                 self._stream = await self._new_stream(self._history)

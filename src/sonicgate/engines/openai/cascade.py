@@ -19,6 +19,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from sonicgate.audio.formats import wav_bytes
 from sonicgate.engines.base import INPUT_SAMPLE_RATE, EngineConfig, EngineError
 from sonicgate.engines.local.engine import LocalEngine, LocalModels
+from sonicgate.engines.local.llm import estimate_tokens
 from sonicgate.engines.local.stt import Transcript
 from sonicgate.engines.local.turns import TurnOptions
 from sonicgate.engines.local.vad import SileroVad
@@ -33,7 +34,6 @@ SPEECH_SAMPLE_RATE = 24_000  # response_format="pcm": 24 kHz mono pcm16
 VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer")
 # Whisper and the chat and speech models all handle these, among others.
 LANGUAGES = ("en", "es", "fr", "de", "it", "pt", "nl", "pl", "ru", "ja", "ko", "zh", "hi", "ar")
-CHARS_PER_TOKEN = 4  # for trimming history: no tokenizer for a remote model
 
 
 # What the SDK raises: its own errors, and httpx's when a streamed body breaks off.
@@ -73,7 +73,7 @@ class OpenAIChat:
         self.n_ctx = context_tokens
 
     def count_tokens(self, text: str) -> int:
-        return len(text) // CHARS_PER_TOKEN + 1
+        return estimate_tokens(text)
 
     def stream(
         self, messages: list[dict[str, str]], cancel: threading.Event, max_tokens: int = 160
