@@ -15,15 +15,23 @@ import pytest
 
 from sonicgate.store.base import Connection, SessionStatus, VoiceSession
 from sonicgate.store.postgres import PostgresStore
-from tests.conftest import Client, ServerFactory
+from tests.conftest import Client, RunningServer, ServerFactory
 from tests.scripted_engine import ScriptedEngine, tone
+
+
+async def two_nodes(
+    make_server: ServerFactory, scripted: ScriptedEngine, **shared: str
+) -> tuple[RunningServer, RunningServer]:
+    """Gateway nodes 'a' and 'b' sharing what ``shared`` names (a store, a bus)."""
+    node_a = await make_server({"scripted": scripted}, node_id="a", **shared)
+    node_b = await make_server({"scripted": scripted}, node_id="b", **shared)
+    return node_a, node_b
 
 
 async def test_a_conversation_resumes_on_another_node_with_its_history(
     make_server: ServerFactory, scripted: ScriptedEngine, connect, postgres_schema: str
 ) -> None:
-    node_a = await make_server({"scripted": scripted}, store=postgres_schema, node_id="a")
-    node_b = await make_server({"scripted": scripted}, store=postgres_schema, node_id="b")
+    node_a, node_b = await two_nodes(make_server, scripted, store=postgres_schema)
     first = await connect(node_a.ws())
     session_id = (await first.initialize())["sessionId"]
     await first.complete_turn(bytes(16_000))
@@ -52,8 +60,7 @@ async def test_status_on_any_node_counts_the_connections_of_every_node(
     if registry == "redis":  # nodes sharing a Redis bus keep the registry there
         shared |= {"bus": request.getfixturevalue("redis_url")}
         shared |= {"bus_prefix": request.getfixturevalue("bus_prefix")}
-    node_a = await make_server({"scripted": scripted}, node_id="a", **shared)
-    node_b = await make_server({"scripted": scripted}, node_id="b", **shared)
+    node_a, node_b = await two_nodes(make_server, scripted, **shared)
     for node, clients in ((node_a, 1), (node_b, 2)):
         for _ in range(clients):
             await (await connect(node.ws())).initialize()
@@ -124,8 +131,7 @@ async def test_audio_acknowledged_before_a_node_is_lost_is_heard_on_the_next(
     make_server: ServerFactory, scripted: ScriptedEngine, connect, postgres_schema: str
 ) -> None:
     """The first seed's numbered chunks: the turn under way moves with the session."""
-    node_a = await make_server({"scripted": scripted}, store=postgres_schema, node_id="a")
-    node_b = await make_server({"scripted": scripted}, store=postgres_schema, node_id="b")
+    node_a, node_b = await two_nodes(make_server, scripted, store=postgres_schema)
     second = tone(1.0, 16_000)
 
     async def chunk(client: Client, session_id: str, number: int, final: bool = False) -> None:
@@ -167,8 +173,7 @@ async def test_audio_received_before_a_node_is_lost_is_heard_on_the_next(
     make_server: ServerFactory, scripted: ScriptedEngine, connect, postgres_schema: str
 ) -> None:
     """The second seed's chunks carry no numbers: the server keeps them in arrival order."""
-    node_a = await make_server({"scripted": scripted}, store=postgres_schema, node_id="a")
-    node_b = await make_server({"scripted": scripted}, store=postgres_schema, node_id="b")
+    node_a, node_b = await two_nodes(make_server, scripted, store=postgres_schema)
     first = await connect(node_a.ws())
     session_id = (await first.initialize())["sessionId"]
     await first.stream_audio(tone(3.0, 16_000))

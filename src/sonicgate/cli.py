@@ -254,14 +254,7 @@ def _add_nova_options(parser: argparse.ArgumentParser) -> None:
         help="model id",
     )
     nova.add_argument("--nova-region", default=defaults.region, help="AWS region")
-    nova.add_argument(
-        "--nova-endpoint",
-        default=os.environ.get("AWS_ENDPOINT_URL_BEDROCK_RUNTIME"),
-        help="endpoint URL instead of the region's (env AWS_ENDPOINT_URL_BEDROCK_RUNTIME)",
-    )
-    nova.add_argument(
-        "--nova-ca-file", help="CA bundle to verify the endpoint with, instead of the system's"
-    )
+    _add_endpoint_options(nova, "nova")
     nova.add_argument("--nova-voice", default=defaults.voice, help="default voice")
     nova.add_argument(
         "--nova-rotate-after",
@@ -293,13 +286,18 @@ def _add_bedrock_options(parser: argparse.ArgumentParser) -> None:
         help="model id or inference profile that supports ConverseStream",
     )
     bedrock.add_argument("--bedrock-region", help="AWS region, if other than --nova-region's")
-    bedrock.add_argument(
-        "--bedrock-endpoint",
+    _add_endpoint_options(bedrock, "bedrock")
+
+
+def _add_endpoint_options(group: argparse._ArgumentGroup, engine: str) -> None:
+    """--ENGINE-endpoint and --ENGINE-ca-file: both engines are Bedrock Runtime's."""
+    group.add_argument(
+        f"--{engine}-endpoint",
         default=os.environ.get("AWS_ENDPOINT_URL_BEDROCK_RUNTIME"),
         help="endpoint URL instead of the region's (env AWS_ENDPOINT_URL_BEDROCK_RUNTIME)",
     )
-    bedrock.add_argument(
-        "--bedrock-ca-file", help="CA bundle to verify the endpoint with, instead of the system's"
+    group.add_argument(
+        f"--{engine}-ca-file", help="CA bundle to verify the endpoint with, instead of the system's"
     )
 
 
