@@ -95,7 +95,7 @@ def redis_registry(redis_url: str, bus_prefix: str) -> Callable[..., RedisRegist
 
 
 async def test_a_node_that_stops_renewing_expires_with_its_connections(
-    redis_registry: Callable[..., RedisRegistry],
+    redis_registry: Callable[..., RedisRegistry], redis_url: str, bus_prefix: str
 ) -> None:
     dying, living = redis_registry("dying", 0.3), redis_registry("living", 0.3)
     await dying.add(connection("dying", 1))
@@ -104,6 +104,8 @@ async def test_a_node_that_stops_renewing_expires_with_its_connections(
         await asyncio.sleep(0.15)
         await living.renew()
     assert [c.connectionId for c in await living.connections()] == ["conn-living:2"]
+    async with Redis.from_url(redis_url) as redis:  # and it left the set of nodes
+        assert await redis.smembers(f"{bus_prefix}:nodes") == {b"living"}
     await dying.aclose()
     await living.aclose()
 

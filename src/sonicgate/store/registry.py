@@ -77,7 +77,8 @@ class StoreRegistry:
 
 class RedisRegistry:
     """``<prefix>:connections:<node>``: a hash of the node's connections (JSON by
-    connection id) that expires ``ttl_seconds`` after the node last renewed it.
+    connection id) that expires ``ttl_seconds`` after the node last renewed it; the
+    set ``<prefix>:nodes`` names the nodes that have one (no scan of the keyspace).
 
     The node keeps its own connections in memory too, and each renewal writes them
     all again: a Redis that restarted empty, or missed a removal while it was down,
@@ -87,6 +88,8 @@ class RedisRegistry:
 
     def __init__(self, url: str, prefix: str, node_id: str, ttl_seconds: float) -> None:
         self._prefix = f"{prefix}:connections:"
+        self._nodes = f"{prefix}:nodes"
+        self._node_id = node_id
         self._key = f"{self._prefix}{node_id}"
         self._ttl_ms = int(ttl_seconds * 1000)
         self._mine: dict[str, str] = {}  # this node's connections, as stored
@@ -103,6 +106,7 @@ class RedisRegistry:
         async with _reaching_redis(), self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(self._key, connection.connectionId, value)
             pipe.pexpire(self._key, self._ttl_ms)
+            pipe.sadd(self._nodes, self._node_id)
             await pipe.execute()
 
     async def remove(self, connection_id: str) -> None:
@@ -111,10 +115,17 @@ class RedisRegistry:
             await self._redis.hdel(self._key, connection_id)
 
     async def connections(self) -> list[Connection]:
-        found: list[Connection] = []
         async with _reaching_redis():
-            async for key in self._redis.scan_iter(match=f"{self._prefix}*", count=100):
-                found += [Connection(**json.loads(v)) for v in await self._redis.hvals(key)]
+            members = await self._redis.smembers(self._nodes)
+            nodes = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for node in nodes:
+                    pipe.hvals(f"{self._prefix}{node}")
+                hashes: list[list[bytes]] = await pipe.execute()
+            # A node whose hash expired (or had nothing) leaves the set until it adds.
+            if gone := [node for node, values in zip(nodes, hashes, strict=True) if not values]:
+                await self._redis.srem(self._nodes, *gone)
+        found = [Connection(**json.loads(value)) for values in hashes for value in values]
         return sorted(found, key=lambda connection: connection.connectedAt)
 
     async def renew(self) -> None:
@@ -123,11 +134,14 @@ class RedisRegistry:
             if self._mine:
                 pipe.hset(self._key, items=[part for item in self._mine.items() for part in item])
                 pipe.pexpire(self._key, self._ttl_ms)
+                pipe.sadd(self._nodes, self._node_id)
             await pipe.execute()
 
     async def forget_node(self, node_id: str) -> None:
-        async with _reaching_redis():
-            await self._redis.delete(f"{self._prefix}{node_id}")
+        async with _reaching_redis(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(f"{self._prefix}{node_id}")
+            pipe.srem(self._nodes, node_id)
+            await pipe.execute()
 
     async def aclose(self) -> None:
         await self._redis.aclose()
