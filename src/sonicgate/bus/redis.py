@@ -29,6 +29,17 @@ FLUSH_SECONDS = 2.0  # how long closing the bus waits for the outbox to go out
 OUTBOX_SIZE = 10_000  # events kept through an outage; beyond it the oldest are dropped
 
 
+def connect(url: str) -> Redis:
+    """A client that fails fast, and never retries on its own: the bus's outbox and
+    reader, and the registry's renewals, do the retrying."""
+    return Redis.from_url(
+        url,
+        socket_timeout=TIMEOUT_SECONDS,
+        socket_connect_timeout=TIMEOUT_SECONDS,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
 class RedisBus:
     """Publishes each event's JSON on ``<prefix>:events``. One pub/sub connection per
     bus feeds a ``MemoryBus``, which filters and queues for the local subscribers.
@@ -41,13 +52,7 @@ class RedisBus:
 
     def __init__(self, url: str, prefix: str, maxsize: int = 1000) -> None:
         self.channel = f"{prefix}:events"
-        # No retries inside redis-py: the outbox and the reader's loop do the retrying.
-        self._redis = Redis.from_url(
-            url,
-            socket_timeout=TIMEOUT_SECONDS,
-            socket_connect_timeout=TIMEOUT_SECONDS,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._redis = connect(url)
         self._local = MemoryBus(maxsize)
         self._reader: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()  # the reader listens on the channel

@@ -14,12 +14,9 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Protocol
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from sonicgate.bus.redis import TIMEOUT_SECONDS
+from sonicgate.bus.redis import connect
 from sonicgate.config import Settings
 from sonicgate.store.base import Connection, Store, StoreUnavailable
 
@@ -93,12 +90,7 @@ class RedisRegistry:
         self._key = f"{self._prefix}{node_id}"
         self._ttl_ms = int(ttl_seconds * 1000)
         self._mine: dict[str, str] = {}  # this node's connections, as stored
-        self._redis = Redis.from_url(
-            url,
-            socket_timeout=TIMEOUT_SECONDS,
-            socket_connect_timeout=TIMEOUT_SECONDS,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._redis = connect(url)
 
     async def add(self, connection: Connection) -> None:
         value = json.dumps(asdict(connection))
