@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_checked(check_bus_url),
         default=defaults.bus,
         help=f"event bus behind /api/events: {BUS_FORMS}. A Redis shared by several "
-        "gateways lets /api/events on any of them see the sessions of all",
+        "gateways lets /api/events on any of them see the sessions of all, and keeps "
+        "the registry of their connections (else it is in the store)",
     )
     serve.add_argument(
         "--bus-prefix",
