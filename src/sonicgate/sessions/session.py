@@ -66,12 +66,6 @@ LAST_REPLY_TIMEOUT = 20.0  # seconds an ending session waits for its last answer
 # The audio store keeps each turn's last minute: a microphone left open between
 # turns must not grow memory without bound.
 RECORDING_LIMIT_SECONDS = 60
-# The turn under way is kept in the store for another node to resume: its first
-# minute (the local engine ends a turn at 28 s; echo sessions never end theirs).
-TURN_AUDIO_KEPT_BYTES = RECORDING_LIMIT_SECONDS * BYTES_PER_SECOND
-# Unnumbered chunks are acknowledged to nobody: kept a second at a time, not one write
-# per chunk (that halved the real-time sessions a node holds).
-UNNUMBERED_BATCH_BYTES = BYTES_PER_SECOND
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,9 +107,6 @@ class LiveSession:
         self._user_audio = bytearray()  # the user's turn so far
         self._max_turn_bytes = int(max_turn_seconds * BYTES_PER_SECOND)  # 0: no limit
         self._turn_cut = False  # the turn went over the limit: its rest is dropped
-        self._turn_key = 0  # the last key of the turn's audio kept in the store
-        self._turn_kept = 0  # bytes of the turn kept in the store
-        self._unkept = bytearray()  # unnumbered audio waiting for a whole batch
         self._reply_audio = bytearray()
         self._turn = record.messageCount
         # finish(): set once the answer to the speech pending at the end went out.
@@ -173,9 +164,12 @@ class LiveSession:
                 released += await self._forward(data)
             except AudioFormatError as exc:
                 raise ProtocolError("audio_format", str(exc)) from exc
-        if released:
-            await self._keep(event.sequence, bytes(released))
         if event.sequence is not None:
+            if released:  # kept before it is acknowledged: another node can resume the turn
+                write = self._services.store.save_turn_audio(
+                    self.session_id, event.sequence, bytes(released)
+                )
+                await saved(write, "turn audio")
             self.context.chunks = [*self.context.chunks, event.sequence][-KEPT_SEQUENCE_NUMBERS:]
             self.view = _with_sequence(self.view, self._sequencer.last_released)
         if event.end_of_turn:
@@ -188,23 +182,6 @@ class LiveSession:
             raise _turn_too_long(
                 self._max_turn_bytes, "the turn ends here, and the rest of it is dropped"
             )
-
-    async def _keep(self, sequence: int | None, pcm: bytes, *, flush: bool = False) -> None:
-        """Keep turn audio in the store so that another node can resume the turn:
-        numbered chunks by their number, before they are acknowledged; unnumbered ones
-        (the second seed's) in arrival order, a batch at a time (``flush``: the rest)."""
-        if sequence is None:
-            self._unkept += pcm
-            if not self._unkept or (len(self._unkept) < UNNUMBERED_BATCH_BYTES and not flush):
-                return
-            pcm = bytes(self._unkept)
-            self._unkept.clear()
-        if self._turn_kept + len(pcm) > TURN_AUDIO_KEPT_BYTES:
-            return
-        self._turn_key = self._turn_key + 1 if sequence is None else sequence
-        self._turn_kept += len(pcm)
-        write = self._services.store.save_turn_audio(self.session_id, self._turn_key, pcm)
-        await saved(write, "turn audio")
 
     async def _forward(self, data: bytes) -> bytes:
         """Decode one chunk of client audio, count it, and pass it to the engine;
@@ -228,9 +205,7 @@ class LiveSession:
         for _, pcm in turn_audio:
             await self._pass_on(pcm)
         if turn_audio:
-            self._turn_key = turn_audio[-1][0]
-            self._turn_kept = sum(len(pcm) for _, pcm in turn_audio)
-            self.view = _with_sequence(self.view, self._turn_key)
+            self.view = _with_sequence(self.view, turn_audio[-1][0])
 
     async def _received(self, pcm: bytes) -> None:
         self._services.metrics.audio_in(self.view.engine, len(pcm) / BYTES_PER_SECOND)
@@ -301,8 +276,6 @@ class LiveSession:
         if text:
             await self._remember(Message(Role.USER, text))
         await saved(self._services.store.clear_turn_audio(self.session_id), "turn audio")
-        self._turn_kept = 0
-        self._unkept.clear()
         if self._user_audio:
             self._turn += 1
             logs.turn.set(self._turn)  # for this task's log lines from here on
@@ -369,8 +342,6 @@ class LiveSession:
         if status is not None:  # ended: no other node will resume its turn
             self.record.status = status
             await saved(self._services.store.clear_turn_audio(self.session_id), "turn audio")
-        else:  # the client left: whichever node it comes back to hears all it sent
-            await self._keep(None, b"", flush=True)
         await self._assistant_audio()  # saves a reply cut short by the close, then persists
         event = "ended" if status is not None else "detached"
         await self._publish(SESSION_EVENT, {"event": event, "status": str(self.record.status)})
