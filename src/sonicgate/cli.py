@@ -468,30 +468,26 @@ def _serve(args: argparse.Namespace) -> int:
         DEFAULT_TOOLS,
     )
 
-    def backed(engine: Engine, fallback: str) -> Engine:
-        """``engine``, taken over by the local one when it fails (unless 'none')."""
-        return engine if fallback == "none" else FallbackEngine(engine, local)
-
-    # Bedrock backs Nova Sonic (when chosen), and the local engine backs Bedrock.
-    bedrock = FallbackEngine(
-        bedrock_cascade(
-            BedrockSettings(
-                model_id=args.bedrock_model,
-                region=args.bedrock_region or args.nova_region,
-                endpoint_url=args.bedrock_endpoint,
-                ca_file=args.bedrock_ca_file,
-            ),
-            local,
-        ),
-        local,
+    bedrock_settings = BedrockSettings(
+        model_id=args.bedrock_model,
+        region=args.bedrock_region or args.nova_region,
+        endpoint_url=args.bedrock_endpoint,
+        ca_file=args.bedrock_ca_file,
     )
+    backups: dict[str, Engine] = {"local": local}  # engines that take a conversation over
+
+    def backed(engine: Engine, fallback: str) -> Engine:
+        """``engine``, taken over by the named backup when it fails (unless 'none')."""
+        return engine if fallback == "none" else FallbackEngine(engine, backups[fallback])
+
+    # Bedrock backs Nova Sonic when chosen, and is backed by the local engine in turn.
+    backups["bedrock"] = backed(bedrock_cascade(bedrock_settings, local), "local")
+
     openai = _openai_settings(args)
     engines: dict[str, Engine] = {
         "local": local,
-        "nova-sonic": FallbackEngine(nova, bedrock)
-        if args.nova_fallback == "bedrock"
-        else backed(nova, args.nova_fallback),
-        "bedrock": bedrock,
+        "nova-sonic": backed(nova, args.nova_fallback),
+        "bedrock": backups["bedrock"],
         "openai": backed(openai_cascade(openai, local.models.vad), args.openai_fallback),
         "openai-realtime": backed(OpenAIRealtimeEngine(openai), args.openai_fallback),
         "echo": EchoEngine(),

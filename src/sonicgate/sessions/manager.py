@@ -29,7 +29,7 @@ from sonicgate.store.base import (
     saved,
     utc_now,
 )
-from sonicgate.store.registry import node_of
+from sonicgate.store.registry import new_connection_id, node_of
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,6 @@ def check_node_id(node_id: str) -> str:
     return node_id
 
 
-def _connection_prefix(node_id: str) -> str:
-    return f"conn-{node_id}:"  # ':' never occurs in a node id: no node's is another's
-
-
 class SessionManager:
     def __init__(
         self,
@@ -76,7 +72,6 @@ class SessionManager:
         self.services = services
         self.limits = limits
         self.node_id = check_node_id(node_id)
-        self._connection_prefix = _connection_prefix(node_id)
         self.live: dict[str, LiveSession] = {}
         self.stopping = False  # a clean stop is under way: no new sessions
         self._opening: Counter[str] = Counter()  # sessions each client has starting
@@ -255,7 +250,7 @@ class SessionManager:
             await live.tell_ended()
 
     def new_connection_id(self) -> str:
-        return f"{self._connection_prefix}{uuid.uuid4()}"
+        return new_connection_id(self.node_id)
 
     async def recover(self) -> None:
         """At start: this node's sessions still ACTIVE were cut off by its crash (a

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Protocol
@@ -21,8 +22,14 @@ from sonicgate.config import Settings
 from sonicgate.store.base import Connection, Store, StoreUnavailable
 
 
+def new_connection_id(node_id: str) -> str:
+    """'conn-NODE:UUID': the id says which node holds the connection (':' never occurs
+    in a node id, so no node's ids are another's)."""
+    return f"conn-{node_id}:{uuid.uuid4()}"
+
+
 def node_of(connection_id: str) -> str:
-    """The node holding a connection, from its id ('conn-NODE:UUID')."""
+    """The node holding a connection, from its id (see ``new_connection_id``)."""
     return connection_id.removeprefix("conn-").partition(":")[0]
 
 
