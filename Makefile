@@ -7,9 +7,10 @@ run:
 
 test:
 	./scripts/setup.sh --test
-	.venv/bin/ruff check src tests bench
-	.venv/bin/ruff format --check src tests bench
+	.venv/bin/ruff check src tests bench scripts
+	.venv/bin/ruff format --check src tests bench scripts
 	.venv/bin/mypy
+	.venv/bin/deptry src
 	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q $(ARGS)
 
 # All benchmarks against servers they start; figures in bench/results/ (summary.md).

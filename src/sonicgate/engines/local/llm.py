@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 from llama_cpp import Llama
+
+from sonicgate.engines.local.cpu import CpuError, load_llama_kernels, read_cpu
+from sonicgate.models import ModelError
+
+PORTABLE_FIX = "reinstall it with the portable build: `rm -rf .venv && make run`"
 
 CHARS_PER_TOKEN = 4  # about, in English: remote models' tokenizers are not here
 
@@ -33,6 +41,7 @@ class ChatModel:
     """One caller at a time (llama.cpp is not re-entrant): give it one worker thread."""
 
     def __init__(self, path: Path, n_ctx: int = 2048, threads: int = 1) -> None:
+        load_llama_kernels()
         # Decoding on one thread beat two: TTS needs the other core at the same time.
         # The prompt is read on both: nothing else runs between transcript and first token.
         self._llama = Llama(
@@ -73,3 +82,53 @@ class ChatModel:
                     yield delta
         finally:
             chunks.close()  # ends llama.cpp's generation now, not when collected
+
+
+class RunCheck:
+    """Loads the model and decodes in a child process, so that a llama.cpp build this
+    CPU cannot run kills the child (SIGILL), not the caller. It runs while the caller
+    loads the other models; ``result`` raises ``ModelError`` with one clear line."""
+
+    def __init__(self, path: Path) -> None:
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", __name__, str(path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def result(self, timeout: float = 120.0) -> None:
+        try:
+            _, errors = self._child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._child.kill()
+            self._child.wait()
+            raise ModelError(
+                f"the local LLM did not answer a test prompt in {timeout:.0f} s"
+            ) from None
+        status = self._child.returncode
+        if status == -signal.SIGILL:
+            raise ModelError(
+                f"the local LLM library (llama-cpp-python) cannot run on this CPU "
+                f"({read_cpu().model}): it was compiled for another one; {PORTABLE_FIX}"
+            )
+        if status != 0:
+            last = (errors.strip().splitlines() or [f"exit status {status}"])[-1]
+            raise ModelError(f"the local LLM failed a test prompt: {last}")
+
+
+def check_runs(path: Path) -> None:
+    RunCheck(path).result()
+
+
+def _decode_once(path: Path) -> None:
+    try:
+        model = ChatModel(path, n_ctx=256)
+    except CpuError as exc:
+        sys.exit(f"{exc}; {PORTABLE_FIX}")
+    for _ in model.stream([{"role": "user", "content": "Hi"}], threading.Event(), 2):
+        pass
+
+
+if __name__ == "__main__":
+    _decode_once(Path(sys.argv[1]))

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 from typing import cast
 
-import httpx
+import httpx2
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
@@ -37,7 +37,7 @@ LANGUAGES = ("en", "es", "fr", "de", "it", "pt", "nl", "pl", "ru", "ja", "ko", "
 
 
 # What the SDK raises: its own errors, and httpx's when a streamed body breaks off.
-PROVIDER_ERRORS = (openai.OpenAIError, httpx.HTTPError)
+PROVIDER_ERRORS = (openai.OpenAIError, httpx2.HTTPError)
 
 
 def _failed(exc: Exception) -> EngineError:

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import httpx2
 import openai
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -54,7 +54,7 @@ def _options(settings: OpenAISettings, api_key: str | None) -> dict[str, Any]:
 def provider_error(exc: Exception) -> tuple[str, str]:
     """(code, message) for the client: what went wrong at the provider, in its terms."""
     match exc:
-        case httpx.HTTPError():  # a streamed body broke off: the SDK lets it through
+        case httpx2.HTTPError():  # a streamed body broke off: the SDK lets it through
             return "provider_unreachable", f"the connection to OpenAI broke: {exc!r}"
         case openai.AuthenticationError() | openai.PermissionDeniedError():
             return "unauthorized", "OpenAI refused the API key"
