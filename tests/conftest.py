@@ -18,13 +18,14 @@ import pytest
 import redis
 import uvicorn
 import websockets
+from uvicorn.config import LOGGING_CONFIG
 
 from sonicgate.config import Settings, default_data_dir
 from sonicgate.engines.base import Engine
 from sonicgate.engines.local import LocalEngine, LocalModels
 from sonicgate.models import install
 from sonicgate.server.app import create_app
-from sonicgate.server.graceful import GracefulServer
+from sonicgate.server.graceful import GracefulServer, server_config
 from tests.scripted_engine import ScriptedEngine
 
 
@@ -46,14 +47,7 @@ class RunningServer:
 
 async def start_server(settings: Settings, engines: dict[str, Engine]) -> RunningServer:
     app = create_app(settings, engines)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=settings.port,
-        log_level="warning",
-        ws_max_size=settings.max_message_bytes * 4,
-        lifespan="on",
-    )
+    config = server_config(app, settings, log_level="warning", log_config=LOGGING_CONFIG)
     server = GracefulServer(config, app.state.manager)
     task = asyncio.create_task(server.serve())
     while not server.started:

@@ -172,12 +172,11 @@ async def test_engine_failure_keeps_the_connection(
     await still_works(client)
 
 
-async def test_a_client_that_never_reads_is_cut_off(
-    make_server, scripted: ScriptedEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(stream, "OUTBOX_LIMIT", 32)
+async def test_a_client_that_never_reads_is_cut_off(make_server, scripted: ScriptedEngine) -> None:
     # No rate limit: every message below must get its reply, to fill the outbox.
-    server = await make_server({"scripted": scripted}, max_messages_per_second=0)
+    server = await make_server(
+        {"scripted": scripted}, max_messages_per_second=0, outbox_messages=32
+    )
     # A tiny receive window and max_queue=1: this client stops taking frames off
     # the socket, as a stuck one would, and the kernel buffers little for it.
     sock = socket.socket()

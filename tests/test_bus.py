@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
+from dataclasses import replace
 from functools import partial
 
 import pytest
 
-from sonicgate.bus.base import RESPONSE_EVENT, SESSION_EVENT, Bus, BusEvent, Subscription
+from sonicgate.bus.base import RESPONSE_EVENT, SESSION_EVENT, Bus, BusEvent, Filter, Subscription
 from sonicgate.bus.memory import MemoryBus
 from sonicgate.bus.redis import RedisBus
 
@@ -44,7 +45,7 @@ def event(session_id: str = "s1", user_id: str = "u1", n: int = 0) -> BusEvent:
 async def publish_all(bus: Bus, events: list[BusEvent]) -> None:
     """Publish, then wait until the bus has handed the last event to its subscribers
     (Redis delivers after ``publish`` returns), reading a witness subscription only."""
-    async with aclosing(bus.subscribe()) as witness:
+    async with aclosing(bus.subscribe(Filter())) as witness:
         for item in events:
             await asyncio.wait_for(bus.publish(item), 1)  # never waits on the readers
         async with asyncio.timeout(5):
@@ -69,17 +70,17 @@ def test_memory_bus_satisfies_the_protocol() -> None:
 
 async def test_subscribers_see_events_published_before_they_iterate(make_bus) -> None:
     bus = make_bus()
-    async with aclosing(bus.subscribe()) as subscription:
+    async with aclosing(bus.subscribe(Filter())) as subscription:
         await bus.publish(event(n=1))  # before the first __anext__
         assert await asyncio.wait_for(anext(subscription), 5) == event(n=1)
 
 
 async def test_filters_by_session_and_by_user(make_bus) -> None:
     bus = make_bus()
-    everything = bus.subscribe()
-    by_session = bus.subscribe(session_id="s1")
-    by_user = bus.subscribe(user_id="u2")
-    by_both = bus.subscribe(session_id="s2", user_id="u2")
+    everything = bus.subscribe(Filter())
+    by_session = bus.subscribe(Filter(session_id="s1"))
+    by_user = bus.subscribe(Filter(user_id="u2"))
+    by_both = bus.subscribe(Filter(session_id="s2", user_id="u2"))
     published = [event("s1", "u1"), event("s2", "u2"), event("s1", "u2"), event("s2", "u1")]
     await publish_all(bus, published)
 
@@ -91,9 +92,26 @@ async def test_filters_by_session_and_by_user(make_bus) -> None:
         await subscription.aclose()
 
 
+async def test_an_owners_subscription_sees_its_own_sessions_only(make_bus) -> None:
+    bus = make_bus()
+    alices = bus.subscribe(Filter(owner="sub:alice"))
+    snooping = bus.subscribe(Filter(session_id="s1", user_id="u1", owner="sub:bob"))
+    published = [
+        replace(event("s1", "u1"), owner="sub:alice"),
+        replace(event("s2"), owner="sub:bob"),
+    ]
+    await publish_all(bus, published)
+
+    assert await drain(alices) == [published[0]]  # the owner travels with the event
+    assert await drain(snooping) == []
+    assert "owner" not in published[0].to_json()  # and never reaches a subscriber's wire
+    for subscription in (alices, snooping):
+        await subscription.aclose()
+
+
 async def test_a_slow_subscriber_drops_its_oldest_events_without_blocking(make_bus) -> None:
     bus = make_bus(maxsize=3)
-    slow = bus.subscribe()
+    slow = bus.subscribe(Filter())
     await publish_all(bus, [event(n=n) for n in range(10)])
     assert [e.data["n"] for e in await drain(slow)] == [7, 8, 9]
     await slow.aclose()
@@ -101,8 +119,8 @@ async def test_a_slow_subscriber_drops_its_oldest_events_without_blocking(make_b
 
 async def test_a_slow_subscriber_does_not_cost_a_fast_one_events(make_bus) -> None:
     bus = make_bus(maxsize=2)
-    slow = bus.subscribe()
-    fast = bus.subscribe()
+    slow = bus.subscribe(Filter())
+    fast = bus.subscribe(Filter())
     received: list[int] = []
     for n in range(5):
         await bus.publish(event(n=n))
@@ -115,7 +133,7 @@ async def test_a_slow_subscriber_does_not_cost_a_fast_one_events(make_bus) -> No
 
 async def test_aclose_unsubscribes_and_ends_iteration(make_bus) -> None:
     bus = make_bus()
-    subscription = bus.subscribe()
+    subscription = bus.subscribe(Filter())
     await subscription.aclose()
     await publish_all(bus, [event()])
     assert [e async for e in subscription] == []
@@ -124,7 +142,7 @@ async def test_aclose_unsubscribes_and_ends_iteration(make_bus) -> None:
 
 async def test_aclose_wakes_a_waiting_reader(make_bus) -> None:
     bus = make_bus()
-    subscription = bus.subscribe(session_id="s1")
+    subscription = bus.subscribe(Filter(session_id="s1"))
     received = asyncio.Event()
 
     async def read_all() -> list[BusEvent]:
@@ -143,7 +161,7 @@ async def test_aclose_wakes_a_waiting_reader(make_bus) -> None:
 
 async def test_closing_the_bus_ends_every_subscription(make_bus) -> None:
     bus = make_bus()
-    subscriptions = [bus.subscribe(), bus.subscribe(session_id="s1")]
+    subscriptions = [bus.subscribe(Filter()), bus.subscribe(Filter(session_id="s1"))]
     readers = [asyncio.create_task(anext(s, None)) for s in subscriptions]
     await bus.aclose()
     assert await asyncio.wait_for(asyncio.gather(*readers), 1) == [None, None]

@@ -223,7 +223,10 @@ class ThreadedServer:
         )
         app = create_app(self.settings, {"scripted": ScriptedEngine()})
         config = uvicorn.Config(
-            app, port=self.settings.port, log_level="critical", ws_max_size=MAX_BYTES * 4
+            app,
+            port=self.settings.port,
+            log_level="critical",
+            ws_max_size=self.settings.ws_max_size,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sonicgate.bus import open_bus
-from sonicgate.bus.base import RESPONSE_EVENT, SESSION_EVENT, TRANSCRIPTION_EVENT, BusEvent
+from sonicgate.bus.base import RESPONSE_EVENT, SESSION_EVENT, TRANSCRIPTION_EVENT, BusEvent, Filter
 from sonicgate.bus.memory import MemoryBus
 from sonicgate.bus.redis import RedisBus
 from tests.conftest import Client, free_port
@@ -116,7 +116,7 @@ async def test_events_published_during_an_outage_reach_every_node_once_redis_is_
 ) -> None:
     caplog.set_level(logging.INFO, "sonicgate.bus.redis")
     here, there = RedisBus(own_redis.url, bus_prefix), RedisBus(own_redis.url, bus_prefix)
-    mine, theirs = here.subscribe(), there.subscribe()
+    mine, theirs = here.subscribe(Filter()), there.subscribe(Filter())
     await subscribed(own_redis.url, f"{bus_prefix}:events", count=2)
     await here.publish(event(1))
     for subscription in (mine, theirs):
@@ -158,7 +158,7 @@ async def test_events_on_one_node_reach_a_subscriber_on_another(
 
     await client.stream_audio(tone(1.5, 16_000))
     await client.send({"type": "audio_chunk", "audio": "", "isComplete": True})
-    await client.until("text_response")
+    await client.final_reply()
     await client.send({"type": "end_conversation"})
     await client.until("conversation_ended")
 

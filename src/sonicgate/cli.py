@@ -121,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bedrock_options(serve)
     _add_openai_options(serve)
     serve.add_argument(
+        "--stale-after",
+        metavar="SECONDS",
+        type=float,
+        default=defaults.stale_after_seconds,
+        help="a session untouched for this long is ended by /api/nova-sonic/cleanup (its "
+        "audio kept for a resume goes too)",
+    )
+    serve.add_argument(
         "--max-message-bytes",
         type=int,
         default=defaults.max_message_bytes,
@@ -188,8 +196,18 @@ def _add_access_options(parser: argparse.ArgumentParser) -> None:
         help="accept RS256 JWTs signed by the holder of this RSA public key",
     )
     access.add_argument(
+        "--operator-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="an operator's API key (repeatable; better: env SONICGATE_OPERATOR_KEYS): it "
+        "sees every session's events and cleans up every session. A JWT with "
+        "'role': 'operator' is an operator's too",
+    )
+    access.add_argument(
         "--jwt-audience", metavar="AUDIENCE", help="the 'aud' claim JWTs must carry"
     )
+    access.add_argument("--jwt-issuer", metavar="ISSUER", help="the 'iss' claim JWTs must carry")
     access.add_argument(
         "--allowed-origin",
         action="append",
@@ -229,6 +247,29 @@ def _add_access_options(parser: argparse.ArgumentParser) -> None:
         default=defaults.max_turn_audio_seconds,
         help="audio in one user turn (an open microphone's silence counts); past it the "
         "turn ends with a turn_too_long error and the rest of it is dropped",
+    )
+    access.add_argument(
+        "--idle-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=defaults.idle_timeout_seconds,
+        help="a WebSocket with no message either way for this long is closed (its session "
+        "stays resumable); 0: never",
+    )
+    access.add_argument(
+        "--max-connections",
+        metavar="N",
+        type=int,
+        default=defaults.max_connections,
+        help="WebSocket connections open at once on this node; more are refused with HTTP 503",
+    )
+    access.add_argument(
+        "--forwarded-allow-ips",
+        metavar="ADDRESSES",
+        default=defaults.forwarded_allow_ips,
+        help="comma-separated addresses of the proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed ('*': any); none by default, so no client can "
+        "pass for another address",
     )
     access.add_argument(
         "--max-session-seconds",
@@ -403,8 +444,6 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from sonicgate.engines.base import Engine
     from sonicgate.engines.bedrock import bedrock_cascade
     from sonicgate.engines.echo import EchoEngine
@@ -415,7 +454,7 @@ def _serve(args: argparse.Namespace) -> int:
     from sonicgate.engines.openai.realtime import OpenAIRealtimeEngine
     from sonicgate.server.access import AccessPolicy
     from sonicgate.server.app import create_app
-    from sonicgate.server.graceful import GracefulServer
+    from sonicgate.server.graceful import GracefulServer, server_config
     from sonicgate.tools import DEFAULT_TOOLS
 
     logs.configure(args.log_level, args.log_format)
@@ -433,17 +472,23 @@ def _serve(args: argparse.Namespace) -> int:
         s3_endpoint_url=args.s3_endpoint_url,
         log_level=args.log_level,
         max_message_bytes=args.max_message_bytes,
+        stale_after_seconds=args.stale_after,
         # Secrets from the environment too; they never reach a log (Settings hides them).
         api_keys=(*args.api_key, *_env_list("SONICGATE_API_KEYS")),
+        operator_keys=(*args.operator_key, *_env_list("SONICGATE_OPERATOR_KEYS")),
         jwt_secret=args.jwt_secret or os.environ.get("SONICGATE_JWT_SECRET") or None,
         jwt_public_key_file=args.jwt_public_key,
         jwt_audience=args.jwt_audience,
+        jwt_issuer=args.jwt_issuer,
         allowed_origins=tuple(args.allowed_origin),
         max_messages_per_second=args.max_messages_per_second,
         max_requests_per_second=args.max_requests_per_second,
         max_sessions_per_client=args.max_sessions_per_client,
         max_turn_audio_seconds=args.max_turn_audio_seconds,
         max_session_seconds=args.max_session_seconds,
+        idle_timeout_seconds=args.idle_timeout,
+        max_connections=args.max_connections,
+        forwarded_allow_ips=args.forwarded_allow_ips,
     )
     try:
         policy = AccessPolicy.from_settings(settings)  # fail before the models load
@@ -495,16 +540,6 @@ def _serve(args: argparse.Namespace) -> int:
         "echo": EchoEngine(),
     }
     app = create_app(settings, engines)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        log_config=None,  # uvicorn's records go through our handler and format too
-        # Let oversize messages reach us so the client gets a protocol error, not a 1009 close.
-        ws_max_size=settings.max_message_bytes * 4,
-        # Base64 audio hardly compresses: deflate per message would only cost CPU.
-        ws_per_message_deflate=False,
-    )
+    config = server_config(app, settings)
     GracefulServer(config, app.state.manager).run()
     return 0

@@ -46,9 +46,12 @@ class Settings:
     # Access control (server/access.py). Auth is off unless an API key, a JWT
     # secret (HS256) or a JWT public key (RS256) is set. Secrets stay out of repr.
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # Keys of operators: they see every session's events and clean up every session.
+    operator_keys: tuple[str, ...] = field(default=(), repr=False)
     jwt_secret: str | None = field(default=None, repr=False)
     jwt_public_key_file: Path | None = None
     jwt_audience: str | None = None
+    jwt_issuer: str | None = None  # the 'iss' JWTs must carry, if set
     # Browser origins allowed on the API; empty allows any.
     allowed_origins: tuple[str, ...] = ()
     # Per client (JWT subject, API key, or remote address when auth is off); 0 = unlimited.
@@ -57,6 +60,22 @@ class Settings:
     max_sessions_per_client: int = 10
     max_turn_audio_seconds: float = 0.0
     max_session_seconds: float = 0.0
+    # A connection that neither sends nor receives for this long is closed; 0: never.
+    idle_timeout_seconds: float = 300.0
+    max_connections: int = 5000  # WebSocket connections open at once on this node
+    # Replies queued for a client that does not read, in messages and bytes; past
+    # either, it is cut off (close 1008) rather than grow the server's memory.
+    outbox_messages: int = 2048
+    outbox_bytes: int = 8 * 1024 * 1024
+    # Addresses of proxies whose X-Forwarded-For is believed; none by default.
+    forwarded_allow_ips: str = ""
+
+    @property
+    def ws_max_size(self) -> int:
+        """The largest frame the server reads: a little past ``max_message_bytes``, so a
+        message just over the limit gets a ``frame_too_large`` error in the client's
+        dialect; a larger one is refused by closing with 1009, before it is buffered."""
+        return self.max_message_bytes + 64 * 1024
 
     @property
     def store_path(self) -> Path:

@@ -61,10 +61,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+class RefusedHandshakeFilter(logging.Filter):
+    """uvicorn logs a WebSocket handshake that the app refused with an HTTP answer (the
+    access control's 401, 403, 429 or 503) as an error; it is a refusal, at INFO.
+    Every route of ours accepts the handshakes it does not refuse."""
+
+    UVICORN_MESSAGE = "ASGI callable returned without completing handshake."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == self.UVICORN_MESSAGE:
+            record.msg, record.levelno, record.levelname = (
+                "WebSocket handshake refused",
+                logging.INFO,
+                "INFO",
+            )
+        return True
+
+
 def configure(level: str, log_format: LogFormat = "text") -> None:
     handler = logging.StreamHandler()
     handler.addFilter(ConversationFilter())
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.getLogger("uvicorn.error").addFilter(RefusedHandshakeFilter())
     # faster-whisper notes every decode at INFO: several lines a second per speaker.
     logging.getLogger("faster_whisper").setLevel(max(logging.WARNING, logging.root.level))

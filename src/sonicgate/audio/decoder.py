@@ -15,7 +15,9 @@ import av
 from sonicgate.audio.formats import (
     RATE,
     AudioFormatError,
+    DecodeLimit,
     StreamResampler,
+    check_codec,
     check_pcm16,
     decode_wav,
     to_pcm16,
@@ -71,9 +73,15 @@ class _Pipe:
 
 
 class _WebmStream:
-    """Decodes one WebM/Opus stream on a thread started by the first chunk."""
+    """Decodes one WebM/Opus stream on a thread started by the first chunk.
 
-    def __init__(self) -> None:
+    What it decodes stays within ``limit``: the whole stream within the expansion
+    ratio of the bytes fed so far, and what waits to be taken within the length."""
+
+    def __init__(self, limit: DecodeLimit) -> None:
+        self._limit = limit
+        self._fed = 0  # bytes in, so far
+        self._decoded = 0  # bytes out, so far
         self._pipe = _Pipe()
         self._out = bytearray()
         self._lock = threading.Lock()
@@ -85,6 +93,7 @@ class _WebmStream:
             with av.open(self._pipe, mode="r", format="webm") as container:
                 if not container.streams.audio:
                     raise AudioFormatError("it has no audio track")
+                check_codec(container.streams.audio[0].codec_context.name)
                 resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
                 for frame in container.decode(audio=0):
                     self._emit(to_pcm16(resampler, frame))
@@ -97,6 +106,9 @@ class _WebmStream:
 
     def _emit(self, pcm: bytes) -> None:
         with self._lock:
+            self._decoded += len(pcm)
+            self._limit.check_expansion(self._decoded, self._fed)
+            self._limit.check_length(len(self._out) + len(pcm))
             self._out += pcm
 
     def _take(self) -> bytes:
@@ -116,6 +128,8 @@ class _WebmStream:
                 raise AudioFormatError("not a webm stream: the first chunk lacks the EBML header")
             self._thread = threading.Thread(target=self._run, name="webm-decoder", daemon=True)
             self._thread.start()
+        with self._lock:
+            self._fed += len(data)
         self._pipe.write(data)
         self._pipe.wait_drained(FEED_WAIT)
         return self._take()
@@ -131,15 +145,16 @@ class _WebmStream:
 
 
 class InputDecoder:
-    """One connection's audio in ``audio_format`` -> 16 kHz mono pcm16."""
+    """One connection's audio in ``audio_format`` -> 16 kHz mono pcm16, within ``limit``."""
 
-    def __init__(self, audio_format: str) -> None:
+    def __init__(self, audio_format: str, limit: DecodeLimit | None = None) -> None:
         if audio_format not in FORMATS:
             raise AudioFormatError(
                 f"unsupported audio format '{audio_format}'; use one of {', '.join(FORMATS)}"
             )
         self.audio_format = audio_format
-        self._webm = _WebmStream() if audio_format == "webm" else None
+        self._limit = limit or DecodeLimit()
+        self._webm = _WebmStream(self._limit) if audio_format == "webm" else None
         self._resampler = (
             StreamResampler(REALTIME_RATE, RATE) if audio_format == "pcm16-24k" else None
         )
@@ -154,7 +169,7 @@ class InputDecoder:
         if self._webm is not None:
             return self._webm.feed(data)
         if self.audio_format == "wav":
-            return decode_wav(data)  # each chunk is a whole WAV file
+            return decode_wav(data, self._limit)  # each chunk is a whole WAV file
         if self._resampler is not None:
             return self._resampler.feed(data)
         check_pcm16(data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import wave
+from dataclasses import dataclass
 
 import av
 import numpy as np
@@ -12,12 +13,57 @@ import numpy.typing as npt
 import soxr
 
 RATE = 16_000  # the gateway's internal format: 16 kHz mono signed 16-bit little-endian
+BYTES_PER_SECOND = RATE * 2
 MIN_RATE, MAX_RATE = 4_000, 384_000
 MP3_RATES = (8_000, 11_025, 12_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000)
+# Codecs accepted inside files and streams: what browsers, phones and recorders send.
+# Others are refused, FLAC first: digital silence packs a thousand to one, so 100 KB
+# of it would decode to a gigabyte.
+CODECS = frozenset(
+    {"opus", "libopus", "vorbis", "mp3", "mp3float", "aac", "pcm_mulaw", "pcm_alaw"}
+    | {f"pcm_{kind}" for kind in ("u8", "s16le", "s24le", "s32le", "f32le", "f64le")}
+)
+# Decoded audio may be at most this many times the bytes it came from, plus a little
+# (headers): low-bitrate Opus comes to about 40 times as 16 kHz pcm16.
+MAX_EXPANSION = 64
+EXPANSION_SLACK = 64 * 1024
+# No one message decodes to more than this, whatever the turn limit.
+MAX_DECODED_SECONDS = 600.0
 
 
 class AudioFormatError(ValueError):
     """Audio the gateway cannot use; the message is meant for the client."""
+
+
+class AudioTooLong(AudioFormatError):
+    """Audio that decodes to more than its limit allows."""
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimit:
+    """How much 16 kHz pcm16 an input may decode to: ``max_seconds`` at most (the
+    turn's limit, ``MAX_DECODED_SECONDS`` at most), and ``MAX_EXPANSION`` times the
+    input's size. Decoding stops as soon as it would pass either: nothing decoded is
+    ever larger in memory."""
+
+    max_seconds: float = 0.0  # 0: MAX_DECODED_SECONDS
+
+    def check(self, decoded: int, input_bytes: int) -> None:
+        """For a whole input: ``decoded`` bytes so far of one of ``input_bytes``."""
+        self.check_expansion(decoded, input_bytes)
+        self.check_length(decoded)
+
+    def check_expansion(self, decoded: int, input_bytes: int) -> None:
+        if decoded > MAX_EXPANSION * input_bytes + EXPANSION_SLACK:
+            raise AudioFormatError(
+                f"{input_bytes} bytes of audio decode to more than {MAX_EXPANSION} times "
+                "their size: refused"
+            )
+
+    def check_length(self, decoded: int) -> None:
+        seconds = min(self.max_seconds or MAX_DECODED_SECONDS, MAX_DECODED_SECONDS)
+        if decoded > seconds * BYTES_PER_SECOND:
+            raise AudioTooLong(f"the audio lasts more than {seconds:g} s: it was dropped")
 
 
 def check_pcm16(pcm: bytes) -> None:
@@ -62,21 +108,42 @@ def wav_bytes(pcm: bytes, rate: int) -> bytes:
     return buffer.getvalue()
 
 
-def decode_wav(data: bytes) -> bytes:
+def decode_wav(data: bytes, limit: DecodeLimit | None = None) -> bytes:
     """A PCM WAV file of any rate, width and channel count -> 16 kHz mono pcm16."""
+    limit = limit or DecodeLimit()
     try:
         with wave.open(io.BytesIO(data)) as reader:
             width, channels = reader.getsampwidth(), reader.getnchannels()
-            rate, frames = reader.getframerate(), reader.readframes(reader.getnframes())
+            rate, width_all = reader.getframerate(), max(1, width * channels)
+            # How long it is, from the header (which may say "unknown": all 1s) and the
+            # bytes actually there: refused before a byte of it is read.
+            count = min(reader.getnframes(), len(data) // width_all)
+            _check_rate(rate)
+            limit.check(count * RATE // rate * 2, len(data))
+            frames = reader.readframes(count)
     except wave.Error as exc:
-        # `wave` reads integer PCM only; float and compressed WAVs are left to FFmpeg.
+        # `wave` reads integer PCM only; float WAVs (and any other codec) go to FFmpeg,
+        # whose codecs are checked against the list.
         if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
-            return decode_file(data)
+            return decode_file(data, limit)
         raise AudioFormatError(f"not a valid WAV file: {exc}") from exc
     except (EOFError, RuntimeError) as exc:  # `wave` raises these on truncated chunks
         raise AudioFormatError("not a valid WAV file: it is truncated or malformed") from exc
-    _check_rate(rate)
-    frames = frames[: len(frames) // (width * channels) * (width * channels)]  # drop a torn frame
+    if width not in (1, 2, 3, 4):
+        raise AudioFormatError(f"unsupported WAV sample width: {width * 8} bits")
+    frame = width * channels
+    out = bytearray()
+    resampler = soxr.ResampleStream(rate, RATE, 1, dtype="float32") if rate != RATE else None
+    # A second at a time, so the float copies stay small whatever the file's size.
+    for start in range(0, len(frames) - len(frames) % frame, rate * frame):
+        mono = _mono(frames[start : start + rate * frame], width, channels)
+        out += _float_to_pcm16(resampler.resample_chunk(mono) if resampler else mono)
+    if resampler is not None:
+        out += _float_to_pcm16(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+    return bytes(out)
+
+
+def _mono(frames: bytes, width: int, channels: int) -> npt.NDArray[np.float32]:
     if width == 1:
         samples = (np.frombuffer(frames, dtype=np.uint8).astype(np.float32) - 128) / 128
     elif width == 2:
@@ -85,12 +152,9 @@ def decode_wav(data: bytes) -> bytes:
         raw = np.frombuffer(frames, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
         value = raw[:, 0] | (raw[:, 1] << 8) | (raw[:, 2] << 16)
         samples = np.where(value >= 1 << 23, value - (1 << 24), value).astype(np.float32) / 2**23
-    elif width == 4:
-        samples = (np.frombuffer(frames, dtype="<i4") / 2**31).astype(np.float32)
     else:
-        raise AudioFormatError(f"unsupported WAV sample width: {width * 8} bits")
-    mono = samples.reshape(-1, channels).mean(axis=1, dtype=np.float32)
-    return _float_to_pcm16(soxr.resample(mono, rate, RATE) if rate != RATE else mono)
+        samples = (np.frombuffer(frames, dtype="<i4") / 2**31).astype(np.float32)
+    return samples.reshape(-1, channels).mean(axis=1, dtype=np.float32)
 
 
 def _check_rate(rate: int) -> None:
@@ -103,21 +167,33 @@ def _float_to_pcm16(samples: npt.NDArray[np.float32]) -> bytes:
     return np.clip(np.round(samples * 2**15), -(2**15), 2**15 - 1).astype("<i2").tobytes()
 
 
-def decode_file(data: bytes) -> bytes:
-    """Any complete file FFmpeg reads (webm, ogg, mp3, wav, ...) -> 16 kHz mono pcm16."""
+def decode_file(data: bytes, limit: DecodeLimit | None = None) -> bytes:
+    """A complete file in a listed codec (webm or ogg Opus, mp3, wav, ...) -> 16 kHz
+    mono pcm16, within ``limit``."""
+    limit = limit or DecodeLimit()
     out = bytearray()
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.audio:
                 raise AudioFormatError("the file has no audio stream")
+            check_codec(container.streams.audio[0].codec_context.name)
             resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
             for frame in container.decode(audio=0):
                 _check_rate(frame.sample_rate)
                 out += to_pcm16(resampler, frame)
+                limit.check(len(out), len(data))
             out += to_pcm16(resampler, None)
     except av.error.FFmpegError as exc:
         raise AudioFormatError(f"could not decode the audio file: {exc.strerror}") from exc
     return bytes(out)
+
+
+def check_codec(name: str) -> None:
+    if name not in CODECS:
+        raise AudioFormatError(
+            f"audio coded as '{name}' is not accepted: send pcm16, PCM WAV, Opus (webm or "
+            "ogg), mp3 or AAC"
+        )
 
 
 def to_pcm16(resampler: av.AudioResampler, frame: av.AudioFrame | None) -> bytes:

@@ -17,8 +17,10 @@ class BusEvent:
     userId: str
     data: dict[str, Any]
     timestamp: str
+    owner: str = ""  # the session's owner (``Principal.id``): who may see the event
 
     def to_json(self) -> dict[str, Any]:
+        """The event as subscribers get it (the owner's identity stays out)."""
         return {
             "type": self.channel,
             "sessionId": self.sessionId,
@@ -27,15 +29,36 @@ class BusEvent:
             "timestamp": self.timestamp,
         }
 
+    def to_transport(self) -> dict[str, Any]:
+        """The event between gateway nodes: with its owner, for their filters."""
+        return {**self.to_json(), "owner": self.owner}
+
     @classmethod
-    def from_json(cls, message: dict[str, Any]) -> BusEvent:
-        """The inverse of ``to_json``; a missing field raises ``KeyError``."""
+    def from_transport(cls, message: dict[str, Any]) -> BusEvent:
+        """The inverse of ``to_transport``; a missing field raises ``KeyError``."""
         return cls(
             message["type"],
             message["sessionId"],
             message["userId"],
             message["data"],
             message["timestamp"],
+            message["owner"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """What a subscriber sees; ``None`` matches anything."""
+
+    session_id: str | None = None
+    user_id: str | None = None
+    owner: str | None = None  # an ordinary user's subscription: its own sessions only
+
+    def matches(self, event: BusEvent) -> bool:
+        return (
+            (self.session_id is None or event.sessionId == self.session_id)
+            and (self.user_id is None or event.userId == self.user_id)
+            and (self.owner is None or event.owner == self.owner)
         )
 
 
@@ -50,8 +73,8 @@ class Subscription(Protocol):
 class Bus(Protocol):
     async def publish(self, event: BusEvent) -> None: ...
 
-    def subscribe(self, session_id: str | None = None, user_id: str | None = None) -> Subscription:
-        """Events matching the filters, from now on, until the iterator is closed."""
+    def subscribe(self, wanted: Filter) -> Subscription:
+        """Events matching ``wanted``, from now on, until the iterator is closed."""
         ...
 
     async def aclose(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from sonicgate.bus.base import BusEvent
+from sonicgate.bus.base import BusEvent, Filter
 
 
 class Subscription:
@@ -14,21 +14,13 @@ class Subscription:
     published between ``subscribe()`` and the first ``__anext__`` is missed.
     """
 
-    def __init__(
-        self, bus: MemoryBus, session_id: str | None, user_id: str | None, maxsize: int
-    ) -> None:
-        self.session_id = session_id
-        self.user_id = user_id
+    def __init__(self, bus: MemoryBus, wanted: Filter, maxsize: int) -> None:
+        self.wanted = wanted
         self._bus = bus
         # None is the end-of-stream marker that wakes a pending __anext__ on aclose.
         self._queue: asyncio.Queue[BusEvent | None] = asyncio.Queue(maxsize)
         self._closed = False
         bus._subscriptions.add(self)
-
-    def matches(self, event: BusEvent) -> bool:
-        return (self.session_id is None or event.sessionId == self.session_id) and (
-            self.user_id is None or event.userId == self.user_id
-        )
 
     def offer(self, item: BusEvent | None) -> None:
         """Enqueue without waiting: a slow subscriber loses its oldest event."""
@@ -64,11 +56,11 @@ class MemoryBus:
 
     async def publish(self, event: BusEvent) -> None:
         for subscription in self._subscriptions:
-            if subscription.matches(event):
+            if subscription.wanted.matches(event):
                 subscription.offer(event)
 
-    def subscribe(self, session_id: str | None = None, user_id: str | None = None) -> Subscription:
-        return Subscription(self, session_id, user_id, self.maxsize)
+    def subscribe(self, wanted: Filter) -> Subscription:
+        return Subscription(self, wanted, self.maxsize)
 
     async def aclose(self) -> None:
         for subscription in list(self._subscriptions):  # each one leaves the set

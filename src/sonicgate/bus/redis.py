@@ -13,7 +13,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from sonicgate.bus.base import BusEvent
+from sonicgate.bus.base import BusEvent, Filter
 from sonicgate.bus.memory import MemoryBus, Subscription
 
 log = logging.getLogger(__name__)
@@ -68,17 +68,17 @@ class RedisBus:
     async def publish(self, event: BusEvent) -> None:
         if len(self._outbox) == self._outbox.maxlen:
             log.warning("Redis bus outbox full: dropped its oldest event")
-        self._outbox.append(json.dumps(event.to_json()))
+        self._outbox.append(json.dumps(event.to_transport()))
         self._sent.clear()
         self._queued.set()
         if self._sender is None:
             self._sender = asyncio.create_task(self._send())
 
-    def subscribe(self, session_id: str | None = None, user_id: str | None = None) -> Subscription:
+    def subscribe(self, wanted: Filter) -> Subscription:
         # Started on first use: subscribe() runs inside the event loop, the constructor may not.
         if self._reader is None:
             self._reader = asyncio.create_task(self._read())
-        return self._local.subscribe(session_id, user_id)
+        return self._local.subscribe(wanted)
 
     async def aclose(self) -> None:
         if self._sender is not None:
@@ -131,7 +131,7 @@ class RedisBus:
 
     async def _deliver(self, raw: bytes) -> None:
         try:
-            event = BusEvent.from_json(json.loads(raw))
+            event = BusEvent.from_transport(json.loads(raw))
         except (ValueError, KeyError, TypeError):
             # Someone else writing on our channel must not stop the reader.
             log.warning("ignored a malformed message on %s", self.channel)

@@ -37,10 +37,14 @@ class EchoSession:
         await self._out.put(TurnEnded())
 
     async def end_turn(self, reason: TriggerReason) -> bool:
-        return False  # every chunk was answered as it came
+        # Every chunk was answered as it came: the turn ends with nothing heard in words.
+        await self._out.put(TranscriptFinal("", 1.0, reason))
+        await self._out.put(TurnEnded())
+        return True
 
     async def push_utterance(self, pcm: bytes, reason: TriggerReason) -> None:
         await self.push_audio(pcm)
+        await self.end_turn(reason)
 
     async def interrupt(self) -> None:
         pass  # nothing is ever pending

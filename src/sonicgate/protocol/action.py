@@ -37,6 +37,8 @@ from sonicgate.protocol.base import (
 from sonicgate.store.base import utc_now
 
 ACTIONS = ("voice_session_start", "voice_chunk", "voice_data", "voice_session_end")
+# A reply's audio is collected for one mp3: its first two minutes at most.
+MAX_REPLY_SECONDS = 120
 
 
 class ActionDialect:
@@ -45,7 +47,7 @@ class ActionDialect:
     def __init__(self) -> None:
         self._transcript: TranscriptFinal | None = None
         self._reply = ""
-        self._audio: list[bytes] = []
+        self._audio = bytearray()
         self._audio_rate = 0
 
     def parse(self, message: JsonObject) -> ClientEvent:
@@ -114,7 +116,7 @@ class ActionDialect:
             case ResponseTextFinal(text=text):
                 self._reply = text
             case AudioOut(pcm=pcm, sample_rate=rate):
-                self._audio.append(pcm)
+                self._audio += pcm[: max(0, MAX_REPLY_SECONDS * rate * 2 - len(self._audio))]
                 self._audio_rate = rate
             case TurnEnded(interrupted=interrupted):
                 return [await self._response(session_id, interrupted)]
@@ -123,7 +125,7 @@ class ActionDialect:
         return []
 
     async def _response(self, session_id: str, interrupted: bool) -> JsonObject:
-        pcm = b"".join(self._audio)
+        pcm = bytes(self._audio)
         audio = await asyncio.to_thread(mp3_data_url, pcm, self._audio_rate) if pcm else ""
         transcript = self._transcript
         data: dict[str, Any] = {
@@ -134,7 +136,7 @@ class ActionDialect:
         }
         if interrupted:
             data["interrupted"] = True
-        self._transcript, self._reply, self._audio = None, "", []
+        self._transcript, self._reply, self._audio = None, "", bytearray()
         return _message("voice_response_triggered", session_id, data)
 
     def error(self, code: str, message: str, session_id: str | None) -> JsonObject:

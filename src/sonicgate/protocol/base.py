@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -55,6 +57,51 @@ class Dialect(Protocol):
     def ended(self, view: SessionView) -> JsonObject: ...
 
 
+def parse_json(text: str) -> JsonObject:
+    """One client message; raises ``ProtocolError``. Numbers of more than
+    ``MAX_DIGITS`` digits, nesting past the parser's depth and strings that are not
+    valid Unicode (a lone surrogate escaped as \\udc00) are refused here, at the edge,
+    rather than fail later where they are used."""
+    try:
+        message: Any = json.loads(text, parse_int=_bounded_int)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError("malformed_json", f"message is not valid JSON: {exc.msg}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError("malformed_json", f"message is not valid JSON: {exc}") from exc
+    if not isinstance(message, dict):
+        raise ProtocolError("invalid_message", "a message must be a JSON object")
+    if _SURROGATE_ESCAPE.search(text):  # rare: only then are the strings walked
+        _check_unicode(message)
+    return message
+
+
+MAX_DIGITS = 32
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_DIGITS:
+        raise ValueError(f"a number has more than {MAX_DIGITS} digits")
+    return int(digits)
+
+
+def _check_unicode(value: object) -> None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError(
+                "invalid_text", "a string holds an unpaired surrogate: not valid Unicode"
+            ) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(key)
+            _check_unicode(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_unicode(item)
+
+
 def get_str(message: JsonObject, key: str, *, required: bool = False) -> str | None:
     value = message.get(key)
     if value is None:
@@ -80,10 +127,15 @@ def get_bool(message: JsonObject, key: str) -> bool:
     return value
 
 
+MAX_SEQUENCE = 2**31 - 1  # what every store keeps as an integer
+
+
 def get_sequence(message: JsonObject) -> int | None:
     value = message.get("sequenceNumber")
-    if value is not None and (type(value) is not int or value < 0):
-        raise ProtocolError("invalid_field", "'sequenceNumber' must be an integer >= 0")
+    if value is not None and (type(value) is not int or not 0 <= value <= MAX_SEQUENCE):
+        raise ProtocolError(
+            "invalid_field", f"'sequenceNumber' must be an integer from 0 to {MAX_SEQUENCE}"
+        )
     return value
 
 

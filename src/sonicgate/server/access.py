@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from sonicgate.config import Settings
+from sonicgate.domain import Principal
 
 # The scope key under which the middleware leaves the client's identity for the routes.
 CLIENT = "sonicgate.client"
@@ -45,12 +46,17 @@ class Refused(Exception):
         self.retry_after = retry_after
 
 
+OPERATOR_ROLE = "operator"  # a JWT's 'role' claim that makes its holder an operator
+
+
 @dataclass(frozen=True, slots=True)
 class AccessPolicy:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    operator_keys: tuple[str, ...] = field(default=(), repr=False)
     jwt_secret: str | None = field(default=None, repr=False)
     jwt_public_key: RSAPublicKey | None = None
     jwt_audience: str | None = None
+    jwt_issuer: str | None = None
     allowed_origins: frozenset[str] = frozenset()
     requests_per_second: float = 0.0
 
@@ -58,7 +64,7 @@ class AccessPolicy:
     def from_settings(cls, settings: Settings) -> AccessPolicy:
         """Raises ``ValueError`` for an empty key, a weak secret or an unusable public key
         file (rather than serve with less protection than was asked for)."""
-        if "" in settings.api_keys:
+        if "" in settings.api_keys or "" in settings.operator_keys:
             raise ValueError("an API key may not be empty")
         if settings.jwt_secret is not None and len(settings.jwt_secret) < MIN_HS256_SECRET:
             raise ValueError(f"the JWT secret must be at least {MIN_HS256_SECRET} bytes")
@@ -70,35 +76,39 @@ class AccessPolicy:
             public_key = loaded
         return cls(
             api_keys=settings.api_keys,
+            operator_keys=settings.operator_keys,
             jwt_secret=settings.jwt_secret,
             jwt_public_key=public_key,
             jwt_audience=settings.jwt_audience,
+            jwt_issuer=settings.jwt_issuer,
             allowed_origins=frozenset(origin.rstrip("/") for origin in settings.allowed_origins),
             requests_per_second=settings.max_requests_per_second,
         )
 
     @property
     def auth_on(self) -> bool:
-        return bool(self.api_keys) or self.jwt_secret is not None or self.jwt_public_key is not None
+        keys = self.api_keys or self.operator_keys
+        return bool(keys) or self.jwt_secret is not None or self.jwt_public_key is not None
 
     def origin_allowed(self, origin: str | None) -> bool:
         """Only browsers send Origin; other clients are not subject to the list."""
         return origin is None or not self.allowed_origins or origin in self.allowed_origins
 
-    def identify(self, token: str | None) -> str | None:
-        """The client a credential stands for; raises ``Refused``. None when nothing tells
-        clients apart (auth off, or a token without 'sub'): their address stands in."""
+    def identify(self, token: str | None, address: str) -> Principal:
+        """Who the credential stands for; raises ``Refused``. With access control off,
+        the remote ``address`` stands in, unauthenticated."""
         if not self.auth_on:
-            return None
+            return Principal(address)
         if not token:
             raise _unauthorized("a credential is required: 'Authorization: Bearer ...' or ?token=")
-        # Every key is compared, so the time taken does not tell which one nearly matched.
-        matches = [hmac.compare_digest(token.encode(), key.encode()) for key in self.api_keys]
-        if any(matches):
-            return "key:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+        for keys, operator in ((self.api_keys, False), (self.operator_keys, True)):
+            # Every key is compared, so the time taken does not tell which one nearly matched.
+            if any([hmac.compare_digest(token.encode(), key.encode()) for key in keys]):
+                digest = hashlib.sha256(token.encode()).hexdigest()[:16]
+                return Principal(f"key:{digest}", authenticated=True, operator=operator)
         return self._verify_jwt(token)
 
-    def _verify_jwt(self, token: str) -> str | None:
+    def _verify_jwt(self, token: str) -> Principal:
         # Each algorithm is tied to its own key here, never chosen by the token's header.
         verifiers: list[tuple[str, str | RSAPublicKey]] = []
         if self.jwt_secret is not None:
@@ -108,18 +118,30 @@ class AccessPolicy:
         problem = "invalid API key or token"
         for algorithm, key in verifiers:
             try:
-                claims = jwt.decode(token, key, algorithms=[algorithm], audience=self.jwt_audience)
+                claims = jwt.decode(
+                    token,
+                    key,
+                    algorithms=[algorithm],
+                    audience=self.jwt_audience,
+                    issuer=self.jwt_issuer,
+                    # A token that never expires, or names nobody, is refused.
+                    options={"require": ["exp", "sub"]},
+                )
             except jwt.ExpiredSignatureError:
                 problem = "the token has expired"
             except jwt.ImmatureSignatureError:
                 problem = "the token is not valid yet"
             except jwt.InvalidAudienceError:
                 problem = "the token is for another audience"
+            except jwt.InvalidIssuerError:
+                problem = "the token is from another issuer"
+            except jwt.MissingRequiredClaimError as exc:
+                problem = f"the token lacks the '{exc.claim}' claim"
             except jwt.InvalidTokenError:
                 continue
             else:
-                subject = claims.get("sub")
-                return f"sub:{subject}" if subject else None
+                operator = claims.get("role") == OPERATOR_ROLE
+                return Principal(f"sub:{claims['sub']}", authenticated=True, operator=operator)
         raise _unauthorized(problem)
 
 
@@ -158,31 +180,48 @@ class RateLimiter:
 
 
 class AccessMiddleware:
-    def __init__(self, app: ASGIApp, policy: AccessPolicy) -> None:
+    def __init__(self, app: ASGIApp, policy: AccessPolicy, max_connections: int = 0) -> None:
+        """``max_connections``: WebSockets open at once on this node (0: no limit)."""
         self.app = app
         self.policy = policy
         self.requests = RateLimiter(policy.requests_per_second)
+        self.max_connections = max_connections
+        self.connections = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)  # lifespan
+            return
+        # Out of every URL, guarded or not: the access log prints this very scope's query.
+        token = _take_credential(scope)
         if not _guarded(scope):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        token = _take_credential(scope, headers)
+        token = _bearer(headers) or token
         try:
             if not self.policy.origin_allowed(headers.get("origin")):
                 raise Refused(403, "forbidden_origin", "this origin may not use the API")
-            client = self._identify(token, _remote(scope))
-            self._throttle(client)
+            principal = self._identify(token, _remote(scope))
+            self._throttle(principal.id)
+            if scope["type"] == "websocket" and 0 < self.max_connections <= self.connections:
+                raise Refused(503, "server_full", "too many connections; try again shortly", 1)
         except Refused as refusal:
             await _refuse(scope, receive, send, refusal)
             return
-        scope[CLIENT] = client
-        await self.app(scope, receive, send)
-
-    def _identify(self, token: str | None, address: str) -> str:
+        scope[CLIENT] = principal
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        self.connections += 1  # until the connection's handler returns
         try:
-            return self.policy.identify(token) or address
+            await self.app(scope, receive, send)
+        finally:
+            self.connections -= 1
+
+    def _identify(self, token: str | None, address: str) -> Principal:
+        try:
+            return self.policy.identify(token, address)
         except Refused:
             self._throttle(address)  # failed attempts count against the address: no fast guessing
             raise
@@ -192,32 +231,34 @@ class AccessMiddleware:
             raise Refused(429, "rate_limited", "too many requests; slow down", wait)
 
 
-def client_of(scope: Scope) -> str:
-    """The identity ``AccessMiddleware`` gave this connection."""
-    return str(scope[CLIENT])
+def principal_of(scope: Scope) -> Principal:
+    """The identity ``AccessMiddleware`` gave this request or connection."""
+    principal = scope[CLIENT]
+    assert isinstance(principal, Principal)
+    return principal
 
 
 def _guarded(scope: Scope) -> bool:
     if scope["type"] == "websocket":
         return True
-    if scope["type"] != "http":
-        return False  # lifespan
     path = scope["path"].removeprefix(scope.get("root_path", ""))
     return any(path == prefix or path.startswith(prefix + "/") for prefix in GUARDED)
 
 
-def _take_credential(scope: Scope, headers: Headers) -> str | None:
-    """The bearer token from the header, or ``?token=`` (browsers cannot set headers on
-    a WebSocket)."""
+def _take_credential(scope: Scope) -> str | None:
+    """Takes ``?token=`` out of the query (browsers cannot set headers on a WebSocket),
+    in place, so that no log line ever shows it; returns it."""
     pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
     in_query = [value for name, value in pairs if name == "token"]
-    if in_query:  # in place: the server's access log prints this very scope's query string
+    if in_query:
         kept = [(name, value) for name, value in pairs if name != "token"]
         scope["query_string"] = urlencode(kept).encode("latin-1")
-    scheme, _, value = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
     return in_query[0] if in_query else None
+
+
+def _bearer(headers: Headers) -> str | None:
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
 def _remote(scope: Scope) -> str:

@@ -20,13 +20,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sonicgate import __version__
 from sonicgate.bus import open_bus
+from sonicgate.bus.base import Filter
 from sonicgate.config import Settings
 from sonicgate.engines.base import Engine
 from sonicgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sonicgate.metrics import GatewayMetrics
 from sonicgate.protocol.realtime import RealtimeDialect
-from sonicgate.server.access import AccessMiddleware, AccessPolicy, RateLimiter
-from sonicgate.server.stream import ClientConnection
+from sonicgate.server.access import AccessMiddleware, AccessPolicy, RateLimiter, principal_of
+from sonicgate.server.stream import ClientConnection, ConnectionLimits
 from sonicgate.sessions.manager import Limits, SessionManager
 from sonicgate.sessions.session import Services
 from sonicgate.store import make_audio_store, make_store
@@ -76,9 +77,16 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
                 await engine.aclose()
             await store.close()
 
+    connection_limits = ConnectionLimits(
+        max_message_bytes=settings.max_message_bytes,
+        max_session_seconds=settings.max_session_seconds,
+        idle_timeout=settings.idle_timeout_seconds,
+        outbox_messages=settings.outbox_messages,
+        outbox_bytes=settings.outbox_bytes,
+    )
+
     def connection(websocket: WebSocket, **preset: Any) -> ClientConnection:
-        limits = (settings.max_message_bytes, messages, settings.max_session_seconds)
-        return ClientConnection(websocket, manager, *limits, **preset)
+        return ClientConnection(websocket, manager, connection_limits, messages, **preset)
 
     async def stream(websocket: WebSocket) -> None:
         await connection(websocket).run()
@@ -95,7 +103,11 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
     async def events(websocket: WebSocket) -> None:
         await websocket.accept()
         params = websocket.query_params
-        subscription = services.bus.subscribe(params.get("sessionId"), params.get("userId"))
+        principal = principal_of(websocket.scope)
+        # With access control on, an ordinary user sees its own sessions' events only.
+        mine = principal.id if principal.authenticated and not principal.operator else None
+        wanted = Filter(params.get("sessionId"), params.get("userId"), owner=mine)
+        subscription = services.bus.subscribe(wanted)
 
         async def forward() -> None:
             async for event in subscription:
@@ -151,7 +163,7 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
         return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     async def cleanup(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", **await manager.cleanup()})
+        return JSONResponse({"status": "ok", **await manager.cleanup(principal_of(request.scope))})
 
     app = Starlette(
         routes=[
@@ -164,7 +176,9 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
             Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="web"),
         ],
         # Around every route: a refused client reaches none, and no session is created.
-        middleware=[Middleware(AccessMiddleware, policy=policy)],
+        middleware=[
+            Middleware(AccessMiddleware, policy=policy, max_connections=settings.max_connections)
+        ],
         lifespan=lifespan,
     )
     app.state.manager = manager

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 
 import uvicorn
+from starlette.applications import Starlette
 
+from sonicgate.config import Settings
 from sonicgate.sessions.manager import SessionManager
 
 FLUSH_SECONDS = 0.2  # for the connections' writers to send the last messages
@@ -24,3 +27,21 @@ class GracefulServer(uvicorn.Server):
         await self.manager.shutdown()
         await asyncio.sleep(FLUSH_SECONDS)
         await super().shutdown(sockets)
+
+
+def server_config(app: Starlette, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """uvicorn's settings for the gateway, from ours."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "log_config": None,  # uvicorn's records go through our handler and format too
+        "ws_max_size": settings.ws_max_size,
+        # Proxy headers are believed from the configured proxies only (uvicorn would
+        # believe any process on this machine).
+        "proxy_headers": bool(settings.forwarded_allow_ips),
+        "forwarded_allow_ips": settings.forwarded_allow_ips or None,
+        # Base64 audio hardly compresses: deflate per message would only cost CPU.
+        "ws_per_message_deflate": False,
+    }
+    return uvicorn.Config(app, **(options | overrides))

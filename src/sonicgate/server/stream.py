@@ -6,26 +6,35 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sonicgate import logs
 from sonicgate.events import End, Start
 from sonicgate.protocol import Dialect, ProtocolError, detect
-from sonicgate.protocol.base import JsonObject
-from sonicgate.server.access import RateLimiter, client_of
+from sonicgate.protocol.base import JsonObject, parse_json
+from sonicgate.server.access import RateLimiter, principal_of
 from sonicgate.sessions.manager import SessionManager
 from sonicgate.sessions.session import LiveSession
 from sonicgate.store.base import Connection, SessionStatus, StoreUnavailable, saved
 
 log = logging.getLogger(__name__)
 
-# Replies queued for a client that reads slowly; beyond this the client is cut off.
-OUTBOX_LIMIT = 2048
 SLOW_CLIENT_CODE = 1008  # policy violation: it did not read what it asked for
+IDLE_CODE = 1001  # going away
+FLUSH_SECONDS = 0.1  # for the writer to send a last message before a close
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    max_message_bytes: int
+    max_session_seconds: float = 0.0  # 0: no limit
+    idle_timeout: float = 0.0  # seconds without a message either way; 0: none
+    outbox_messages: int = 2048  # see Settings
+    outbox_bytes: int = 8 * 1024 * 1024
 
 
 class ClientConnection:
@@ -33,29 +42,31 @@ class ClientConnection:
         self,
         websocket: WebSocket,
         manager: SessionManager,
-        max_bytes: int,
+        limits: ConnectionLimits,
         messages: RateLimiter,
-        max_session_seconds: float,
         dialect: Dialect | None = None,
         opening: Start | None = None,
     ) -> None:
-        """``dialect``: fixed by the route (else the first message tells); ``opening``:
-        a session to start as soon as the socket opens (the Realtime API's way)."""
+        """``messages``: the message rate limiter, shared by all of a client's
+        connections. ``dialect``: fixed by the route (else the first message tells);
+        ``opening``: a session to start as soon as the socket opens (the Realtime
+        API's way)."""
         self.id = manager.new_connection_id()
         self._ws = websocket
         self._manager = manager
-        self._max_bytes = max_bytes
-        self._client = client_of(websocket.scope)
-        self._messages = messages  # shared by all of a client's connections
-        self._max_session_seconds = max_session_seconds  # 0: no limit
+        self._limits = limits
+        self._principal = principal_of(websocket.scope)
+        self._messages = messages
         self._dialect = dialect
         self._opening = opening
         self._session: LiveSession | None = None
         self._expiry: asyncio.Task[None] | None = None  # ends a session at its time limit
         # One message at a time: the session-length timer ends sessions between messages.
         self._turnstile = asyncio.Lock()
-        self._outbox: asyncio.Queue[JsonObject] = asyncio.Queue(OUTBOX_LIMIT)
+        self._outbox: asyncio.Queue[str] = asyncio.Queue()
+        self._outbox_bytes = 0
         self._cut_off = False
+        self._active = time.monotonic()  # when a message last went either way
         self._closer: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
 
@@ -63,6 +74,7 @@ class ClientConnection:
         logs.connection_id.set(self.id)  # this task and those it starts log under it
         await self._ws.accept()
         writer = self._writer = asyncio.create_task(self._write(), name=f"writer-{self.id}")
+        watchdog = asyncio.create_task(self._watch_idle(), name=f"idle-{self.id}")
         connections = self._manager.services.metrics.connections
         connections.inc()
         try:
@@ -72,11 +84,13 @@ class ClientConnection:
                 frame = await self._ws.receive()
                 if frame["type"] == "websocket.disconnect":
                     break
+                self._active = time.monotonic()
                 await self._on_frame(frame.get("text"), frame.get("bytes"))
         except WebSocketDisconnect:
             pass
         finally:
             connections.dec()
+            watchdog.cancel()
             async with self._turnstile:
                 await self._detach()
             writer.cancel()  # the socket is gone: nothing left to flush
@@ -85,31 +99,61 @@ class ClientConnection:
 
     async def send(self, message: JsonObject) -> None:
         """Queue a message; never waits, so a client that stops reading cannot stall
-        its engine. Past OUTBOX_LIMIT unread messages the client is cut off."""
+        its engine. Past the outbox's limits the client is cut off."""
         if self._cut_off:
             return
-        try:
-            self._outbox.put_nowait(message)
-        except asyncio.QueueFull:
+        text = json.dumps(message, separators=(",", ":"))
+        limits = self._limits
+        if (
+            self._outbox.qsize() >= limits.outbox_messages
+            or self._outbox_bytes + len(text) > limits.outbox_bytes
+        ):
             self._cut_off = True
-            log.warning("%s: %d messages unread, closing the connection", self.id, OUTBOX_LIMIT)
+            log.warning(
+                "%s: %d messages (%d bytes) unread, closing the connection",
+                self.id,
+                self._outbox.qsize(),
+                self._outbox_bytes,
+            )
             self._manager.services.metrics.errors.labels("client_too_slow").inc()
-            self._closer = asyncio.create_task(self._cut_off_now())
+            self._closer = asyncio.create_task(self._close(SLOW_CLIENT_CODE, "client too slow"))
+            return
+        self._outbox_bytes += len(text)
+        self._outbox.put_nowait(text)
 
-    async def _cut_off_now(self) -> None:
-        # The writer is stuck on the full socket: stop it, so the close frame goes first.
+    async def _close(self, code: int, reason: str) -> None:
+        # The writer may be stuck on a full socket: stop it, so the close frame goes first.
         if self._writer is not None:
             self._writer.cancel()
         with contextlib.suppress(Exception):
-            await self._ws.close(SLOW_CLIENT_CODE, "client too slow")
+            await self._ws.close(code, reason)
 
     async def _write(self) -> None:
         while True:
-            message = await self._outbox.get()
+            text = await self._outbox.get()
+            self._outbox_bytes -= len(text)
             try:
-                await self._ws.send_text(json.dumps(message, separators=(",", ":")))
+                await self._ws.send_text(text)
             except (WebSocketDisconnect, RuntimeError):
                 return  # the client is gone; the reader loop notices too
+            self._active = time.monotonic()
+
+    async def _watch_idle(self) -> None:
+        """Closes the connection once no message went either way for the idle timeout;
+        its session stays resumable."""
+        timeout = self._limits.idle_timeout
+        if timeout <= 0:
+            return
+        while True:  # the reader and the writer move ``_active`` on as they go
+            left = self._active + timeout - time.monotonic()
+            if left <= 0:
+                break
+            await asyncio.sleep(left)
+        log.info("%s: idle for %g s, closing", self.id, timeout)
+        async with self._turnstile:
+            await self._error("idle_timeout", f"no message for {timeout:g} s: closing")
+        await asyncio.sleep(FLUSH_SECONDS)  # for the writer to send it
+        await self._close(IDLE_CODE, "idle")
 
     async def _on_frame(self, text: str | None, data: bytes | None) -> None:
         await self._guarded(self._handle(text, data))
@@ -126,7 +170,7 @@ class ClientConnection:
                 await self._error("store_unavailable", f"sessions are unavailable: {exc}")
 
     async def _handle(self, text: str | None, data: bytes | None) -> None:
-        if self._messages.take(self._client) > 0:
+        if self._messages.take(self._principal.id) > 0:
             raise ProtocolError(
                 "rate_limited",
                 f"more than {self._messages.rate:g} messages a second: this one was dropped",
@@ -152,18 +196,13 @@ class ClientConnection:
                 f"binary frames are not accepted ({size} bytes): send JSON text messages "
                 "with audio as base64",
             )
-        if len(text) > self._max_bytes:
+        if len(text) > self._limits.max_message_bytes:
+            limit = self._limits.max_message_bytes
             raise ProtocolError(
                 "frame_too_large",
-                f"message of {len(text)} bytes exceeds the limit of {self._max_bytes} bytes",
+                f"message of {len(text)} bytes exceeds the limit of {limit} bytes",
             )
-        try:
-            message: Any = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ProtocolError("malformed_json", f"message is not valid JSON: {exc.msg}") from exc
-        if not isinstance(message, dict):
-            raise ProtocolError("invalid_message", "a message must be a JSON object")
-        return message
+        return parse_json(text)
 
     async def _dispatch(self, dialect: Dialect, message: JsonObject) -> None:
         event = dialect.parse(message)
@@ -173,7 +212,8 @@ class ClientConnection:
             await self._start(dialect, event)
             return
         session = self._session
-        if session is None:
+        if session is None or session.closed:  # closed: resumed elsewhere, or cleaned up
+            self._session = None
             raise ProtocolError("no_session", "no session: start one first")
         claimed = message.get("sessionId")
         if isinstance(claimed, str) and claimed != session.session_id:
@@ -190,6 +230,8 @@ class ClientConnection:
             raise ProtocolError("engine_error", f"the engine failed: {exc}") from exc
 
     async def _start(self, dialect: Dialect, event: Start) -> None:
+        if self._session is not None and self._session.closed:
+            self._session = None  # resumed on another connection meanwhile
         if self._session is not None:
             if not event.reconfigure:
                 raise ProtocolError(
@@ -198,8 +240,10 @@ class ClientConnection:
             # The same session again, with the new settings and its history.
             event = replace(event, session_id=self._session.session_id)
             self._stop_clock()
-        self._session = await self._manager.open(event, self.id, dialect, self.send, self._client)
-        if self._max_session_seconds > 0:
+        self._session = await self._manager.open(
+            event, self.id, dialect, self.send, self._principal
+        )
+        if self._limits.max_session_seconds > 0:
             self._expiry = asyncio.create_task(
                 self._expire(self._session), name=f"expiry-{self.id}"
             )
@@ -223,14 +267,14 @@ class ClientConnection:
         await session.tell_ended()
 
     async def _expire(self, session: LiveSession) -> None:
-        await asyncio.sleep(self._max_session_seconds)
+        await asyncio.sleep(self._limits.max_session_seconds)
         async with self._turnstile:
             if self._session is not session or session.closed:
                 return  # ended meanwhile (by the client, a cleanup or a stop)
             self._expiry = None  # this very task: _end must not cancel it
             await self._error(
                 "session_too_long",
-                f"a session may last {self._max_session_seconds:g} s; this one ends now",
+                f"a session may last {self._limits.max_session_seconds:g} s; this one ends now",
             )
             await self._end(session)
 

@@ -16,6 +16,7 @@ from sonicgate import logs
 from sonicgate.audio.decoder import InputDecoder
 from sonicgate.audio.formats import AudioFormatError
 from sonicgate.bus.base import SESSION_EVENT, BusEvent
+from sonicgate.domain import Principal
 from sonicgate.engines.base import Engine, EngineConfig, EngineError, supports_language
 from sonicgate.events import Start
 from sonicgate.protocol.base import Dialect, ProtocolError, SessionView
@@ -33,7 +34,7 @@ from sonicgate.store.registry import new_connection_id, node_of
 
 log = logging.getLogger(__name__)
 
-SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")  # whole: fullmatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +78,13 @@ class SessionManager:
         self._opening: Counter[str] = Counter()  # sessions each client has starting
 
     async def open(
-        self, start: Start, connection_id: str, dialect: Dialect, send: Send, client: str
+        self, start: Start, connection_id: str, dialect: Dialect, send: Send, principal: Principal
     ) -> LiveSession:
-        """Start or resume a session for ``client`` (an identity from the access policy)."""
+        """Start or resume a session for ``principal`` (from the access policy)."""
         if self.stopping:
             raise ProtocolError("server_stopping", "the server is stopping; reconnect shortly")
         limit = self.limits.max_sessions_per_client
+        client = principal.id
         held = self._opening[client] + sum(
             1
             for live in self.live.values()
@@ -96,14 +98,14 @@ class SessionManager:
         # Counted while it opens, so that simultaneous starts cannot slip past the limit.
         self._opening[client] += 1
         try:
-            return await self._open(start, connection_id, dialect, send, client)
+            return await self._open(start, connection_id, dialect, send, principal)
         finally:
             self._opening[client] -= 1
             if not self._opening[client]:
                 del self._opening[client]
 
     async def _open(
-        self, start: Start, connection_id: str, dialect: Dialect, send: Send, client: str
+        self, start: Start, connection_id: str, dialect: Dialect, send: Send, principal: Principal
     ) -> LiveSession:
         name = start.engine or self.default_engine
         engine = self.engines.get(name)
@@ -122,7 +124,7 @@ class SessionManager:
             InputDecoder(start.audio_format).close()
         except AudioFormatError as exc:
             raise ProtocolError("audio_format", str(exc)) from exc
-        if start.session_id is not None and not SESSION_ID.match(start.session_id):
+        if start.session_id is not None and not SESSION_ID.fullmatch(start.session_id):
             raise ProtocolError(
                 "invalid_field", "'sessionId' must be 1-128 letters, digits, '_', '-', '.', ':'"
             )
@@ -137,15 +139,18 @@ class SessionManager:
                 connectionId=connection_id,
                 userId=start.user_id,
                 audioFormat=start.audio_format,
+                owner=principal.id,
             )
             history = []
         else:
-            if start.user_id not in ("anonymous", record.userId):
+            if not _may_resume(principal, start, record):
                 raise ProtocolError("forbidden", "this session belongs to another user")
             if (previous := self.live.get(record.sessionId)) is not None:
                 # The client moved to a new connection (or reconfigured this one). The old
                 # session saves its last turn as it closes: read the record after that.
                 await self.close(previous, None)
+                if previous.connection_id != connection_id:
+                    await previous.tell_moved()
                 record = await store.get_session(record.sessionId) or record
             history = await store.history(record.sessionId)
 
@@ -190,7 +195,7 @@ class SessionManager:
             send=send,
             services=self.services,
             reorder_window=self.limits.reorder_window,
-            client=client,
+            client=principal.id,
             max_turn_seconds=self.limits.max_turn_audio_seconds,
         )
         self.live[record.sessionId] = live
@@ -202,6 +207,7 @@ class SessionManager:
                 record.userId,
                 {"event": "resumed" if resumed else "started", "status": str(record.status)},
                 utc_now(),
+                record.owner,
             )
         )
         return live
@@ -291,23 +297,40 @@ class SessionManager:
                 await store.update_session(record)
         await saved(self.services.registry.forget_node(node_id), "connection registry")
 
-    async def cleanup(self) -> dict[str, int]:
-        """End sessions nobody has touched for a while; drop audio past retention."""
+    async def cleanup(self, principal: Principal) -> dict[str, int]:
+        """End sessions nobody has touched for a while, and drop their kept turn audio;
+        drop recordings past retention. An ordinary user of an access-controlled
+        gateway cleans up its own sessions only; recordings are an operator's."""
+        everyone = principal.operator or not principal.authenticated
         cutoff = time.time() - self.limits.stale_after_seconds
         ended = 0
         for live in list(self.live.values()):
-            if live.last_activity < cutoff:
+            if live.last_activity < cutoff and (everyone or principal.owns(live.record.owner)):
                 await self.close(live, SessionStatus.COMPLETED)
                 ended += 1
         store = self.services.store
         for record in await store.list_sessions(SessionStatus.ACTIVE):
-            if record.sessionId not in self.live and _epoch(record.updatedAt) < cutoff:
+            if record.sessionId in self.live or _epoch(record.updatedAt) >= cutoff:
+                continue
+            if everyone or principal.owns(record.owner):
                 record.status = SessionStatus.COMPLETED
                 await store.update_session(record)
+                await store.clear_turn_audio(record.sessionId)
                 ended += 1
-        retention = self.limits.audio_retention_days * 86400
-        deleted = await self.services.audio.delete_older_than(time.time() - retention)
+        deleted = 0
+        if everyone:
+            retention = self.limits.audio_retention_days * 86400
+            deleted = await self.services.audio.delete_older_than(time.time() - retention)
         return {"endedSessions": ended, "deletedAudioFiles": deleted}
+
+
+def _may_resume(principal: Principal, start: Start, record: VoiceSession) -> bool:
+    """With access control on, only the owner resumes a session; off, the label
+    ``userId`` decides, as the seeds have it (anyone who knows the id, unless the
+    session was given a userId and another one is claimed)."""
+    if principal.authenticated:
+        return principal.owns(record.owner)
+    return start.user_id in ("anonymous", record.userId)
 
 
 def _epoch(timestamp: str) -> float:

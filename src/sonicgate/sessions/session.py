@@ -17,7 +17,13 @@ from dataclasses import dataclass, replace
 
 from sonicgate import logs, tracing
 from sonicgate.audio.decoder import InputDecoder
-from sonicgate.audio.formats import AudioFormatError, decode_file, wav_bytes
+from sonicgate.audio.formats import (
+    AudioFormatError,
+    AudioTooLong,
+    DecodeLimit,
+    decode_file,
+    wav_bytes,
+)
 from sonicgate.bus.base import (
     RESPONSE_EVENT,
     SESSION_EVENT,
@@ -66,6 +72,8 @@ LAST_REPLY_TIMEOUT = 20.0  # seconds an ending session waits for its last answer
 # The audio store keeps each turn's last minute: a microphone left open between
 # turns must not grow memory without bound.
 RECORDING_LIMIT_SECONDS = 60
+# Numbered chunks kept in the store for a resume elsewhere: a turn's first minute.
+KEPT_TURN_AUDIO_BYTES = 60 * BYTES_PER_SECOND
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,10 +109,13 @@ class LiveSession:
         self._send = send
         self._services = services
         self._state = StateMachine(context.processingState)
-        self._decoder = InputDecoder(context.audioFormat)
+        self._decode_limit = DecodeLimit(max_turn_seconds)
+        self._decoder = InputDecoder(context.audioFormat, self._decode_limit)
         last = max(context.chunks) + 1 if context.chunks else None
         self._sequencer: Sequencer[bytes] = Sequencer(reorder_window, last)
-        self._user_audio = bytearray()  # the user's turn so far
+        self._user_audio = bytearray()  # the user's turn so far (its last minute)
+        self._turn_bytes = 0  # all of it, to hold the turn limit at any value
+        self._kept_bytes = 0  # of it in the store, for a resume elsewhere
         self._max_turn_bytes = int(max_turn_seconds * BYTES_PER_SECOND)  # 0: no limit
         self._turn_cut = False  # the turn went over the limit: its rest is dropped
         self._reply_audio = bytearray()
@@ -121,6 +132,10 @@ class LiveSession:
     @property
     def session_id(self) -> str:
         return self.record.sessionId
+
+    @property
+    def connection_id(self) -> str:
+        return self.context.connectionId
 
     async def handle(self, event: ClientEvent) -> None:
         """Apply one client event; raises ``ProtocolError`` for the client."""
@@ -141,9 +156,7 @@ class LiveSession:
 
     async def _audio_in(self, event: AudioIn) -> None:
         if event.complete_recording:
-            pcm = await asyncio.to_thread(_decode_recording, event.data)
-            if self._max_turn_bytes and len(pcm) > self._max_turn_bytes:
-                raise _turn_too_long(self._max_turn_bytes, "this recording was dropped")
+            pcm = await asyncio.to_thread(_decode_recording, event.data, self._decode_limit)
             await self._received(pcm)
             await self._engine.push_utterance(pcm, TriggerReason.VOICE_DATA)
             return
@@ -163,25 +176,38 @@ class LiveSession:
             try:
                 released += await self._forward(data)
             except AudioFormatError as exc:
-                raise ProtocolError("audio_format", str(exc)) from exc
+                raise _audio_error(exc) from exc
         if event.sequence is not None:
-            if released:  # kept before it is acknowledged: another node can resume the turn
-                write = self._services.store.save_turn_audio(
-                    self.session_id, event.sequence, bytes(released)
-                )
-                await saved(write, "turn audio")
+            await self._keep(event.sequence, bytes(released))
             self.context.chunks = [*self.context.chunks, event.sequence][-KEPT_SEQUENCE_NUMBERS:]
             self.view = _with_sequence(self.view, self._sequencer.last_released)
         if event.end_of_turn:
             self._turn_cut = False
+            await self._end_of_turn()
             await self._engine.end_turn(TriggerReason.EXPLICIT)
-        elif not self._turn_cut and 0 < self._max_turn_bytes < len(self._user_audio):
+        elif not self._turn_cut and 0 < self._max_turn_bytes < self._turn_bytes:
             # End the turn here: the engine answers what it heard, the rest is dropped.
             self._turn_cut = True
             await self._engine.end_turn(TriggerReason.EXPLICIT)
             raise _turn_too_long(
                 self._max_turn_bytes, "the turn ends here, and the rest of it is dropped"
             )
+
+    async def _keep(self, sequence: int, pcm: bytes) -> None:
+        """Numbered audio goes to the store before it is acknowledged, so that another
+        node can resume the turn; a turn's first ``KEPT_TURN_AUDIO_BYTES`` at most."""
+        if pcm and self._kept_bytes + len(pcm) <= KEPT_TURN_AUDIO_BYTES:
+            self._kept_bytes += len(pcm)
+            await saved(
+                self._services.store.save_turn_audio(self.session_id, sequence, pcm),
+                "turn audio",
+            )
+
+    async def _end_of_turn(self) -> None:
+        """The user's turn is over (said by the client, or heard): its counts start
+        again, and the audio kept for a resume is no longer needed."""
+        self._turn_bytes = self._kept_bytes = 0
+        await saved(self._services.store.clear_turn_audio(self.session_id), "turn audio")
 
     async def _forward(self, data: bytes) -> bytes:
         """Decode one chunk of client audio, count it, and pass it to the engine;
@@ -209,6 +235,7 @@ class LiveSession:
 
     async def _received(self, pcm: bytes) -> None:
         self._services.metrics.audio_in(self.view.engine, len(pcm) / BYTES_PER_SECOND)
+        self._turn_bytes += len(pcm)
         _append_bounded(self._user_audio, pcm, RECORDING_LIMIT_SECONDS * BYTES_PER_SECOND)
         self.record.totalDuration = (self.record.totalDuration or 0.0) + len(pcm) / BYTES_PER_SECOND
 
@@ -275,7 +302,7 @@ class LiveSession:
         self.context.transcriptionBuffer = text
         if text:
             await self._remember(Message(Role.USER, text))
-        await saved(self._services.store.clear_turn_audio(self.session_id), "turn audio")
+        await self._end_of_turn()
         if self._user_audio:
             self._turn += 1
             logs.turn.set(self._turn)  # for this task's log lines from here on
@@ -306,7 +333,9 @@ class LiveSession:
 
     async def _publish(self, channel: str, data: JsonObject) -> None:
         await self._services.bus.publish(
-            BusEvent(channel, self.session_id, self.record.userId, data, utc_now())
+            BusEvent(
+                channel, self.session_id, self.record.userId, data, utc_now(), self.record.owner
+            )
         )
 
     async def finish(self) -> None:
@@ -326,6 +355,11 @@ class LiveSession:
     async def tell_ended(self) -> None:
         """Tell the client the session is over (the server is stopping)."""
         await self._send(self._dialect.ended(self.view))
+
+    async def tell_moved(self) -> None:
+        """Tell the client its session went on from another connection (resumed there)."""
+        message = "this session was resumed on another connection; this one no longer has it"
+        await self._send(self._dialect.error("session_moved", message, self.session_id))
 
     async def close(self, status: SessionStatus | None) -> None:
         """Stop the engine; ``status`` ends the session, ``None`` leaves it resumable."""
@@ -354,11 +388,16 @@ def _append_bounded(recording: bytearray, pcm: bytes, limit: int) -> None:
         del recording[: len(recording) - limit]
 
 
-def _decode_recording(data: bytes) -> bytes:
+def _decode_recording(data: bytes, limit: DecodeLimit) -> bytes:
     try:
-        return decode_file(data)
+        return decode_file(data, limit)
     except AudioFormatError as exc:
-        raise ProtocolError("audio_format", str(exc)) from exc
+        raise _audio_error(exc) from exc
+
+
+def _audio_error(exc: AudioFormatError) -> ProtocolError:
+    code = "turn_too_long" if isinstance(exc, AudioTooLong) else "audio_format"
+    return ProtocolError(code, str(exc))
 
 
 def _turn_too_long(limit_bytes: int, outcome: str) -> ProtocolError:

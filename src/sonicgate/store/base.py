@@ -48,6 +48,10 @@ class VoiceSession:
     audioFormat: str | None = None
     totalDuration: float | None = None  # seconds of user audio received
     messageCount: int = 0
+    # The identity of the credential that started it (``Principal.id``): with access
+    # control on, only it may resume, use or end the session. Not the seed's ``userId``,
+    # which is a label the client chooses.
+    owner: str = ""
 
 
 @dataclass(slots=True)

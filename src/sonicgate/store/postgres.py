@@ -89,6 +89,10 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY ("sessionId", sequence)
     );
     """,
+    # Who a session belongs to: the identity of the credential that started it.
+    """
+    ALTER TABLE sessions ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+    """,
 )
 MIGRATION_LOCK = 0x50_6E_69_63  # any constant: the advisory lock all nodes agree on
 CONNECT_TIMEOUT = 2.0  # seconds to wait for a pooled connection

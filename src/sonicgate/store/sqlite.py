@@ -86,6 +86,10 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (sessionId, sequence)
     );
     """,
+    # Who a session belongs to: the identity of the credential that started it.
+    """
+    ALTER TABLE sessions ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 
