@@ -29,7 +29,7 @@ from bench.harness import (
 
 SAMPLE_SECONDS = 5.0
 # The first 30 % of the run: buffers, pools and each session's turn recording
-# (capped at a minute, sessions.session.RECORDING_LIMIT_SECONDS) filling up.
+# (capped at a minute, sessions.sinks.RECORDING_LIMIT_SECONDS) filling up.
 WARM_UP = 0.3
 
 

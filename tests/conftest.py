@@ -71,12 +71,22 @@ POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"  # the machine's own Post
 
 @pytest.fixture
 def postgres_schema() -> Iterator[str]:
-    """A store URL on the machine's PostgreSQL, in a schema of its own (dropped after)."""
+    """A store URL on the machine's PostgreSQL, in a schema of its own (dropped after);
+    skipped, with the reason, where no PostgreSQL answers."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES, autocommit=True) as admin:
+    try:
+        admin = psycopg.connect(POSTGRES, autocommit=True, connect_timeout=2)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL at {POSTGRES}: {exc}")
+    with admin:
         admin.execute(f"CREATE SCHEMA {schema}")
-    yield f"{POSTGRES}?options=-csearch_path%3D{schema}"
-    with psycopg.connect(POSTGRES, autocommit=True) as admin:
+        # Named after the schema, so that what a test left connected can be told apart.
+        yield f"{POSTGRES}?options=-csearch_path%3D{schema}&application_name={schema}"
+        # Servers still running (their fixtures end later) would hold locks on it.
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (schema,),
+        )
         admin.execute(f"DROP SCHEMA {schema} CASCADE")
 
 

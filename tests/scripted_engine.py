@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import math
 import struct
-from collections.abc import AsyncIterator
 
-from sonicgate.engines.base import Capabilities, EngineConfig, EngineError
+from sonicgate.domain import Capabilities, ErrorCode
+from sonicgate.engines.base import BaseEngineSession, EngineConfig, EngineError
 from sonicgate.events import (
     AudioOut,
-    EngineEvent,
     Interrupted,
     ResponseTextDelta,
     ResponseTextFinal,
@@ -37,28 +36,30 @@ def tone(seconds: float, rate: int = RATE) -> bytes:
     )
 
 
-class ScriptedSession:
+class ScriptedSession(BaseEngineSession):
     def __init__(self, engine: ScriptedEngine, config: EngineConfig) -> None:
+        super().__init__(config)
         self.engine = engine
-        self.config = config
-        self.queue: asyncio.Queue[EngineEvent | None] = asyncio.Queue()
         self.heard = 0
         self.reply: asyncio.Task[None] | None = None
 
     async def push_audio(self, pcm: bytes) -> None:
         if self.engine.fail_on_audio:
             raise RuntimeError("scripted engine failure")
-        if self.reply is not None and not self.reply.done():
-            self.reply.cancel()
-            await self.queue.put(Interrupted())
-            await self.queue.put(ResponseTextFinal(self.engine.reply.split()[0]))
-            await self.queue.put(TurnEnded(interrupted=True))
+        self._barge_in()
         if self.heard == 0:
-            await self.queue.put(SpeechStarted())
+            self.emit(SpeechStarted())
         before = self.heard
         self.heard += len(pcm)
         if self.heard // PARTIAL_EVERY > before // PARTIAL_EVERY:
-            await self.queue.put(TranscriptPartial(self.engine.transcript.split()[0], 0.5))
+            self.emit(TranscriptPartial(self.engine.transcript.split()[0], 0.5))
+
+    def _barge_in(self) -> None:
+        if self.reply is not None and not self.reply.done():
+            self.reply.cancel()
+            self.emit(Interrupted())
+            self.emit(ResponseTextFinal(self.engine.reply.split()[0]))
+            self.emit(TurnEnded(interrupted=True))
 
     async def push_utterance(self, pcm: bytes, reason: TriggerReason) -> None:
         self.heard += len(pcm)
@@ -69,36 +70,34 @@ class ScriptedSession:
             return False
         seconds = self.heard / 32_000
         self.heard = 0
-        await self.queue.put(TranscriptFinal(self.engine.transcript, 0.9, reason, seconds))
+        self.emit(TranscriptFinal(self.engine.transcript, 0.9, reason, seconds))
         self.reply = asyncio.create_task(self._respond())
         return True
 
     async def push_text(self, text: str) -> None:
         self.engine.texts.append(text)
+        self._barge_in()
+        self.emit(TranscriptFinal(text, 1.0, TriggerReason.TEXT))
         self.reply = asyncio.create_task(self._respond())
 
     async def _respond(self) -> None:
         words = self.engine.reply.split()
         for word in words:
-            await self.queue.put(ResponseTextDelta(word + " "))
+            self.emit(ResponseTextDelta(word + " "))
             await asyncio.sleep(self.engine.word_delay)
         if not self.config.text_only:
-            await self.queue.put(AudioOut(tone(0.2), RATE))
-            await self.queue.put(AudioOut(tone(0.2), RATE))
-        await self.queue.put(ResponseTextFinal(self.engine.reply))
-        await self.queue.put(TurnEnded())
+            self.emit(AudioOut(tone(0.2), RATE))
+            self.emit(AudioOut(tone(0.2), RATE))
+        self.emit(ResponseTextFinal(self.engine.reply))
+        self.emit(TurnEnded())
 
     async def interrupt(self) -> None:
-        if self.reply is not None:
-            self.reply.cancel()
-
-    async def events(self) -> AsyncIterator[EngineEvent]:
-        while (event := await self.queue.get()) is not None:
-            yield event
+        self._barge_in()
 
     async def close(self) -> None:
-        await self.interrupt()
-        await self.queue.put(None)
+        if self.reply is not None:
+            self.reply.cancel()
+        await super().close()
 
 
 class ScriptedEngine:
@@ -117,7 +116,7 @@ class ScriptedEngine:
 
     async def start(self, config: EngineConfig) -> ScriptedSession:
         if config.voice == "missing":
-            raise EngineError("unknown_voice", "voice 'missing' is not installed")
+            raise EngineError(ErrorCode.UNKNOWN_VOICE, "voice 'missing' is not installed")
         self.configs.append(config)
         return ScriptedSession(self, config)
 

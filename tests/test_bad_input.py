@@ -166,14 +166,15 @@ async def test_engine_failure_keeps_the_connection(
     client = await typed(connect, server)
     scripted.fail_on_audio = True
     await client.send({"type": "audio_chunk", "audio": B64})
-    message = await expect_error(client, "engine_error")
+    message = await expect_error(client, "engine_failed")
     assert "scripted engine failure" in str(message["message"])
     scripted.fail_on_audio = False
     await still_works(client)
 
 
 async def test_a_client_that_never_reads_is_cut_off(make_server, scripted: ScriptedEngine) -> None:
-    # No rate limit: every message below must get its reply, to fill the outbox.
+    # No rate limit, and long replies: every message below gets one, to fill the outbox.
+    scripted.reply = " ".join(["word"] * 300)
     server = await make_server(
         {"scripted": scripted}, max_messages_per_second=0, outbox_messages=32
     )

@@ -129,7 +129,7 @@ async def test_a_cancel_stops_reading_and_closes_the_stream(emulator: BedrockEmu
 
 
 @pytest.mark.parametrize(
-    ("fail", "code"), [(403, "access_denied"), (429, "throttled"), (500, "unavailable")]
+    ("fail", "code"), [(403, "unauthorized"), (429, "throttled"), (500, "provider_unreachable")]
 )
 async def test_service_errors_have_the_nova_engine_codes(
     emulator: BedrockEmulator, fail: int, code: str
@@ -143,7 +143,7 @@ async def test_service_errors_have_the_nova_engine_codes(
 async def test_unknown_credentials_are_refused_clearly(emulator: BedrockEmulator) -> None:
     with pytest.raises(EngineError) as error:
         await reply(chat(emulator.endpoint, "AKIDWRONG"), [{"role": "user", "content": "Hi"}])
-    assert error.value.code == "access_denied"
+    assert error.value.code == "unauthorized"
     assert "refused the credentials" in error.value.message
     assert emulator.keys_seen == ["AKIDWRONG"]
 
@@ -152,13 +152,13 @@ async def test_a_connection_dropped_mid_reply_is_a_stream_error(emulator: Bedroc
     emulator.drop_after_frames = 1
     with pytest.raises(EngineError) as error:
         await reply(chat(emulator.endpoint), [{"role": "user", "content": "Hi"}])
-    assert error.value.code == "stream_error"
+    assert error.value.code == "provider_error"
 
 
 async def test_an_unreachable_endpoint_is_unreachable() -> None:
     with pytest.raises(EngineError) as error:
         await reply(chat(f"http://127.0.0.1:{free_port()}"), [{"role": "user", "content": "Hi"}])
-    assert error.value.code == "unreachable"
+    assert error.value.code == "provider_unreachable"
 
 
 @pytest.mark.parametrize(
@@ -289,7 +289,7 @@ async def test_refused_credentials_are_a_clear_error_and_the_session_stays(
     await client.initialize(engine="bedrock", **{**KEYS, "awsAccessKeyId": "AKIDWRONG"})
     await client.send({"type": "text_message", "text": "Hello"})
     error, _ = await client.until("error", within=30)
-    assert error["code"] == "access_denied" and "credentials" in error["message"]
+    assert error["code"] == "unauthorized" and "credentials" in error["message"]
     emulator.allowed_keys.add("AKIDWRONG")  # access granted: the same session goes on
     answer, _ = await say(client, "Hello again")
     assert answer["sessionId"] == error["sessionId"]

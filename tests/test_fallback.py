@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from sonicgate.engines.base import EngineConfig, EngineError, Message, Role
+from sonicgate.domain import ErrorCode, History, Message, Role
+from sonicgate.engines.base import EngineConfig, EngineError
 from sonicgate.engines.fallback import FallbackEngine
 from sonicgate.events import (
     EngineEvent,
@@ -38,8 +39,8 @@ class BreakingEngine(ScriptedEngine):
             if turns == 1:
                 await ScriptedSession._respond(session)
                 return
-            await session.queue.put(ResponseTextDelta("Half a "))
-            await session.queue.put(Error("stream_error", "connection reset", fatal=True))
+            session.emit(ResponseTextDelta("Half a "))
+            session.emit(Error(ErrorCode.PROVIDER_ERROR, "connection reset", fatal=True))
 
         session._respond = respond  # type: ignore[method-assign]
         return session
@@ -69,7 +70,8 @@ async def test_a_break_mid_reply_moves_the_turn_and_history_to_the_backup() -> N
     backup = ScriptedEngine()
     engine = FallbackEngine(BreakingEngine(), backup)
     prior = (Message(Role.USER, "earlier question"), Message(Role.ASSISTANT, "earlier answer"))
-    session = await engine.start(EngineConfig(history=prior, voice="tone"))
+    history = History(prior)
+    session = await engine.start(EngineConfig(history=history, voice="tone"))
     stream = session.events()
 
     await session.push_audio(bytes(3200))
@@ -90,18 +92,21 @@ async def test_a_break_mid_reply_moves_the_turn_and_history_to_the_backup() -> N
     assert isinstance(second[-2], ResponseTextFinal) and second[-2].text == backup.reply
     [config] = backup.configs
     assert config.voice is None  # the backup speaks with its own voice
-    assert [m.text for m in config.history] == [
+    assert config.history is history  # the session's own history goes on
+    assert [m.text for m in history] == [
         "earlier question",
         "earlier answer",
         "hello there gateway",
         "Hi! How can I help you today?",
-    ]  # the history so far, without the turn being asked again
+        "hello there gateway",
+        "Hi! How can I help you today?",
+    ]  # each turn once: the cut one asked again, not kept twice
     assert backup.texts == ["hello there gateway"]
 
 
 async def test_a_primary_that_cannot_start_hands_over_at_once() -> None:
     primary = BreakingEngine()
-    primary.fail_at_start = EngineError("access_denied", "the credentials were refused")
+    primary.fail_at_start = EngineError(ErrorCode.UNAUTHORIZED, "the credentials were refused")
     backup = ScriptedEngine()
     session = await FallbackEngine(primary, backup).start(EngineConfig())
     [notice] = await take(session.events(), 1)

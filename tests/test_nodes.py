@@ -13,7 +13,7 @@ import httpx
 import psycopg
 import pytest
 
-from sonicgate.store.base import Connection, SessionStatus, VoiceSession
+from sonicgate.domain import Connection, SessionStatus, VoiceSession
 from sonicgate.store.postgres import PostgresStore
 from tests.conftest import Client, RunningServer, ServerFactory
 from tests.scripted_engine import ScriptedEngine, tone

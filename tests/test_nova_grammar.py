@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
-from sonicgate.engines.base import Message, Role
+from sonicgate.domain import Message, Role
 from sonicgate.engines.nova_sonic import grammar
 from sonicgate.engines.nova_sonic.grammar import OutputMapper, ToolUse
 from sonicgate.events import (

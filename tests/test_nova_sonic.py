@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from sonicgate.domain import History, Message, Role
 from sonicgate.engines.aws import AwsCredentials
-from sonicgate.engines.base import EngineConfig, EngineError, Message, Role
+from sonicgate.engines.base import EngineConfig, EngineError
 from sonicgate.engines.fallback import FallbackEngine
 from sonicgate.engines.nova_sonic import grammar
 from sonicgate.engines.nova_sonic.client import (
@@ -91,7 +92,7 @@ async def test_a_conversation_follows_the_grammar_and_maps_every_output(
     emulator: NovaEmulator,
 ) -> None:
     emulator.script = [Turn("What time is it?", "It is noon.")]
-    history = (Message(Role.USER, "Hi"), Message(Role.ASSISTANT, "Hello!"))
+    history = History([Message(Role.USER, "Hi"), Message(Role.ASSISTANT, "Hello!")])
     session = await nova(emulator).start(
         EngineConfig(credentials=CREDENTIALS, voice="tiffany", history=history)
     )
@@ -137,7 +138,7 @@ async def test_bad_credentials_are_a_clear_error(emulator: NovaEmulator) -> None
     wrong = {**CREDENTIALS, "aws_access_key_id": "AKIDWRONG"}
     with pytest.raises(EngineError) as error:
         await nova(emulator).start(EngineConfig(credentials=wrong))
-    assert error.value.code == "access_denied"
+    assert error.value.code == "unauthorized"
     assert "refused the credentials" in error.value.message
 
 
@@ -235,8 +236,13 @@ async def test_a_break_mid_reply_continues_on_the_fallback(emulator: NovaEmulato
     assert [n.code for n in notices] == ["engine_fallback"]
     assert second[-2] == ResponseTextFinal(backup.reply)
     [config] = backup.configs
-    assert [m.text for m in config.history] == ["First question", "First answer."]
-    assert backup.texts == ["Second question"]  # the cut turn, answered again
+    assert [m.text for m in config.history] == [
+        "First question",
+        "First answer.",
+        "Second question",  # once: the cut turn, answered again by the backup
+        backup.reply,
+    ]
+    assert backup.texts == ["Second question"]
 
 
 async def test_a_throttled_stream_continues_on_the_fallback(emulator: NovaEmulator) -> None:
@@ -341,7 +347,7 @@ async def test_the_emulator_rejects_what_the_service_rejects(
     with pytest.raises(NovaStreamError) as error:
         async for _ in receive_events(stream):
             pass
-    assert error.value.code == "validation" and complaint in error.value.message
+    assert error.value.code == "provider_rejected" and complaint in error.value.message
 
 
 async def test_session_credentials_are_not_logged(

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from sonicgate.store.base import Connection, StoreUnavailable
+from sonicgate.domain import Connection
+from sonicgate.store.base import StoreUnavailable
 from sonicgate.store.registry import RedisRegistry, Registry, StoreRegistry, node_of
 from sonicgate.store.sqlite import SqliteStore
 from tests.conftest import free_port

@@ -7,6 +7,7 @@ import wave
 
 import pytest
 
+from sonicgate.domain import ProcessingState as S
 from sonicgate.events import (
     AudioOut,
     Interrupted,
@@ -16,10 +17,9 @@ from sonicgate.events import (
     TriggerReason,
     TurnEnded,
 )
-from sonicgate.sessions import session as session_module
+from sonicgate.sessions import sinks as session_module
 from sonicgate.sessions.sequencer import Sequencer
-from sonicgate.sessions.state import InvalidTransition, StateMachine
-from sonicgate.store.base import ProcessingState as S
+from sonicgate.sessions.state import StateMachine
 
 
 def test_a_turn_walks_idle_receiving_processing_responding_idle() -> None:
@@ -52,11 +52,11 @@ def test_typed_input_goes_straight_to_processing() -> None:
     assert machine.state is S.PROCESSING
 
 
-def test_invalid_transitions_are_refused() -> None:
-    with pytest.raises(InvalidTransition):
-        StateMachine(S.IDLE).move(S.RESPONDING)
-    with pytest.raises(InvalidTransition):
-        StateMachine(S.RECEIVING).move(S.RESPONDING)
+def test_an_unexpected_transition_is_logged_and_followed(caplog: pytest.LogCaptureFixture) -> None:
+    machine = StateMachine(S.RESPONDING)
+    assert machine.move(S.PROCESSING)  # typed text during a reply, as one engine sends it
+    assert machine.state is S.PROCESSING
+    assert "unexpected state change responding -> processing" in caplog.text
 
 
 def test_sequencer_reorders_within_the_window() -> None:

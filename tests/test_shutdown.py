@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sonicgate.store.base import SessionStatus, VoiceSession
+from sonicgate.domain import SessionStatus, VoiceSession
 from sonicgate.store.sqlite import SqliteStore
 from tests.conftest import stop_server
 from tests.test_seed_typed import initialize

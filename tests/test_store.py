@@ -15,16 +15,16 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from sonicgate.engines.base import Message, Role
-from sonicgate.store.base import (
+from sonicgate.domain import (
     Connection,
+    Message,
     ProcessingState,
-    SessionExists,
+    Role,
     SessionStatus,
-    Store,
     StreamingContext,
     VoiceSession,
 )
+from sonicgate.store.base import SessionExists, Store
 from sonicgate.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
 from sonicgate.store.postgres import PostgresStore
 from sonicgate.store.sqlite import MIGRATIONS, SqliteStore

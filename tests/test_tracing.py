@@ -49,7 +49,7 @@ async def test_each_turn_is_a_span_with_its_session(
         and span.attributes
         and span.attributes.get("sonicgate.session_id") == session_id
     ]
-    assert [t["sonicgate.trigger"] for t in turns] == ["explicit_end", "text"]
+    assert [t["sonicgate.trigger"] for t in turns] == ["explicit_end", "text_message"]
     assert turns[0]["sonicgate.turn"] == 1 and turns[0]["sonicgate.engine"] == "scripted"
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar
 
+from sonicgate.domain import ErrorCode, Message, Role
+
 
 class TriggerReason(StrEnum):
     """Why a user turn ended (the first seed's ``triggerReason``)."""
@@ -96,8 +98,10 @@ class Interrupted:
 
 @dataclass(frozen=True, slots=True)
 class Error:
+    """``fatal``: the engine session cannot go on (a fallback engine takes over)."""
+
     type: ClassVar[str] = "error"
-    code: str
+    code: ErrorCode
     message: str
     fatal: bool = False
 
@@ -133,6 +137,17 @@ EngineEvent = (
     | Usage
 )
 Event = SessionStarted | SessionEnded | EngineEvent
+
+
+def message_of(event: EngineEvent) -> Message | None:
+    """The history message an event makes, if any: a user's turn heard or typed,
+    or the reply as the user received it."""
+    match event:
+        case TranscriptFinal(text=text) if text:
+            return Message(Role.USER, text)
+        case ResponseTextFinal(text=text) if text:
+            return Message(Role.ASSISTANT, text)
+    return None
 
 
 # Client input, as every dialect's parser produces it.

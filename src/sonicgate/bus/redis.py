@@ -8,36 +8,20 @@ import json
 import logging
 from collections import deque
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from sonicgate.bus.base import BusEvent, Filter
 from sonicgate.bus.memory import MemoryBus, Subscription
+from sonicgate.shared_redis import connect
 
 log = logging.getLogger(__name__)
 
-# A connect or a command waits no longer than this, so a Redis that has gone silent
-# is noticed soon; the conversation never waits on it (events go through an outbox).
-TIMEOUT_SECONDS = 1.0
 RETRY_SECONDS = 1.0  # between attempts to reach Redis again after losing it
 # After an outage the kept events wait this long, so that every node's reader (which
 # retries each RETRY_SECONDS) has subscribed again and sees them.
 RESUBSCRIBED_SECONDS = 1.5 * RETRY_SECONDS
 FLUSH_SECONDS = 2.0  # how long closing the bus waits for the outbox to go out
 OUTBOX_SIZE = 10_000  # events kept through an outage; beyond it the oldest are dropped
-
-
-def connect(url: str) -> Redis:
-    """A client that fails fast, and never retries on its own: the bus's outbox and
-    reader, and the registry's renewals, do the retrying."""
-    return Redis.from_url(
-        url,
-        socket_timeout=TIMEOUT_SECONDS,
-        socket_connect_timeout=TIMEOUT_SECONDS,
-        retry=Retry(NoBackoff(), 0),
-    )
 
 
 class RedisBus:

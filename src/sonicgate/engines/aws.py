@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sonicgate.domain import ErrorCode
 from sonicgate.engines.base import EngineConfig
 
 # Error types (and words of their messages) that mean AWS refused the caller.
@@ -36,19 +37,19 @@ def session_region(config: EngineConfig, default: str) -> str:
     return config.credentials.get("aws_region") or default
 
 
-def service_error(kind: str, status: int | None, message: str) -> tuple[str, str] | None:
+def service_error(kind: str, status: int | None, message: str) -> tuple[ErrorCode, str] | None:
     """(code, message) for an error AWS answered, from its type name and HTTP status;
     None when neither says what it was."""
     if status in (401, 403) or any(word in kind or word in message for word in REFUSALS):
         return (
-            "access_denied",
+            ErrorCode.UNAUTHORIZED,
             f"AWS refused the credentials or the model access; check the key, secret, "
             f"region and model access ({message})",
         )
     if "throttling" in kind.lower() or status == 429:
-        return "throttled", message
+        return ErrorCode.THROTTLED, message
     if "validation" in kind.lower():
-        return "validation", message
+        return ErrorCode.PROVIDER_REJECTED, message
     if any(word in kind for word in SERVER_FAULTS) or (status is not None and status >= 500):
-        return "unavailable", message
+        return ErrorCode.PROVIDER_UNREACHABLE, message
     return None

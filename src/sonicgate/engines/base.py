@@ -1,39 +1,37 @@
-"""The engine interface every speech-to-speech backend implements.
+"""The engine interface every speech-to-speech backend implements, and its contract.
 
 An ``Engine`` is a process-wide plugin (models loaded once, clients pooled);
 ``Engine.start`` opens one ``EngineSession`` per conversation. Sessions take
 16 kHz mono pcm16 audio and text in, and yield internal events out.
+
+The contract (``tests/test_engine_contract.py`` holds every engine to it):
+
+- A turn is ``[SpeechStarted] TranscriptPartial* TranscriptFinal`` then the reply,
+  ``(ResponseTextDelta | AudioOut)* ResponseTextFinal [Metrics] [Usage]``, then
+  ``TurnEnded``. ``TranscriptFinal`` opens a turn and ``TurnEnded`` always ends it;
+  a turn with nothing to answer (empty transcript) has no reply in between.
+- A typed turn (``push_text``) is its own ``TranscriptFinal`` (reason TEXT).
+- Speech or text while a reply is under way is a barge-in: the reply ends first,
+  ``Interrupted``, ``ResponseTextFinal`` with what the user received, and
+  ``TurnEnded(interrupted=True)``; the new turn follows. ``interrupt`` (the
+  client pressed stop) ends a reply the same way.
+- ``SpeechStarted`` and ``TranscriptPartial`` may come while a reply plays.
+- ``Error`` may come at any time; ``fatal`` means the session cannot go on (a
+  ``FallbackEngine`` moves the conversation to another engine).
+- After ``close`` the events end: a reply under way is cut, nothing follows.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Protocol
 
-from sonicgate.events import EngineEvent, TriggerReason
+from sonicgate.domain import Capabilities, GatewayError, History
+from sonicgate.events import EngineEvent, TriggerReason, message_of
 
 INPUT_SAMPLE_RATE = 16_000
-
-
-class Role(StrEnum):
-    USER = "user"
-    ASSISTANT = "assistant"
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    role: Role
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Capabilities:
-    languages: tuple[str, ...]
-    models: tuple[str, ...]
-    voices: tuple[str, ...]
-    output_sample_rate: int = 24_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,20 +42,46 @@ class EngineConfig:
         "You are a helpful voice assistant. Your words are spoken aloud: answer in one or "
         "two short, plain sentences, with no code, lists, markdown or emoji."
     )
-    history: tuple[Message, ...] = ()
+    # The session's history, shared: the engine reads it, its events add to it.
+    history: History = field(default_factory=History)
     text_only: bool = False
     # Per-session secrets (for cloud engines). Used for this session only:
     # never logged, never stored; excluded from repr.
     credentials: dict[str, str] = field(default_factory=dict, repr=False)
 
 
-class EngineError(Exception):
-    """A configuration or runtime problem the client should be told about."""
+class EngineError(GatewayError):
+    """A configuration or runtime problem of an engine, or of the service behind it."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+
+class BaseEngineSession:
+    """The plumbing every engine session shares: the output queue that ``events``
+    reads, the end of it at ``close``, and the session's history kept in step with
+    what the engine emits."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.history = config.history
+        self._out: asyncio.Queue[EngineEvent | None] = asyncio.Queue()
+        self.closed = False
+
+    def emit(self, event: EngineEvent) -> None:
+        """Send an event out (dropped once closed: nothing follows the end)."""
+        if self.closed:
+            return
+        if (message := message_of(event)) is not None:
+            self.history.add(message)
+        self._out.put_nowait(event)
+
+    async def events(self) -> AsyncIterator[EngineEvent]:
+        while (event := await self._out.get()) is not None:
+            yield event
+
+    async def close(self) -> None:
+        """Ends ``events``; subclasses stop their own work first, then call this."""
+        if not self.closed:
+            self.closed = True
+            self._out.put_nowait(None)
 
 
 class EngineSession(Protocol):

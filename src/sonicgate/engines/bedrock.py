@@ -29,6 +29,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from sonicgate.domain import ErrorCode
 from sonicgate.engines.aws import AwsCredentials, service_error, session_credentials, session_region
 from sonicgate.engines.base import EngineConfig, EngineError
 from sonicgate.engines.bedrock_settings import BedrockSettings
@@ -59,11 +60,11 @@ def converse_request(
 
 
 def bedrock_error(exc: Exception) -> EngineError:
-    """The failure in the codes the Nova Sonic engine gives for the same situations."""
+    """The failure as an error a client can act on."""
     match exc:
         case NoCredentialsError() | PartialCredentialsError():
             code, message = (
-                "access_denied",
+                ErrorCode.UNAUTHORIZED,
                 "no AWS credentials: send awsAccessKeyId and awsSecretAccessKey in "
                 "initialize, or give the server some (environment, profile, role)",
             )
@@ -71,13 +72,13 @@ def bedrock_error(exc: Exception) -> EngineError:
             error, metadata = response.get("Error", {}), response.get("ResponseMetadata", {})
             message = error.get("Message") or str(exc)
             found = service_error(error.get("Code", ""), metadata.get("HTTPStatusCode"), message)
-            code, message = found or ("stream_error", message)
+            code, message = found or (ErrorCode.PROVIDER_ERROR, message)
         case EndpointConnectionError() | ReadTimeoutError() | urllib3.exceptions.TimeoutError():
-            code, message = "unreachable", f"no answer: {exc}"
+            code, message = ErrorCode.PROVIDER_UNREACHABLE, f"no answer: {exc}"
         case ConnectionClosedError() | urllib3.exceptions.HTTPError():
-            code, message = "stream_error", f"the reply broke off: {exc}"
+            code, message = ErrorCode.PROVIDER_ERROR, f"the reply broke off: {exc}"
         case _:
-            code, message = "stream_error", f"{type(exc).__name__}: {exc}"
+            code, message = ErrorCode.PROVIDER_ERROR, f"{type(exc).__name__}: {exc}"
     return EngineError(code, f"Bedrock: {message}")
 
 

@@ -8,13 +8,10 @@ gateway alone, with no model in the way.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-
-from sonicgate.engines.base import INPUT_SAMPLE_RATE, Capabilities, EngineConfig
+from sonicgate.domain import Capabilities
+from sonicgate.engines.base import INPUT_SAMPLE_RATE, BaseEngineSession, EngineConfig
 from sonicgate.events import (
     AudioOut,
-    EngineEvent,
     ResponseTextFinal,
     TranscriptFinal,
     TriggerReason,
@@ -22,24 +19,20 @@ from sonicgate.events import (
 )
 
 
-class EchoSession:
-    def __init__(self, config: EngineConfig) -> None:
-        self._text_only = config.text_only
-        self._out: asyncio.Queue[EngineEvent | None] = asyncio.Queue()
-
+class EchoSession(BaseEngineSession):
     async def push_audio(self, pcm: bytes) -> None:
-        if not self._text_only:
-            await self._out.put(AudioOut(pcm, INPUT_SAMPLE_RATE))
+        if not self.config.text_only:
+            self.emit(AudioOut(pcm, INPUT_SAMPLE_RATE))
 
     async def push_text(self, text: str) -> None:
-        await self._out.put(TranscriptFinal(text, 1.0, TriggerReason.TEXT))  # the user's turn
-        await self._out.put(ResponseTextFinal(text))
-        await self._out.put(TurnEnded())
+        self.emit(TranscriptFinal(text, 1.0, TriggerReason.TEXT))  # the user's turn
+        self.emit(ResponseTextFinal(text))
+        self.emit(TurnEnded())
 
     async def end_turn(self, reason: TriggerReason) -> bool:
         # Every chunk was answered as it came: the turn ends with nothing heard in words.
-        await self._out.put(TranscriptFinal("", 1.0, reason))
-        await self._out.put(TurnEnded())
+        self.emit(TranscriptFinal("", 1.0, reason))
+        self.emit(TurnEnded())
         return True
 
     async def push_utterance(self, pcm: bytes, reason: TriggerReason) -> None:
@@ -48,13 +41,6 @@ class EchoSession:
 
     async def interrupt(self) -> None:
         pass  # nothing is ever pending
-
-    async def events(self) -> AsyncIterator[EngineEvent]:
-        while (event := await self._out.get()) is not None:
-            yield event
-
-    async def close(self) -> None:
-        await self._out.put(None)
 
 
 class EchoEngine:

@@ -3,8 +3,8 @@
 ``FallbackEngine`` serves each session from its primary engine. When that
 session reports a fatal error (the service is unreachable, refuses the
 credentials, throttles, or the stream breaks mid-reply), the same
-conversation moves to a session of the backup engine, seeded with the
-history so far; a turn cut by the failure is answered again there. The client
+conversation moves to a session of the backup engine, on the session's own
+history; a turn cut by the failure is answered again there. The client
 gets one ``engine_fallback`` notice instead of a dead session.
 """
 
@@ -14,14 +14,12 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
+from sonicgate.domain import Capabilities, ErrorCode
 from sonicgate.engines.base import (
-    Capabilities,
     Engine,
     EngineConfig,
     EngineError,
     EngineSession,
-    Message,
-    Role,
     supports_language,
 )
 from sonicgate.events import (
@@ -62,7 +60,6 @@ class FallbackSession:
     def __init__(self, engine: FallbackEngine, config: EngineConfig) -> None:
         self._engine = engine
         self._config = config
-        self._history: list[Message] = list(config.history)
         self._unanswered: str | None = None  # a user turn not answered yet
         self._notices: list[EngineEvent] = []  # to tell the client, first thing
         self._asked_again: str | None = None  # the backup's echo of it is dropped
@@ -71,7 +68,7 @@ class FallbackSession:
 
     def _session(self) -> EngineSession:
         if self.current is None:
-            raise EngineError("engine_unavailable", f"{self._engine.name} is not available")
+            raise EngineError(ErrorCode.ENGINE_UNAVAILABLE, f"{self._engine.name} is not available")
         return self.current
 
     async def _call[T](self, action: Callable[[EngineSession], Awaitable[T]]) -> T:
@@ -129,14 +126,11 @@ class FallbackSession:
         return not self.on_backup and supports_language(backup, self._config.language)
 
     def _follow(self, event: EngineEvent) -> None:
-        """Keep the history the backup will need."""
+        """Note a user turn not answered yet: a failure before its reply asks it again."""
         match event:
             case TranscriptFinal(text=text) if text:
-                self._history.append(Message(Role.USER, text))
                 self._unanswered = text
-            case ResponseTextFinal(text=text):
-                if text:
-                    self._history.append(Message(Role.ASSISTANT, text))
+            case ResponseTextFinal():
                 self._unanswered = None
 
     async def switch(self, reason: str) -> None:
@@ -147,15 +141,16 @@ class FallbackSession:
         log.warning("%s failed (%s): continuing on %s", engine.name, reason, engine.backup.name)
         if self.current is not None:
             await self.current.close()
-        # The cut turn is asked again: keep it out of the seeded history.
-        history = self._history[:-1] if self._unanswered else self._history
-        # The backup's own voice: the primary's voices are not its own.
-        config = replace(self._config, history=tuple(history), voice=None)
+        # The cut turn is asked again: out of the history until the backup hears it.
+        if self._unanswered:
+            self._config.history.drop_unanswered()
+        # The history goes on in the same list; the backup's own voice, not the primary's.
+        config = replace(self._config, voice=None)
         self.current = await engine.backup.start(config)
         self.on_backup = True
         self._notices.append(
             Error(
-                "engine_fallback",
+                ErrorCode.ENGINE_FALLBACK,
                 f"{engine.name} failed ({reason}); the conversation continues on "
                 f"{engine.backup.name}",
             )

@@ -11,6 +11,7 @@ import asyncio
 from typing import Any
 
 from sonicgate.audio.formats import mp3_data_url
+from sonicgate.domain import ErrorCode, utc_now
 from sonicgate.events import (
     AudioIn,
     AudioOut,
@@ -34,7 +35,6 @@ from sonicgate.protocol.base import (
     get_sequence,
     get_str,
 )
-from sonicgate.store.base import utc_now
 
 ACTIONS = ("voice_session_start", "voice_chunk", "voice_data", "voice_session_end")
 # A reply's audio is collected for one mp3: its first two minutes at most.
@@ -79,7 +79,8 @@ class ActionDialect:
                 complete_recording=True,
             )
         raise ProtocolError(
-            "unknown_action", f"unknown action '{action}'; expected one of {', '.join(ACTIONS)}"
+            ErrorCode.UNKNOWN_ACTION,
+            f"unknown action '{action}'; expected one of {', '.join(ACTIONS)}",
         )
 
     def ready(self, view: SessionView) -> JsonObject:
@@ -139,7 +140,7 @@ class ActionDialect:
         self._transcript, self._reply, self._audio = None, "", bytearray()
         return _message("voice_response_triggered", session_id, data)
 
-    def error(self, code: str, message: str, session_id: str | None) -> JsonObject:
+    def error(self, code: ErrorCode, message: str, session_id: str | None) -> JsonObject:
         return _message("voice_error", session_id, {"code": code, "message": message})
 
     def ended(self, view: SessionView) -> JsonObject:

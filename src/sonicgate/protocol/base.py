@@ -9,20 +9,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sonicgate.engines.base import Capabilities
+from sonicgate.domain import Capabilities, ErrorCode, GatewayError, VoiceSession
 from sonicgate.events import ClientEvent, EngineEvent
-from sonicgate.store.base import VoiceSession
 
 JsonObject = dict[str, Any]
 
 
-class ProtocolError(Exception):
-    """A client message that cannot be honoured; answered in the client's dialect."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class ProtocolError(GatewayError):
+    """A client message that cannot be understood as sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +46,7 @@ class Dialect(Protocol):
         """Wire messages for one engine event (often none or one)."""
         ...
 
-    def error(self, code: str, message: str, session_id: str | None) -> JsonObject: ...
+    def error(self, code: ErrorCode, message: str, session_id: str | None) -> JsonObject: ...
 
     def ended(self, view: SessionView) -> JsonObject: ...
 
@@ -65,11 +59,13 @@ def parse_json(text: str) -> JsonObject:
     try:
         message: Any = json.loads(text, parse_int=_bounded_int)
     except json.JSONDecodeError as exc:
-        raise ProtocolError("malformed_json", f"message is not valid JSON: {exc.msg}") from exc
+        raise ProtocolError(
+            ErrorCode.MALFORMED_JSON, f"message is not valid JSON: {exc.msg}"
+        ) from exc
     except (ValueError, RecursionError) as exc:
-        raise ProtocolError("malformed_json", f"message is not valid JSON: {exc}") from exc
+        raise ProtocolError(ErrorCode.MALFORMED_JSON, f"message is not valid JSON: {exc}") from exc
     if not isinstance(message, dict):
-        raise ProtocolError("invalid_message", "a message must be a JSON object")
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "a message must be a JSON object")
     if _SURROGATE_ESCAPE.search(text):  # rare: only then are the strings walked
         _check_unicode(message)
     return message
@@ -91,7 +87,7 @@ def _check_unicode(value: object) -> None:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise ProtocolError(
-                "invalid_text", "a string holds an unpaired surrogate: not valid Unicode"
+                ErrorCode.INVALID_TEXT, "a string holds an unpaired surrogate: not valid Unicode"
             ) from None
     elif isinstance(value, dict):
         for key, item in value.items():
@@ -106,24 +102,24 @@ def get_str(message: JsonObject, key: str, *, required: bool = False) -> str | N
     value = message.get(key)
     if value is None:
         if required:
-            raise ProtocolError("missing_field", f"'{key}' is required")
+            raise ProtocolError(ErrorCode.MISSING_FIELD, f"'{key}' is required")
         return None
     if not isinstance(value, str):
-        raise ProtocolError("invalid_field", f"'{key}' must be a string")
+        raise ProtocolError(ErrorCode.INVALID_FIELD, f"'{key}' must be a string")
     return value
 
 
 def get_object(message: JsonObject, key: str) -> JsonObject:
     value = message.get(key, {})
     if not isinstance(value, dict):
-        raise ProtocolError("invalid_field", f"'{key}' must be an object")
+        raise ProtocolError(ErrorCode.INVALID_FIELD, f"'{key}' must be an object")
     return value
 
 
 def get_bool(message: JsonObject, key: str) -> bool:
     value = message.get(key, False)
     if not isinstance(value, bool):
-        raise ProtocolError("invalid_field", f"'{key}' must be true or false")
+        raise ProtocolError(ErrorCode.INVALID_FIELD, f"'{key}' must be true or false")
     return value
 
 
@@ -134,7 +130,7 @@ def get_sequence(message: JsonObject) -> int | None:
     value = message.get("sequenceNumber")
     if value is not None and (type(value) is not int or not 0 <= value <= MAX_SEQUENCE):
         raise ProtocolError(
-            "invalid_field", f"'sequenceNumber' must be an integer from 0 to {MAX_SEQUENCE}"
+            ErrorCode.INVALID_FIELD, f"'sequenceNumber' must be an integer from 0 to {MAX_SEQUENCE}"
         )
     return value
 
@@ -147,4 +143,4 @@ def get_base64(message: JsonObject, key: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ProtocolError("bad_base64", f"'{key}' is not valid base64") from exc
+        raise ProtocolError(ErrorCode.BAD_BASE64, f"'{key}' is not valid base64") from exc

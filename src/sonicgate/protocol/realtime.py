@@ -18,6 +18,7 @@ import itertools
 from typing import Any
 
 from sonicgate.audio.formats import StreamResampler
+from sonicgate.domain import ErrorCode
 from sonicgate.events import (
     AudioIn,
     AudioOut,
@@ -90,7 +91,7 @@ class RealtimeDialect:
             try:
                 return AudioIn(data=base64.b64decode(audio, validate=True))
             except ValueError as exc:
-                raise ProtocolError("bad_base64", "'audio' is not valid base64") from exc
+                raise ProtocolError(ErrorCode.BAD_BASE64, "'audio' is not valid base64") from exc
         if kind == "input_audio_buffer.commit":
             return AudioIn(data=b"", end_of_turn=True)
         if kind == "conversation.item.create":
@@ -99,7 +100,7 @@ class RealtimeDialect:
             return Cancel()
         if kind in IGNORED:
             return None
-        raise ProtocolError("unknown_type", f"unsupported client event '{kind}'")
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unsupported client event '{kind}'")
 
     def _session_update(self, session: JsonObject) -> Start:
         """A new configuration: the session reopens with it, its history kept."""
@@ -249,12 +250,9 @@ class RealtimeDialect:
         name = BETA_NAMES.get(kind, kind) if self.beta else kind
         return {"type": name, "event_id": new_id("event"), **fields}
 
-    def error(self, code: str, message: str, session_id: str | None) -> JsonObject:
-        kind = (
-            "invalid_request_error"
-            if code not in ("engine_failed", "engine_error")
-            else "server_error"
-        )
+    def error(self, code: ErrorCode, message: str, session_id: str | None) -> JsonObject:
+        # What may pass by itself is the server's side; the rest, the request's.
+        kind = "server_error" if code.retryable else "invalid_request_error"
         return self._event("error", error={"type": kind, "code": code, "message": message})
 
     def ended(self, view: SessionView) -> JsonObject:
@@ -291,7 +289,7 @@ def _message(item_id: str, role: str, text: str, *, done: bool = True) -> JsonOb
 
 def _user_text(item: JsonObject) -> str:
     if item.get("type") != "message" or item.get("role") != "user":
-        raise ProtocolError("invalid_field", "only user text messages can be added")
+        raise ProtocolError(ErrorCode.INVALID_FIELD, "only user text messages can be added")
     content = item.get("content")
     texts = (
         [
@@ -304,5 +302,5 @@ def _user_text(item: JsonObject) -> str:
     )
     text = " ".join(t for t in texts if isinstance(t, str)).strip()
     if not text:
-        raise ProtocolError("invalid_field", "the item has no text")
+        raise ProtocolError(ErrorCode.INVALID_FIELD, "the item has no text")
     return text

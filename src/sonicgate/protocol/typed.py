@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 
+from sonicgate.domain import ErrorCode, utc_now
 from sonicgate.events import (
     AudioIn,
     AudioOut,
@@ -36,7 +37,6 @@ from sonicgate.protocol.base import (
     get_sequence,
     get_str,
 )
-from sonicgate.store.base import utc_now
 
 TYPES = ("initialize", "audio_chunk", "text_message", "end_conversation")
 
@@ -82,12 +82,12 @@ class TypedDialect:
         if kind == "text_message":
             text = get_str(message, "text", required=True)
             if not text or not text.strip():
-                raise ProtocolError("invalid_field", "'text' must not be empty")
+                raise ProtocolError(ErrorCode.INVALID_FIELD, "'text' must not be empty")
             return TextIn(text=text.strip())
         if kind == "end_conversation":
             return End()
         raise ProtocolError(
-            "unknown_type", f"unknown type '{kind}'; expected one of {', '.join(TYPES)}"
+            ErrorCode.UNKNOWN_TYPE, f"unknown type '{kind}'; expected one of {', '.join(TYPES)}"
         )
 
     def ready(self, view: SessionView) -> JsonObject:
@@ -153,7 +153,7 @@ class TypedDialect:
                 return [self.error(code, text, session_id)]
         return []
 
-    def error(self, code: str, message: str, session_id: str | None) -> JsonObject:
+    def error(self, code: ErrorCode, message: str, session_id: str | None) -> JsonObject:
         return {
             "type": "error",
             "sessionId": session_id,

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from sonicgate.config import Settings
-from sonicgate.domain import Principal
+from sonicgate.domain import ErrorCode, Principal
 
 # The scope key under which the middleware leaves the client's identity for the routes.
 CLIENT = "sonicgate.client"
@@ -37,7 +37,7 @@ PRUNE_EVERY = 60.0  # seconds between sweeps of idle clients' buckets
 
 class Refused(Exception):
     def __init__(
-        self, status: int, code: str, message: str, retry_after: float | None = None
+        self, status: int, code: ErrorCode, message: str, retry_after: float | None = None
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -201,11 +201,13 @@ class AccessMiddleware:
         token = _bearer(headers) or token
         try:
             if not self.policy.origin_allowed(headers.get("origin")):
-                raise Refused(403, "forbidden_origin", "this origin may not use the API")
+                raise Refused(403, ErrorCode.FORBIDDEN_ORIGIN, "this origin may not use the API")
             principal = self._identify(token, _remote(scope))
             self._throttle(principal.id)
             if scope["type"] == "websocket" and 0 < self.max_connections <= self.connections:
-                raise Refused(503, "server_full", "too many connections; try again shortly", 1)
+                raise Refused(
+                    503, ErrorCode.SERVER_FULL, "too many connections; try again shortly", 1
+                )
         except Refused as refusal:
             await _refuse(scope, receive, send, refusal)
             return
@@ -228,7 +230,7 @@ class AccessMiddleware:
 
     def _throttle(self, client: str) -> None:
         if (wait := self.requests.take(client)) > 0:
-            raise Refused(429, "rate_limited", "too many requests; slow down", wait)
+            raise Refused(429, ErrorCode.RATE_LIMITED, "too many requests; slow down", wait)
 
 
 def principal_of(scope: Scope) -> Principal:
@@ -267,7 +269,7 @@ def _remote(scope: Scope) -> str:
 
 
 def _unauthorized(message: str) -> Refused:
-    return Refused(401, "unauthorized", message)
+    return Refused(401, ErrorCode.UNAUTHORIZED, message)
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, refusal: Refused) -> None:

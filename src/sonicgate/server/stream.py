@@ -13,13 +13,15 @@ from dataclasses import dataclass, replace
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sonicgate import logs
+from sonicgate.domain import Connection, ErrorCode, GatewayError, SessionError, SessionStatus
+from sonicgate.engines.base import EngineError
 from sonicgate.events import End, Start
 from sonicgate.protocol import Dialect, ProtocolError, detect
 from sonicgate.protocol.base import JsonObject, parse_json
 from sonicgate.server.access import RateLimiter, principal_of
 from sonicgate.sessions.manager import SessionManager
 from sonicgate.sessions.session import LiveSession
-from sonicgate.store.base import Connection, SessionStatus, StoreUnavailable, saved
+from sonicgate.store.base import StoreUnavailable, saved
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +153,7 @@ class ClientConnection:
             await asyncio.sleep(left)
         log.info("%s: idle for %g s, closing", self.id, timeout)
         async with self._turnstile:
-            await self._error("idle_timeout", f"no message for {timeout:g} s: closing")
+            await self._error(ErrorCode.IDLE_TIMEOUT, f"no message for {timeout:g} s: closing")
         await asyncio.sleep(FLUSH_SECONDS)  # for the writer to send it
         await self._close(IDLE_CODE, "idle")
 
@@ -163,16 +165,16 @@ class ClientConnection:
         async with self._turnstile:
             try:
                 await step
-            except ProtocolError as exc:
+            except GatewayError as exc:
                 await self._error(exc.code, exc.message)
             except StoreUnavailable as exc:  # a session cannot start or resume now
                 log.warning("%s: %s", self.id, exc)
-                await self._error("store_unavailable", f"sessions are unavailable: {exc}")
+                await self._error(ErrorCode.STORE_UNAVAILABLE, f"sessions are unavailable: {exc}")
 
     async def _handle(self, text: str | None, data: bytes | None) -> None:
         if self._messages.take(self._principal.id) > 0:
-            raise ProtocolError(
-                "rate_limited",
+            raise SessionError(
+                ErrorCode.RATE_LIMITED,
                 f"more than {self._messages.rate:g} messages a second: this one was dropped",
             )
         message = self._decode(text, data)
@@ -192,14 +194,14 @@ class ClientConnection:
         if text is None:
             size = len(data or b"")
             raise ProtocolError(
-                "binary_frame",
+                ErrorCode.BINARY_FRAME,
                 f"binary frames are not accepted ({size} bytes): send JSON text messages "
                 "with audio as base64",
             )
         if len(text) > self._limits.max_message_bytes:
             limit = self._limits.max_message_bytes
             raise ProtocolError(
-                "frame_too_large",
+                ErrorCode.FRAME_TOO_LARGE,
                 f"message of {len(text)} bytes exceeds the limit of {limit} bytes",
             )
         return parse_json(text)
@@ -214,28 +216,29 @@ class ClientConnection:
         session = self._session
         if session is None or session.closed:  # closed: resumed elsewhere, or cleaned up
             self._session = None
-            raise ProtocolError("no_session", "no session: start one first")
+            raise SessionError(ErrorCode.NO_SESSION, "no session: start one first")
         claimed = message.get("sessionId")
         if isinstance(claimed, str) and claimed != session.session_id:
-            raise ProtocolError("unknown_session", f"session '{claimed}' is not open here")
+            raise SessionError(ErrorCode.UNKNOWN_SESSION, f"session '{claimed}' is not open here")
         if isinstance(event, End):
             await self._end(session)
             return
         try:
             await session.handle(event)
-        except ProtocolError:
+        except GatewayError:
             raise
         except Exception as exc:  # the engine broke: tell the client, keep the connection
             log.exception("session %s failed on input", session.session_id)
-            raise ProtocolError("engine_error", f"the engine failed: {exc}") from exc
+            raise EngineError(ErrorCode.ENGINE_FAILED, f"the engine failed: {exc}") from exc
 
     async def _start(self, dialect: Dialect, event: Start) -> None:
         if self._session is not None and self._session.closed:
             self._session = None  # resumed on another connection meanwhile
         if self._session is not None:
             if not event.reconfigure:
-                raise ProtocolError(
-                    "session_active", f"session {self._session.session_id} is already running"
+                raise SessionError(
+                    ErrorCode.SESSION_ACTIVE,
+                    f"session {self._session.session_id} is already running",
                 )
             # The same session again, with the new settings and its history.
             event = replace(event, session_id=self._session.session_id)
@@ -273,7 +276,7 @@ class ClientConnection:
                 return  # ended meanwhile (by the client, a cleanup or a stop)
             self._expiry = None  # this very task: _end must not cancel it
             await self._error(
-                "session_too_long",
+                ErrorCode.SESSION_TOO_LONG,
                 f"a session may last {self._limits.max_session_seconds:g} s; this one ends now",
             )
             await self._end(session)
@@ -283,7 +286,7 @@ class ClientConnection:
             self._expiry.cancel()
             self._expiry = None
 
-    async def _error(self, code: str, message: str) -> None:
+    async def _error(self, code: ErrorCode, message: str) -> None:
         dialect = self._dialect or detect({})
         session_id = self._session.session_id if self._session else None
         log.info("client error on %s: %s", self.id, code)

@@ -8,7 +8,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -16,20 +16,24 @@ from sonicgate import logs
 from sonicgate.audio.decoder import InputDecoder
 from sonicgate.audio.formats import AudioFormatError
 from sonicgate.bus.base import SESSION_EVENT, BusEvent
-from sonicgate.domain import Principal
-from sonicgate.engines.base import Engine, EngineConfig, EngineError, supports_language
-from sonicgate.events import Start
-from sonicgate.protocol.base import Dialect, ProtocolError, SessionView
-from sonicgate.sessions.session import KEPT_SEQUENCE_NUMBERS, LiveSession, Send, Services
-from sonicgate.store.base import (
+from sonicgate.domain import (
+    ErrorCode,
+    History,
+    Principal,
     ProcessingState,
+    SessionError,
     SessionStatus,
-    StoreUnavailable,
     StreamingContext,
     VoiceSession,
-    saved,
     utc_now,
 )
+from sonicgate.engines.base import Engine, EngineConfig, supports_language
+from sonicgate.events import Start
+from sonicgate.protocol.base import Dialect, SessionView
+from sonicgate.sessions.input import KEPT_SEQUENCE_NUMBERS
+from sonicgate.sessions.session import LiveSession, Services
+from sonicgate.sessions.sinks import Send
+from sonicgate.store.base import SessionExists, StoreUnavailable, saved
 from sonicgate.store.registry import new_connection_id, node_of
 
 log = logging.getLogger(__name__)
@@ -82,7 +86,9 @@ class SessionManager:
     ) -> LiveSession:
         """Start or resume a session for ``principal`` (from the access policy)."""
         if self.stopping:
-            raise ProtocolError("server_stopping", "the server is stopping; reconnect shortly")
+            raise SessionError(
+                ErrorCode.SERVER_STOPPING, "the server is stopping; reconnect shortly"
+            )
         limit = self.limits.max_sessions_per_client
         client = principal.id
         held = self._opening[client] + sum(
@@ -91,8 +97,8 @@ class SessionManager:
             if live.client == client and live.session_id != start.session_id  # resumes don't add
         )
         if limit and held >= limit:
-            raise ProtocolError(
-                "too_many_sessions",
+            raise SessionError(
+                ErrorCode.TOO_MANY_SESSIONS,
                 f"this client already has {held} sessions; the limit is {limit}",
             )
         # Counted while it opens, so that simultaneous starts cannot slip past the limit.
@@ -110,23 +116,25 @@ class SessionManager:
         name = start.engine or self.default_engine
         engine = self.engines.get(name)
         if engine is None:
-            raise ProtocolError(
-                "unknown_engine", f"no engine '{name}'; available: {', '.join(self.engines)}"
+            raise SessionError(
+                ErrorCode.UNKNOWN_ENGINE,
+                f"no engine '{name}'; available: {', '.join(self.engines)}",
             )
         capabilities = engine.capabilities()
         if not supports_language(capabilities, start.language):
-            raise ProtocolError(
-                "unsupported_language",
+            raise SessionError(
+                ErrorCode.UNSUPPORTED_LANGUAGE,
                 f"engine '{name}' handles {', '.join(capabilities.languages)}, "
                 f"not '{start.language}'",
             )
         try:
             InputDecoder(start.audio_format).close()
         except AudioFormatError as exc:
-            raise ProtocolError("audio_format", str(exc)) from exc
+            raise SessionError(ErrorCode.AUDIO_FORMAT, str(exc)) from exc
         if start.session_id is not None and not SESSION_ID.fullmatch(start.session_id):
-            raise ProtocolError(
-                "invalid_field", "'sessionId' must be 1-128 letters, digits, '_', '-', '.', ':'"
+            raise SessionError(
+                ErrorCode.INVALID_FIELD,
+                "'sessionId' must be 1-128 letters, digits, '_', '-', '.', ':'",
             )
 
         store = self.services.store
@@ -141,10 +149,10 @@ class SessionManager:
                 audioFormat=start.audio_format,
                 owner=principal.id,
             )
-            history = []
+            history = History()
         else:
             if not _may_resume(principal, start, record):
-                raise ProtocolError("forbidden", "this session belongs to another user")
+                raise SessionError(ErrorCode.FORBIDDEN, "this session belongs to another user")
             if (previous := self.live.get(record.sessionId)) is not None:
                 # The client moved to a new connection (or reconfigured this one). The old
                 # session saves its last turn as it closes: read the record after that.
@@ -152,21 +160,18 @@ class SessionManager:
                 if previous.connection_id != connection_id:
                     await previous.tell_moved()
                 record = await store.get_session(record.sessionId) or record
-            history = await store.history(record.sessionId)
+            history = History(await store.history(record.sessionId))
 
         logs.session_id.set(record.sessionId)  # the session's tasks inherit it
         config = EngineConfig(
             language=start.language,
             voice=start.voice,
-            history=tuple(history),
+            history=history,
             text_only=start.text_only,
             credentials=start.credentials,
             **({"system_prompt": start.system_prompt} if start.system_prompt else {}),
         )
-        try:
-            engine_session = await engine.start(config)
-        except EngineError as exc:
-            raise ProtocolError(exc.code, exc.message) from exc
+        engine_session = await engine.start(config)  # an EngineError goes to the client
 
         try:
             context = await self._record_start(record, start, name, connection_id, resumed)
@@ -235,7 +240,13 @@ class SessionManager:
         if resumed:
             await store.update_session(record)
         else:
-            await store.create_session(record)
+            try:
+                await store.create_session(record)
+            except SessionExists as exc:  # another client started it a moment ago
+                raise SessionError(
+                    ErrorCode.SESSION_EXISTS,
+                    f"session '{record.sessionId}' was just started elsewhere: resume it",
+                ) from exc
         await store.put_context(context)
         return context
 
@@ -268,14 +279,10 @@ class SessionManager:
         """Runs for the node's life: tells the store it lives, and does the crash
         recovery of nodes that fell silent."""
         while True:
-            try:
-                await self.services.registry.renew()
-            except StoreUnavailable as exc:
-                log.warning("connection registry not renewed: %s", exc)
-            try:
-                await self._heartbeat()
-            except StoreUnavailable as exc:
-                log.warning("heartbeat not saved: %s", exc)
+            # Whatever fails, the loop goes on: a node that stops beating is taken
+            # for dead by the others, its connections with it.
+            await _logged(self.services.registry.renew(), "connection registry not renewed")
+            await _logged(self._heartbeat(), "heartbeat not saved")
             await asyncio.sleep(self.limits.heartbeat_seconds)
 
     async def _heartbeat(self) -> None:
@@ -322,6 +329,15 @@ class SessionManager:
             retention = self.limits.audio_retention_days * 86400
             deleted = await self.services.audio.delete_older_than(time.time() - retention)
         return {"endedSessions": ended, "deletedAudioFiles": deleted}
+
+
+async def _logged(step: Awaitable[None], what: str) -> None:
+    try:
+        await step
+    except StoreUnavailable as exc:
+        log.warning("%s: %s", what, exc)
+    except Exception:
+        log.exception(what)
 
 
 def _may_resume(principal: Principal, start: Start, record: VoiceSession) -> bool:

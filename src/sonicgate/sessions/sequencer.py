@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sonicgate.domain import ErrorCode
+
 
 @dataclass(frozen=True, slots=True)
 class Notice:
-    code: str  # "duplicate_chunk" | "sequence_gap"
+    code: ErrorCode  # DUPLICATE_CHUNK or SEQUENCE_GAP
     message: str
 
 
@@ -33,7 +35,7 @@ class Sequencer[T]:
             # Clients count from 0 or 1; a later first number means earlier ones are late.
             self.next_expected = min(sequence, 1)
         if sequence < self.next_expected or sequence in self._pending:
-            return [], [Notice("duplicate_chunk", f"chunk {sequence} was already received")]
+            return [], [Notice(ErrorCode.DUPLICATE_CHUNK, f"chunk {sequence} was already received")]
         self._pending[sequence] = item
         released = self._release()
         notices: list[Notice] = []
@@ -68,4 +70,6 @@ class Sequencer[T]:
             else f"{self.next_expected}-{first_held - 1}"
         )
         self.next_expected = first_held
-        return Notice("sequence_gap", f"chunks {missing} never arrived; continuing without them")
+        return Notice(
+            ErrorCode.SEQUENCE_GAP, f"chunks {missing} never arrived; continuing without them"
+        )

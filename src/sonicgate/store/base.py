@@ -1,4 +1,4 @@
-"""Records of the first seed and the store interface that keeps them.
+"""The store interface that keeps the first seed's records (``sonicgate.domain``).
 
 ``SqliteStore`` is the embedded default; a server database implements the
 same ``Store`` protocol.
@@ -8,73 +8,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Protocol
 
-from sonicgate.engines.base import Message
+from sonicgate.domain import Connection, Message, SessionStatus, StreamingContext, VoiceSession
 
 log = logging.getLogger(__name__)
-
-
-def utc_now() -> str:
-    """ISO-8601 UTC timestamp with milliseconds, as in the seeds."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class SessionStatus(StrEnum):
-    ACTIVE = "ACTIVE"
-    COMPLETED = "COMPLETED"
-    ERROR = "ERROR"
-
-
-class ProcessingState(StrEnum):
-    IDLE = "idle"
-    RECEIVING = "receiving"
-    PROCESSING = "processing"
-    RESPONDING = "responding"
-
-
-@dataclass(slots=True)
-class VoiceSession:
-    sessionId: str
-    novaSonicSessionId: str
-    connectionId: str
-    userId: str
-    status: SessionStatus = SessionStatus.ACTIVE
-    createdAt: str = field(default_factory=utc_now)
-    updatedAt: str = field(default_factory=utc_now)
-    audioFormat: str | None = None
-    totalDuration: float | None = None  # seconds of user audio received
-    messageCount: int = 0
-    # The identity of the credential that started it (``Principal.id``): with access
-    # control on, only it may resume, use or end the session. Not the seed's ``userId``,
-    # which is a label the client chooses.
-    owner: str = ""
-
-
-@dataclass(slots=True)
-class Connection:
-    connectionId: str
-    sessionId: str | None
-    userId: str
-    dialect: str
-    connectedAt: str = field(default_factory=utc_now)
-
-
-@dataclass(slots=True)
-class StreamingContext:
-    sessionId: str
-    connectionId: str
-    userId: str
-    audioFormat: str
-    language: str
-    model: str
-    # Sequence numbers accepted so far in the current turn (the seed's chunks).
-    chunks: list[int] = field(default_factory=list)
-    transcriptionBuffer: str = ""
-    processingState: ProcessingState = ProcessingState.IDLE
 
 
 class StoreUnavailable(Exception):

@@ -19,17 +19,17 @@ from psycopg.errors import UniqueViolation
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from sonicgate.engines.base import Message, Role
-from sonicgate.store.base import (
+from sonicgate.domain import (
     Connection,
+    Message,
     ProcessingState,
-    SessionExists,
+    Role,
     SessionStatus,
-    StoreUnavailable,
     StreamingContext,
     VoiceSession,
     utc_now,
 )
+from sonicgate.store.base import SessionExists, StoreUnavailable
 
 # Migration N (1-based) takes the schema from version N-1 to N; only ever append.
 MIGRATIONS: tuple[str, ...] = (

@@ -17,9 +17,10 @@ from typing import Protocol
 
 from redis.exceptions import RedisError
 
-from sonicgate.bus.redis import connect
 from sonicgate.config import Settings
-from sonicgate.store.base import Connection, Store, StoreUnavailable
+from sonicgate.domain import Connection
+from sonicgate.shared_redis import connect
+from sonicgate.store.base import Store, StoreUnavailable
 
 
 def new_connection_id(node_id: str) -> str:

@@ -17,16 +17,17 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from sonicgate.engines.base import Message, Role
-from sonicgate.store.base import (
+from sonicgate.domain import (
     Connection,
+    Message,
     ProcessingState,
-    SessionExists,
+    Role,
     SessionStatus,
     StreamingContext,
     VoiceSession,
     utc_now,
 )
+from sonicgate.store.base import SessionExists
 
 # Columns are named after the record fields, so rows map onto records directly;
 # each table's first column is its key.

@@ -20,13 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sonicgate.engines.base import (
-    Capabilities,
-    EngineConfig,
-    EngineError,
-    Message,
-    Role,
-)
+from sonicgate.domain import Capabilities, ErrorCode, Message
+from sonicgate.engines.base import BaseEngineSession, EngineConfig, EngineError
 from sonicgate.engines.local.llm import Chat, ChatModel, RunCheck
 from sonicgate.engines.local.stt import Recognizer, Transcriber
 from sonicgate.engines.local.text import SentenceSplitter, before_code
@@ -137,7 +132,7 @@ class LocalEngine:
         capabilities = self.capabilities()
         if config.voice is not None and config.voice not in capabilities.voices:
             raise EngineError(
-                "unknown_voice",
+                ErrorCode.UNKNOWN_VOICE,
                 f"voice '{config.voice}' is not installed; available: "
                 f"{', '.join(capabilities.voices)}",
             )
@@ -171,6 +166,7 @@ class Turn:
     task: asyncio.Task[None] | None = None
     generation: asyncio.Future[None] | None = None  # the LLM worker's job, once queued
     user_text: str = ""
+    before: tuple[Message, ...] = ()  # the conversation before this turn, for the prompt
     spoken: list[str] = field(default_factory=list)  # reply text whose audio went out
     # Estimated client playback, which runs on after the reply is all sent.
     audio_started: float | None = None
@@ -192,14 +188,12 @@ class Turn:
         return started is not None and time.perf_counter() < started + self.audio_seconds
 
 
-class LocalSession:
+class LocalSession(BaseEngineSession):
     def __init__(self, engine: LocalEngine, config: EngineConfig, models: LocalModels) -> None:
+        super().__init__(config)
         self._engine = engine
         self._models = models
-        self._config = config
         self._language = config.language.split("-")[0].lower()
-        self._history: list[Message] = list(config.history)
-        self._out: asyncio.Queue[EngineEvent | None] = asyncio.Queue()
         self._vad = VadStream(models.vad)
         self._endpointer = Endpointer(engine.options)
         self._frames = bytearray()  # input not yet a whole VAD frame
@@ -242,17 +236,13 @@ class LocalSession:
     async def interrupt(self) -> None:
         await self._barge_in()
 
-    async def events(self) -> AsyncIterator[EngineEvent]:
-        while (event := await self._out.get()) is not None:
-            yield event
-
     async def close(self) -> None:
         for task in (self._partial, self._turn.task if self._turn else None):
             if task is not None:
                 task.cancel()
         if self._turn is not None:
             self._turn.cancel.set()
-        await self._out.put(None)
+        await super().close()
 
     # Turn-taking ------------------------------------------------------------
 
@@ -271,7 +261,7 @@ class LocalSession:
                 self._utterance[:0] = self._preroll[: -len(frame)]
                 self._preroll.clear()
                 await self._barge_in()
-                await self._out.put(SpeechStarted())
+                self.emit(SpeechStarted())
             case Cue.PARTIAL:
                 # At most half the recogniser's time goes to partials: the final
                 # transcript, due any moment, should find it free.
@@ -314,6 +304,7 @@ class LocalSession:
         # A partial under way goes on: its decode would run on in the worker thread
         # anyway, and until the endpoint its words are news to the client (after it,
         # _transcribe_partial drops them). Short questions get a partial this way.
+        turn.before = tuple(self.history)
         self._turn = turn
         turn.task = asyncio.create_task(self._answer(turn))
 
@@ -333,8 +324,8 @@ class LocalSession:
         if turn.task.done():
             self._turn = None
             if turn.playing():  # all sent, not all heard: the client stops playback
-                await self._out.put(Interrupted())
-                await self._out.put(Metrics({"barge_in_playback": _since(onset)}))
+                self.emit(Interrupted())
+                self.emit(Metrics({"barge_in_playback": _since(onset)}))
             return
         turn.cancel.set()
         turn.task.cancel()
@@ -349,11 +340,10 @@ class LocalSession:
         if not turn.user_text:
             return  # cut before anything was said back
         spoken = " ".join(turn.spoken)
-        self._remember(turn.user_text, spoken)
-        await self._out.put(Interrupted())
-        await self._out.put(ResponseTextFinal(spoken))
-        await self._out.put(Metrics({"barge_in_stopped": _since(onset)}))
-        await self._out.put(TurnEnded(interrupted=True))
+        self.emit(Interrupted())
+        self.emit(ResponseTextFinal(spoken))
+        self.emit(Metrics({"barge_in_stopped": _since(onset)}))
+        self.emit(TurnEnded(interrupted=True))
 
     # The answer -----------------------------------------------------------------
 
@@ -366,7 +356,7 @@ class LocalSession:
     async def _deliver(self, turn: Turn, event: EngineEvent) -> None:
         if isinstance(event, AudioOut):
             turn.sent(event)
-        await self._out.put(event)
+        self.emit(event)
 
     async def _answer(self, turn: Turn) -> None:
         try:
@@ -380,7 +370,7 @@ class LocalSession:
         except Exception as exc:
             log.exception("%s engine turn failed", self._engine.name)
             message = f"the {self._engine.name} engine failed: {exc}"
-            await self._emit(turn, Error("engine_failed", message))
+            await self._emit(turn, Error(ErrorCode.ENGINE_FAILED, message))
             await self._emit(turn, TurnEnded())
 
     async def _answer_turn(self, turn: Turn) -> None:
@@ -397,11 +387,11 @@ class LocalSession:
         await self._emit(turn, TranscriptFinal(text, confidence, turn.reason, seconds))
         if not text:
             if turn.reason in (TriggerReason.EXPLICIT, TriggerReason.VOICE_DATA):
-                await self._emit(turn, Error("no_speech", "no speech was recognised"))
+                await self._emit(turn, Error(ErrorCode.NO_SPEECH, "no speech was recognised"))
             await self._emit(turn, TurnEnded())
             return
 
-        messages = await self._run(self._engine.llm_pool, self._prompt, text)
+        messages = await self._run(self._engine.llm_pool, self._prompt, turn.before, text)
         synthesis: asyncio.Queue[str | None] = asyncio.Queue()
         speaker = asyncio.create_task(self._speak(turn, synthesis))
         splitter = SentenceSplitter()
@@ -424,7 +414,6 @@ class LocalSession:
         finally:
             speaker.cancel()
         full = "".join(reply).strip()
-        self._remember(text, full)
         await self._emit(turn, ResponseTextFinal(full))
         await self._emit(turn, Metrics(dict(turn.stages)))
         await self._emit(turn, TurnEnded())
@@ -432,7 +421,7 @@ class LocalSession:
     async def _speak(self, turn: Turn, pieces: asyncio.Queue[str | None]) -> None:
         tts = self._models.tts
         while (piece := await pieces.get()) is not None:
-            if self._config.text_only:
+            if self.config.text_only:
                 turn.spoken.append(piece)
                 continue
             pcm = await self._run(self._engine.tts_pool, tts.synthesize, piece)
@@ -464,25 +453,20 @@ class LocalSession:
         finally:
             cancel.set()  # stops the worker at its next token if we left early
 
-    def _prompt(self, text: str) -> list[dict[str, str]]:
+    def _prompt(self, history: tuple[Message, ...], text: str) -> list[dict[str, str]]:
         """System prompt, then as much recent history as fits the context."""
         llm = self._models.llm
-        system = {"role": "system", "content": self._config.system_prompt}
+        system = {"role": "system", "content": self.config.system_prompt}
         user = {"role": "user", "content": text}
         budget = llm.n_ctx - MAX_REPLY_TOKENS - 64  # 64: chat-template overhead
         budget -= llm.count_tokens(system["content"]) + llm.count_tokens(text)
         kept: list[dict[str, str]] = []
-        for message in reversed(self._history):
+        for message in reversed(history):
             budget -= llm.count_tokens(message.text) + 8
             if budget < 0:
                 break
             kept.append({"role": message.role.value, "content": message.text})
         return [system, *reversed(kept), user]
-
-    def _remember(self, user: str, assistant: str) -> None:
-        self._history.append(Message(Role.USER, user))
-        if assistant:
-            self._history.append(Message(Role.ASSISTANT, assistant))
 
     async def _transcribe_partial(self) -> None:
         pcm = bytes(self._utterance)
@@ -493,7 +477,7 @@ class LocalSession:
         finished = time.perf_counter()
         self._partials_resume = finished + (finished - started)
         if self._endpointer.in_turn and transcript.text.strip():
-            await self._out.put(TranscriptPartial(transcript.text.strip(), transcript.confidence))
+            self.emit(TranscriptPartial(transcript.text.strip(), transcript.confidence))
 
     async def _run[T](self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)

@@ -27,6 +27,7 @@ from awscrt import io as crt_io
 from smithy_core.exceptions import CallError, SmithyError
 from smithy_http.aio.crt import AWSCRTHTTPClient
 
+from sonicgate.domain import ErrorCode
 from sonicgate.engines.aws import AwsCredentials, service_error
 
 Stream = Any  # the SDK's DuplexEventStream, generic over its event shapes
@@ -35,7 +36,7 @@ Stream = Any  # the SDK's DuplexEventStream, generic over its event shapes
 class NovaStreamError(Exception):
     """The service refused, throttled or broke the stream; ``code`` says which."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
@@ -76,7 +77,7 @@ async def open_client(
     try:
         config = await AsyncBedrockRuntimeConfig.resolve(**overrides)
     except (SmithyError, ValueError) as exc:
-        raise NovaStreamError("configuration", str(exc)) from exc
+        raise NovaStreamError(ErrorCode.ENGINE_UNAVAILABLE, str(exc)) from exc
     return AsyncBedrockRuntimeClient(config=config)
 
 
@@ -95,7 +96,9 @@ async def await_response(stream: Stream, within: float) -> None:
     try:
         await asyncio.wait_for(stream.await_output(), within)
     except TimeoutError as exc:
-        raise NovaStreamError("unreachable", f"no answer within {within:.0f} s") from exc
+        raise NovaStreamError(
+            ErrorCode.PROVIDER_UNREACHABLE, f"no answer within {within:.0f} s"
+        ) from exc
     except Exception as exc:
         raise _stream_error(exc) from exc
 
@@ -151,5 +154,5 @@ def _stream_error(error: BaseException) -> NovaStreamError:
     if (known := service_error(name, status, message)) is not None:
         return NovaStreamError(*known)
     if isinstance(error, OSError | ConnectionError) or "Connection" in name or "Socket" in name:
-        return NovaStreamError("unreachable", message)
-    return NovaStreamError("stream_error", f"{name}: {message}")
+        return NovaStreamError(ErrorCode.PROVIDER_UNREACHABLE, message)
+    return NovaStreamError(ErrorCode.PROVIDER_ERROR, f"{name}: {message}")

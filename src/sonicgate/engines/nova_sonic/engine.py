@@ -17,19 +17,14 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import numpy as np
 
+from sonicgate.domain import Capabilities, ErrorCode, Role
 from sonicgate.engines.aws import session_credentials, session_region
-from sonicgate.engines.base import (
-    Capabilities,
-    EngineConfig,
-    EngineError,
-    Message,
-    Role,
-)
+from sonicgate.engines.base import BaseEngineSession, EngineConfig, EngineError
 from sonicgate.engines.nova_sonic import grammar
 from sonicgate.engines.nova_sonic.client import (
     NovaStreamError,
@@ -53,7 +48,6 @@ from sonicgate.events import (
     EngineEvent,
     Error,
     Interrupted,
-    ResponseTextFinal,
     TranscriptFinal,
     TriggerReason,
 )
@@ -92,7 +86,7 @@ class NovaSonicEngine:
         voices = self.capabilities().voices
         if config.voice is not None and config.voice not in voices:
             raise EngineError(
-                "unknown_voice",
+                ErrorCode.UNKNOWN_VOICE,
                 f"voice '{config.voice}' is not a {self.settings.model_id} voice; "
                 f"available: {', '.join(voices)}",
             )
@@ -121,13 +115,11 @@ class _Stream:
         self.reader: asyncio.Task[None] | None = None
 
 
-class NovaSession:
+class NovaSession(BaseEngineSession):
     def __init__(self, engine: NovaSonicEngine, config: EngineConfig) -> None:
+        super().__init__(config)
         self._engine = engine
         self._settings = engine.settings
-        self._config = config
-        self._history: list[Message] = list(config.history)
-        self._out: asyncio.Queue[EngineEvent | None] = asyncio.Queue()
         self._send_lock = asyncio.Lock()  # one writer: events stay in grammar order
         self._stream: _Stream | None = None
         self._client: Any = None
@@ -140,33 +132,34 @@ class NovaSession:
         self._audio_waiting = asyncio.Event()
         self._heard = False  # speech since the last transcript: an answer is due
         self._muted = False  # the client pressed stop: drop the rest of this reply
-        self._closed = False
 
     # Setup -------------------------------------------------------------------
 
     async def open(self) -> None:
         settings = self._settings
-        region = session_region(self._config, settings.region)
+        region = session_region(self.config, settings.region)
         try:
             # Bounded: the credential chain may wait on an instance-metadata service.
             async with asyncio.timeout(OPEN_TIMEOUT):
                 self._client = await open_client(
                     region=region,
                     endpoint_uri=settings.endpoint_uri,
-                    credentials=session_credentials(self._config),
+                    credentials=session_credentials(self.config),
                     transport=self._transport,
                 )
-                self._stream = await self._new_stream(self._history)
+                self._stream = await self._new_stream()
         except (NovaStreamError, TimeoutError) as exc:
             await self._transport.close()
             if isinstance(exc, NovaStreamError):
                 raise EngineError(exc.code, f"Nova Sonic: {exc.message}") from exc
             raise EngineError(
-                "unreachable", f"Nova Sonic did not answer within {OPEN_TIMEOUT:.0f} s"
+                ErrorCode.PROVIDER_UNREACHABLE,
+                f"Nova Sonic did not answer within {OPEN_TIMEOUT:.0f} s",
             ) from exc
         self._spawn(self._write_audio())
 
-    async def _new_stream(self, history: Sequence[Message]) -> _Stream:
+    async def _new_stream(self) -> _Stream:
+        """A stream seeded with the system prompt and the conversation so far."""
         settings = self._settings
         stream = _Stream(await open_stream(self._client, settings.model_id))
         nova_2 = settings.model_id != NOVA_SONIC
@@ -179,14 +172,14 @@ class NovaSession:
             ),
             grammar.prompt_start(
                 stream.prompt,
-                self._config.voice or settings.voice,
+                self.config.voice or settings.voice,
                 list(self._engine.tools.values()),
             ),
             *grammar.text_content(
-                stream.prompt, str(uuid.uuid4()), "SYSTEM", self._config.system_prompt
+                stream.prompt, str(uuid.uuid4()), "SYSTEM", self.config.system_prompt
             ),
         ]
-        for message in grammar.fit_history(history):
+        for message in grammar.fit_history(tuple(self.history)):
             role = "USER" if message.role is Role.USER else "ASSISTANT"
             setup += grammar.text_content(stream.prompt, str(uuid.uuid4()), role, message.text)
         setup.append(grammar.audio_start(stream.prompt, stream.audio))
@@ -246,32 +239,27 @@ class NovaSession:
         stream = self._stream
         if stream is not None and stream.mapper.replying and not self._muted:
             self._muted = True
-            await self._out.put(Interrupted())
-
-    async def events(self) -> AsyncIterator[EngineEvent]:
-        while (event := await self._out.get()) is not None:
-            yield event
+            self.emit(Interrupted())
 
     async def close(self) -> None:
-        if self._closed:
+        if self.closed:
             return
         async with self._send_lock:
             with contextlib.suppress(EngineError):
                 await self._flush_audio()  # what the client sent last still goes out
-        self._closed = True
+        await super().close()
         for task in self._tasks:
             task.cancel()
         stream, self._stream = self._stream, None
         if stream is not None:
             await self._end(stream)
         await self._transport.close()
-        await self._out.put(None)
 
     # Streams -----------------------------------------------------------------
 
     def _writable(self) -> _Stream:
         if self._stream is None:
-            raise EngineError("engine_unavailable", "the Nova Sonic stream is closed")
+            raise EngineError(ErrorCode.ENGINE_UNAVAILABLE, "the Nova Sonic stream is closed")
         return self._stream
 
     async def _write_audio(self) -> None:
@@ -300,14 +288,14 @@ class NovaSession:
                 await send_event(stream.raw, event)
         except TimeoutError as exc:
             stalled = "the stream stopped taking input"
-            await self._failed("stream_error", stalled)
-            raise EngineError("stream_error", f"Nova Sonic: {stalled}") from exc
+            await self._failed(ErrorCode.PROVIDER_ERROR, stalled)
+            raise EngineError(ErrorCode.PROVIDER_ERROR, f"Nova Sonic: {stalled}") from exc
         except NovaStreamError as exc:
             await self._failed(exc.code, exc.message)
             raise EngineError(exc.code, f"Nova Sonic: {exc.message}") from exc
         except (OSError, RuntimeError) as exc:  # the transport went away under us
-            await self._failed("stream_error", str(exc))
-            raise EngineError("stream_error", f"Nova Sonic: {exc}") from exc
+            await self._failed(ErrorCode.PROVIDER_ERROR, str(exc))
+            raise EngineError(ErrorCode.PROVIDER_ERROR, f"Nova Sonic: {exc}") from exc
 
     def _due_for_rotation(self, stream: _Stream) -> bool:
         """Old enough, and between turns: no reply under way, the user quiet.
@@ -324,7 +312,7 @@ class NovaSession:
 
     async def _rotate(self, old: _Stream) -> _Stream:
         log.info("rotating the Nova Sonic stream after %.0f s", time.monotonic() - old.opened)
-        new = await self._new_stream(self._history)
+        new = await self._new_stream()
         self._stream = new
         # The old stream ends in the background: audio goes on to the new one now.
         self._spawn(self._end(old))
@@ -360,7 +348,7 @@ class NovaSession:
                         await self._deliver(mapped)
             # The SDK ends the output quietly when the connection drops.
             if stream is self._stream:
-                await self._failed("stream_error", "the stream ended unexpectedly")
+                await self._failed(ErrorCode.PROVIDER_ERROR, "the stream ended unexpectedly")
         except NovaStreamError as exc:
             if stream is self._stream:
                 await self._failed(exc.code, exc.message)
@@ -368,28 +356,24 @@ class NovaSession:
             raise
         except Exception as exc:  # the connection broke: same as a service error
             if stream is self._stream:
-                await self._failed("stream_error", str(exc))
+                await self._failed(ErrorCode.PROVIDER_ERROR, str(exc))
 
     async def _deliver(self, event: EngineEvent) -> None:
         match event:
-            case TranscriptFinal(text=text):
+            case TranscriptFinal():
                 self._muted = self._heard = False
-                if text:
-                    self._history.append(Message(Role.USER, text))
-            case ResponseTextFinal(text=text) if text:
-                self._history.append(Message(Role.ASSISTANT, text))
         if self._muted and event.type in ("audio_out", "response_text_delta"):
             return
-        if self._config.text_only and isinstance(event, AudioOut):
+        if self.config.text_only and isinstance(event, AudioOut):
             return  # Nova always speaks; a text-only client gets the words alone
-        await self._out.put(event)
+        self.emit(event)
 
-    async def _failed(self, code: str, message: str) -> None:
-        if self._closed or self._stream is None:
+    async def _failed(self, code: ErrorCode, message: str) -> None:
+        if self.closed or self._stream is None:
             return
         log.warning("Nova Sonic stream failed: %s: %s", code, message)
         self._stream = None
-        await self._out.put(Error(code, f"Nova Sonic: {message}", fatal=True))
+        self.emit(Error(code, f"Nova Sonic: {message}", fatal=True))
 
     # Tools -------------------------------------------------------------------
 

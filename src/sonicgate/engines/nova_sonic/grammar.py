@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sonicgate.engines.base import Message, Role
+from sonicgate.domain import Message, Role
 from sonicgate.events import (
     AudioOut,
     EngineEvent,

@@ -17,6 +17,7 @@ import openai
 from openai.types.chat import ChatCompletionMessageParam
 
 from sonicgate.audio.formats import wav_bytes
+from sonicgate.domain import ErrorCode
 from sonicgate.engines.base import INPUT_SAMPLE_RATE, EngineConfig, EngineError
 from sonicgate.engines.local.engine import LocalEngine, LocalModels
 from sonicgate.engines.local.llm import estimate_tokens
@@ -142,7 +143,7 @@ def openai_cascade(settings: OpenAISettings, vad: SileroVad) -> LocalEngine:
         key = config.credentials.get("openai_api_key")
         if key is None and server_key(settings) is None:
             raise EngineError(
-                "unauthorized",
+                ErrorCode.UNAUTHORIZED,
                 "no OpenAI API key: send openaiApiKey in initialize, or start the server "
                 "with OPENAI_API_KEY set",
             )

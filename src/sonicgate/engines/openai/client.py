@@ -10,6 +10,8 @@ from typing import Any
 import httpx2
 import openai
 
+from sonicgate.domain import ErrorCode
+
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
@@ -51,19 +53,19 @@ def _options(settings: OpenAISettings, api_key: str | None) -> dict[str, Any]:
     }
 
 
-def provider_error(exc: Exception) -> tuple[str, str]:
+def provider_error(exc: Exception) -> tuple[ErrorCode, str]:
     """(code, message) for the client: what went wrong at the provider, in its terms."""
     match exc:
         case httpx2.HTTPError():  # a streamed body broke off: the SDK lets it through
-            return "provider_unreachable", f"the connection to OpenAI broke: {exc!r}"
+            return ErrorCode.PROVIDER_UNREACHABLE, f"the connection to OpenAI broke: {exc!r}"
         case openai.AuthenticationError() | openai.PermissionDeniedError():
-            return "unauthorized", "OpenAI refused the API key"
+            return ErrorCode.UNAUTHORIZED, "OpenAI refused the API key"
         case openai.RateLimitError():
-            return "throttled", "OpenAI is rate-limiting this key; try again shortly"
+            return ErrorCode.THROTTLED, "OpenAI is rate-limiting this key; try again shortly"
         case openai.APITimeoutError():
-            return "provider_unreachable", "OpenAI did not answer in time"
+            return ErrorCode.PROVIDER_UNREACHABLE, "OpenAI did not answer in time"
         case openai.APIConnectionError():
-            return "provider_unreachable", f"cannot reach OpenAI: {exc}"
+            return ErrorCode.PROVIDER_UNREACHABLE, f"cannot reach OpenAI: {exc}"
         case openai.APIStatusError(status_code=status):
-            return "provider_error", f"OpenAI answered HTTP {status}: {exc.message}"
-    return "provider_error", f"OpenAI failed: {exc}"
+            return ErrorCode.PROVIDER_ERROR, f"OpenAI answered HTTP {status}: {exc.message}"
+    return ErrorCode.PROVIDER_ERROR, f"OpenAI failed: {exc}"

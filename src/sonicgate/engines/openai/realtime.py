@@ -16,7 +16,6 @@ import base64
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
@@ -30,7 +29,8 @@ from openai.types.realtime import (
 )
 
 from sonicgate.audio.formats import StreamResampler
-from sonicgate.engines.base import INPUT_SAMPLE_RATE, Capabilities, EngineConfig, EngineError, Role
+from sonicgate.domain import Capabilities, ErrorCode, Role
+from sonicgate.engines.base import INPUT_SAMPLE_RATE, BaseEngineSession, EngineConfig, EngineError
 from sonicgate.engines.openai.cascade import LANGUAGES
 from sonicgate.engines.openai.client import (
     OpenAISettings,
@@ -74,7 +74,7 @@ class OpenAIRealtimeEngine:
         key = config.credentials.get("openai_api_key") or server_key(self.settings)
         if key is None:
             raise EngineError(
-                "unauthorized",
+                ErrorCode.UNAUTHORIZED,
                 "no OpenAI API key: send openaiApiKey in initialize, or start the server "
                 "with OPENAI_API_KEY set",
             )
@@ -84,10 +84,12 @@ class OpenAIRealtimeEngine:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 connection = await manager.__aenter__()
         except TimeoutError as exc:
-            raise EngineError("provider_unreachable", "OpenAI Realtime did not answer") from exc
+            raise EngineError(
+                ErrorCode.PROVIDER_UNREACHABLE, "OpenAI Realtime did not answer"
+            ) from exc
         except websockets.InvalidStatus as exc:
             status = exc.response.status_code
-            code = "unauthorized" if status in (401, 403) else "provider_error"
+            code = ErrorCode.UNAUTHORIZED if status in (401, 403) else ErrorCode.PROVIDER_ERROR
             raise EngineError(
                 code, f"OpenAI Realtime refused the connection: HTTP {status}"
             ) from exc
@@ -101,25 +103,27 @@ class OpenAIRealtimeEngine:
         pass
 
 
-class OpenAIRealtimeSession:
+class OpenAIRealtimeSession(BaseEngineSession):
     def __init__(
         self, connection: AsyncRealtimeConnection, config: EngineConfig, settings: OpenAISettings
     ) -> None:
+        super().__init__(config)
         self._connection = connection
-        self._config = config
         self._settings = settings
-        self._out: asyncio.Queue[EngineEvent | None] = asyncio.Queue()
         self._to_wire = StreamResampler(INPUT_SAMPLE_RATE, RATE)
         self._appended = False  # audio sent since the last turn ended
         self._partial = ""
-        # The reply under way: its item, and how much of its audio went to the client.
+        # The reply under way: its response and item, and what of it went to the client.
+        self._response: str | None = None
         self._reply_item: str | None = None
         self._reply_ms = 0.0
+        self._reply_text = ""
+        self._cut: set[str] = set()  # responses ended here: what the service still sends is late
         self._tokens = Usage(0, 0)
         self._reader = asyncio.create_task(self._read(), name="openai-realtime-reader")
 
     async def configure(self) -> None:
-        config, settings = self._config, self._settings
+        config, settings = self.config, self._settings
         audio_format = {"type": "audio/pcm", "rate": RATE}
         await self._connection.session.update(
             session={
@@ -168,8 +172,9 @@ class OpenAIRealtimeSession:
             self._appended = True
 
     async def push_text(self, text: str) -> None:
+        await self._cut_reply()  # typed over a reply: the reply ends first, as on speech
         # A typed turn is its own transcript, as on every engine: history and UIs see it.
-        await self._out.put(TranscriptFinal(text, 1.0, TriggerReason.TEXT))
+        self.emit(TranscriptFinal(text, 1.0, TriggerReason.TEXT))
         await self._send(
             self._connection.conversation.item.create(
                 item={
@@ -194,16 +199,27 @@ class OpenAIRealtimeSession:
         await self.end_turn(reason)
 
     async def interrupt(self) -> None:
-        if self._reply_item is not None:
-            await self._send(self._connection.response.cancel())
-            await self._truncate()
+        await self._cut_reply()
+
+    async def _cut_reply(self) -> None:
+        """End the reply under way now, by the contract: the service is asked to stop
+        and to forget what the user never heard; what it still sends of it is dropped."""
+        if self._response is None:
+            return
+        self._cut.add(self._response)
+        self._response = None
+        await self._send(self._connection.response.cancel())
+        await self._truncate()
+        self.emit(Interrupted())
+        self.emit(ResponseTextFinal(self._reply_text))
+        self.emit(TurnEnded(interrupted=True))
 
     async def _send(self, sending: Any) -> None:
         try:
             await sending
         except (OSError, websockets.WebSocketException) as exc:
             raise EngineError(
-                "provider_unreachable", f"the OpenAI Realtime connection broke: {exc}"
+                ErrorCode.PROVIDER_UNREACHABLE, f"the OpenAI Realtime connection broke: {exc}"
             ) from exc
 
     async def _truncate(self) -> None:
@@ -218,37 +234,39 @@ class OpenAIRealtimeSession:
 
     # Output ----------------------------------------------------------------------
 
-    async def events(self) -> AsyncIterator[EngineEvent]:
-        while (event := await self._out.get()) is not None:
-            yield event
-
     async def _read(self) -> None:
         try:
             while True:
                 event = json.loads(await self._connection.recv_bytes())
+                if _response_of(event) in self._cut:
+                    self._late(event)
+                    continue
                 for mapped in await self._map(event):
-                    await self._out.put(mapped)
+                    self.emit(mapped)
         except asyncio.CancelledError:
             raise
         except (websockets.ConnectionClosed, OSError) as exc:
             log.warning("OpenAI Realtime connection lost: %s", exc)
             message = "the OpenAI Realtime connection was lost"
-            await self._out.put(Error("provider_unreachable", message, fatal=True))
-            await self._out.put(TurnEnded())
-            await self._out.put(None)
+            self.emit(Error(ErrorCode.PROVIDER_UNREACHABLE, message, fatal=True))
+            await super().close()
+
+    def _late(self, event: dict[str, Any]) -> None:
+        """An event of a reply already ended here: only its token count still counts."""
+        if event.get("type") == "response.done":
+            response = event.get("response", {})
+            self._cut.discard(response.get("id"))
+            self.emit(self._count(response))
 
     async def _map(self, event: dict[str, Any]) -> list[EngineEvent]:
         kind = event.get("type", "")
         match kind:
             case "input_audio_buffer.speech_started":
                 self._partial = ""
-                if self._reply_item is None:
-                    return [SpeechStarted()]
-                # Server VAD stops the reply itself; cancel anyway (a reply created by
-                # response.create may not be), then forget what the user never heard.
-                await self._send(self._connection.response.cancel())
-                await self._truncate()
-                return [SpeechStarted(), Interrupted()]
+                # Server VAD stops the reply itself; it is cut here all the same (a reply
+                # made by response.create may not be), what the user never heard forgotten.
+                self.emit(SpeechStarted())
+                await self._cut_reply()
             case "conversation.item.input_audio_transcription.delta":
                 self._partial += event.get("delta", "")
                 return [TranscriptPartial(self._partial, 0.0)]
@@ -257,9 +275,13 @@ class OpenAIRealtimeSession:
                 return [
                     TranscriptFinal(event.get("transcript", "").strip(), 1.0, TriggerReason.SILENCE)
                 ]
+            case "response.created":
+                self._response = event.get("response", {}).get("id")
+                self._reply_text = ""
             case "response.output_item.added":
                 self._reply_item, self._reply_ms = event["item"]["id"], 0.0
             case "response.output_audio_transcript.delta" | "response.output_text.delta":
+                self._reply_text += event.get("delta", "")
                 return [ResponseTextDelta(event.get("delta", ""))]
             case "response.output_audio.delta":
                 pcm = base64.b64decode(event.get("delta", ""))
@@ -272,25 +294,35 @@ class OpenAIRealtimeSession:
             case "response.done":
                 response = event.get("response", {})
                 cancelled = response.get("status") == "cancelled"
-                self._reply_item = None
-                usage = response.get("usage") or {}
-                self._tokens = Usage(  # Usage carries running totals; OpenAI counts per reply
-                    self._tokens.input_tokens + usage.get("input_tokens", 0),
-                    self._tokens.output_tokens + usage.get("output_tokens", 0),
-                )
-                return [self._tokens, TurnEnded(interrupted=cancelled)]
+                self._response = self._reply_item = None
+                return [self._count(response), TurnEnded(interrupted=cancelled)]
             case "error":
                 error = event.get("error", {})
-                code = error.get("code") or error.get("type") or "provider_error"
-                if code == "response_cancel_not_active":
+                if error.get("code") == "response_cancel_not_active":
                     return []  # our cancel came after the service's own: nothing to tell
-                return [Error(str(code), str(error.get("message", "OpenAI Realtime error")))]
+                kind = error.get("code") or error.get("type") or "error"
+                text = error.get("message", "OpenAI Realtime error")
+                return [Error(ErrorCode.PROVIDER_ERROR, f"OpenAI Realtime: {kind}: {text}")]
         return []
 
+    def _count(self, response: dict[str, Any]) -> Usage:
+        usage = response.get("usage") or {}
+        self._tokens = Usage(  # Usage carries running totals; OpenAI counts per reply
+            self._tokens.input_tokens + usage.get("input_tokens", 0),
+            self._tokens.output_tokens + usage.get("output_tokens", 0),
+        )
+        return self._tokens
+
     async def close(self) -> None:
+        await super().close()
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._reader
         with contextlib.suppress(Exception):
             await self._connection.close()
-        await self._out.put(None)
+
+
+def _response_of(event: dict[str, Any]) -> str | None:
+    """The response an output event belongs to, if any."""
+    response_id = event.get("response_id") or event.get("response", {}).get("id")
+    return response_id if isinstance(response_id, str) else None
