@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent / "artifacts"
+GAP_SECONDS = 12  # between questions: time for the reply, so turns do not overlap
 WAIT_MS = 90_000  # a reply from the local models while the browser shares the 2 cores
 
 
@@ -107,6 +109,54 @@ async def test_spoken_question_is_transcribed_and_the_reply_plays(
     assert state["peak"] > 0.05, "the reply was scheduled but nothing audible played"
     assert 0 < state["latencies"][0] < 30
     assert "capital" in history.lower() and "first audio" in history
+
+
+QUESTIONS = (
+    "What is the capital of France?",
+    "What is two plus two?",
+    "What color is the sky on a clear day?",
+)
+
+
+@pytest.mark.models
+async def test_first_audio_after_you_stopped_over_several_turns(
+    local: RunningServer, tmp_path: Path
+) -> None:
+    """The page's own figure for each spoken turn: how long after the end of the
+    speech its first reply audio arrived. Written to tests/artifacts/ for the
+    report; only its presence and sanity are asserted (speed is for benchmarks)."""
+    speech: list[bytes] = [silence(1)]
+    for question in QUESTIONS:
+        speech += [speak(question), silence(GAP_SECONDS)]
+    wav = microphone(tmp_path / "mic.wav", *speech)
+    async with chromium(wav) as browser:
+        page = await open_page(browser, local.url)
+        await page.click("#talk")
+        turns = len(QUESTIONS)
+        replied = f"document.querySelectorAll('#history li.assistant[title]').length >= {turns}"
+        await until(page, replied, within_ms=WAIT_MS + len(b"".join(speech)) / 32)
+        state = await page_state(page)
+        shown = await page.eval_on_selector_all(
+            "#history li.assistant",
+            "items => items.map(item => ({text: item.querySelector('.meta')?.textContent,"
+            " server: item.title}))",
+        )
+    figures = {
+        "turns": [
+            {"question": q, "heard": t, "first_audio_s": round(s, 3), **shown_}
+            for q, t, s, shown_ in zip(
+                QUESTIONS, state["transcripts"], state["latencies"], shown, strict=False
+            )
+        ],
+        "chunk_samples": state["chunkSamples"],
+        "capture_rate": state["captureRate"],
+        "chunks_sent": state["chunksSent"],
+    }
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "web_first_audio.json").write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures, indent=2))
+    assert len(state["latencies"]) == turns, state["latencies"]
+    assert all(0 < seconds < 30 for seconds in state["latencies"]), state["latencies"]
 
 
 @pytest.mark.models
