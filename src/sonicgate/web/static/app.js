@@ -1,12 +1,13 @@
 // The talk page: speaks the second seed's protocol ("type" messages) to
 // /api/nova-sonic/stream, with the microphone in and the replies played out.
-import { Microphone, Player, levelDb } from "./audio.js";
+import { Microphone, Player } from "./audio.js";
 
 const $ = (id) => document.getElementById(id);
 const SESSION_KEY = "sonicgate.sessionId";
-const SAMPLE_RATE = 16000;
-const VOICE_DB = -45; // a 20 ms frame louder than this counts as speech
-const FRAME = SAMPLE_RATE / 50;
+const FRAME_MS = 10; // the worklet's level frames
+const VOICE_DB = -45; // a frame louder than this counts as speech
+const METER_FLOOR_DB = -60; // the level meter's empty end
+const HANGOVER_MS = 300; // "you are speaking" outlasts short pauses between words
 const RETRY_SECONDS = [0.5, 1, 2, 4, 8];
 // With access control on, open the page as /?token=…: the token goes with every request.
 const TOKEN = new URLSearchParams(location.search).get("token");
@@ -18,8 +19,10 @@ const state = {
   sessionId: sessionStorage.getItem(SESSION_KEY),
   engine: null,
   chunksSent: 0,
-  captureRate: null, // the microphone's own rate, before the worklet resamples it
+  captureRate: null, // the capture context's rate: 16000 unless the browser refused it
   chunkSamples: null,
+  outputRate: 24000, // the replies' rate, as `initialized` announces it
+  speakers: [], // who was speaking, each time it changed: "you", "assistant" or "nobody"
   audioChunksReceived: 0,
   interruptions: 0,
   partials: [],
@@ -34,21 +37,11 @@ let socket = null;
 let ready = false;
 let ended = false; // the user ended the conversation: do not reconnect
 let retries = 0;
-let context = null;
-let player = null;
-let microphone = null;
 let lastVoiceAt = null; // performance.now() when the user's speech last ended
 let turn = null; // {from, reply, heard}: the latest user turn and the reply to it
-
-function audio() {
-  if (context === null) {
-    context = new AudioContext();
-    player = new Player(context);
-    window.sonicgate.player = player;
-  }
-  if (context.state === "suspended") context.resume();
-  return context;
-}
+const player = new Player(showSpeaker);
+const microphone = new Microphone(onChunk);
+window.sonicgate.player = player;
 
 // ---- connection ------------------------------------------------------------
 
@@ -115,6 +108,7 @@ function receive(message) {
 function onInitialized(message) {
   state.sessionId = message.sessionId;
   state.engine = message.engine;
+  state.outputRate = message.outputAudio?.sampleRate ?? state.outputRate;
   sessionStorage.setItem(SESSION_KEY, message.sessionId);
   setConnection("ready", `ready · ${message.engine}`);
   setReady(true);
@@ -172,7 +166,6 @@ function onText(message) {
 
 function onAudio(message) {
   state.audioChunksReceived += 1;
-  audio();
   const bytes = Uint8Array.from(atob(message.audio), (c) => c.charCodeAt(0));
   player.play(bytes.buffer, message.sampleRate);
   const element = replyBubble();
@@ -187,7 +180,7 @@ function onAudio(message) {
 
 function onInterrupted() {
   state.interruptions += 1;
-  player?.stop();
+  player.stop();
   turn?.reply?.classList.add("interrupted");
 }
 
@@ -200,39 +193,53 @@ function onMetrics(stages) {
 // ---- microphone ------------------------------------------------------------
 
 async function toggleMicrophone() {
-  if (microphone) {
-    microphone.close();
-    microphone = null;
-    $("talk").textContent = "Start talking";
-    $("talk").classList.remove("live", "voiced");
-    return;
-  }
+  $("talk").disabled = true; // until this toggle is done
+  player.prepare(state.outputRate); // a click: the moment browsers allow sound to start
   try {
-    microphone = await Microphone.open(audio(), onChunk);
+    if (microphone.live) await microphone.stop();
+    else await microphone.start();
   } catch (error) {
     state.errors.push({ code: "microphone", error: error.message });
     notify(error.message);
-    return;
   }
-  state.captureRate = context.sampleRate;
-  $("talk").textContent = "Mute microphone";
-  $("talk").classList.add("live");
+  state.captureRate = microphone.rate;
+  $("talk").disabled = !ready;
+  $("talk").textContent = microphone.live ? "Mute microphone" : "Start talking";
+  $("talk").setAttribute("aria-pressed", String(microphone.live));
+  if (!microphone.live) $("level").value = 0;
+  showSpeaker();
 }
 
-function onChunk(samples) {
+function onChunk(samples, levels) {
   // Where in this chunk the speech ended, to time the reply from there.
+  let loudest = -Infinity;
   let voicedUntil = -1;
-  for (let start = 0; start + FRAME <= samples.length; start += FRAME) {
-    if (levelDb(samples.subarray(start, start + FRAME)) > VOICE_DB) voicedUntil = start + FRAME;
-  }
-  if (voicedUntil >= 0) {
-    lastVoiceAt = performance.now() - ((samples.length - voicedUntil) / SAMPLE_RATE) * 1000;
-  }
-  $("talk").classList.toggle("voiced", voicedUntil >= 0);
+  levels.forEach((level, frame) => {
+    const db = 20 * Math.log10(level);
+    loudest = Math.max(loudest, db);
+    if (db > VOICE_DB) voicedUntil = frame + 1;
+  });
+  if (voicedUntil >= 0) lastVoiceAt = performance.now() - (levels.length - voicedUntil) * FRAME_MS;
+  $("level").value = Math.max(0, 1 - loudest / METER_FLOOR_DB);
+  showSpeaker();
   if (!ready) return; // between connections: speech is dropped, not queued
   send({ type: "audio_chunk", audio: base64(samples), isComplete: false });
   state.chunksSent += 1;
   state.chunkSamples = samples.length;
+}
+
+/** Who is speaking now, shown beside the microphone: you, the assistant, or nobody. */
+function showSpeaker() {
+  const voiced =
+    microphone.live && lastVoiceAt !== null && performance.now() - lastVoiceAt < HANGOVER_MS;
+  // You first: speaking over a reply interrupts it.
+  const who = voiced ? "you" : player.playing ? "assistant" : "nobody";
+  if (who !== state.speakers.at(-1)) state.speakers.push(who);
+  const idle = microphone.live ? "Listening" : "";
+  const labels = { you: "You are speaking", assistant: "Assistant speaking", nobody: idle };
+  if ($("speaker").textContent === labels[who]) return; // a status rewritten is read out again
+  $("speaker").textContent = labels[who];
+  $("speaker").className = `pill ${who}`;
 }
 
 function base64(samples) {
@@ -310,7 +317,7 @@ async function loadEngines() {
 
 $("talk").onclick = toggleMicrophone;
 $("stop").onclick = () => {
-  player?.stop();
+  player.stop();
   $("stop").disabled = true;
 };
 $("end").onclick = () => {
@@ -325,7 +332,7 @@ $("compose").onsubmit = (event) => {
   event.preventDefault();
   const text = $("text").value.trim();
   if (!text || !ready) return;
-  audio(); // a click: the moment browsers allow sound to start
+  player.prepare(state.outputRate); // a click: the moment browsers allow sound to start
   send({ type: "text_message", text });
   bubble("user", text);
   startReply(performance.now());

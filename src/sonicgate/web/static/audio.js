@@ -1,22 +1,34 @@
-// Microphone in, speech out: the two ends of the browser's audio.
+// Microphone in, speech out: the two ends of the browser's audio, each on an
+// AudioContext of its own at the rate its audio has, so neither is resampled
+// by a cheap interpolator on the way.
 
-/** Level of a pcm16 chunk in dBFS (RMS); -Infinity for digital silence. */
-export function levelDb(samples) {
-  let energy = 0;
-  for (const sample of samples) energy += sample * sample;
-  return 10 * Math.log10(energy / Math.max(1, samples.length) / 32768 ** 2);
-}
+const CAPTURE_RATE = 16000; // what the server hears
 
-/** Captures the microphone as 16 kHz mono pcm16 chunks, handed to `onChunk`. */
+/**
+ * The microphone as 16 kHz mono pcm16 chunks of 40 ms, handed to
+ * `onChunk(pcm, levels)` with the RMS level (0..1) of each 10 ms frame.
+ * One AudioContext and one worklet node serve every start: a stop releases the
+ * device (its tracks stopped) and suspends the context, nothing piles up.
+ */
 export class Microphone {
-  constructor(context, stream, node, source) {
-    this.context = context;
-    this.stream = stream;
-    this.node = node;
-    this.source = source;
+  constructor(onChunk) {
+    this.onChunk = onChunk;
+    this.context = null;
+    this.node = null;
+    this.stream = null;
+    this.source = null;
+    this.flushed = null; // resolves when the worklet has sent its last samples
   }
 
-  static async open(context, onChunk) {
+  get live() {
+    return this.stream !== null;
+  }
+
+  get rate() {
+    return this.context?.sampleRate ?? null;
+  }
+
+  async start() {
     if (!navigator.mediaDevices?.getUserMedia) {
       throw new MicrophoneError(
         "This page can use the microphone only over HTTPS or from localhost.",
@@ -30,21 +42,58 @@ export class Microphone {
     } catch (error) {
       throw MicrophoneError.from(error);
     }
+    try {
+      this.source = await this.sourceFor(stream);
+    } catch (error) {
+      for (const track of stream.getTracks()) track.stop();
+      throw new MicrophoneError(`The microphone failed: ${error.message}`);
+    }
+    this.stream = stream;
+    this.source.connect(this.node);
+    await this.context.resume();
+  }
+
+  async stop() {
+    if (!this.live) return;
+    this.source.disconnect();
+    for (const track of this.stream.getTracks()) track.stop();
+    this.source = null;
+    this.stream = null;
+    // The last words of a partial chunk still go out; then the context sleeps.
+    const flushed = new Promise((resolve) => (this.flushed = resolve));
+    this.node.port.postMessage("flush");
+    await flushed;
+    if (!this.live) await this.context.suspend();
+  }
+
+  async sourceFor(stream) {
+    this.context ??= await this.build(new AudioContext({ sampleRate: CAPTURE_RATE }));
+    try {
+      return this.context.createMediaStreamSource(stream);
+    } catch (error) {
+      // Firefox cannot connect a microphone to a context at another rate than
+      // the device's: capture at the device's rate, and the worklet resamples.
+      if (error.name !== "NotSupportedError" || this.context.sampleRate !== CAPTURE_RATE) {
+        throw error;
+      }
+      await this.context.close();
+      this.context = await this.build(new AudioContext());
+      return this.context.createMediaStreamSource(stream);
+    }
+  }
+
+  async build(context) {
     await context.audioWorklet.addModule(new URL("./capture-worklet.js", import.meta.url));
-    const source = context.createMediaStreamSource(stream);
-    const node = new AudioWorkletNode(context, "capture");
-    node.port.onmessage = (event) => onChunk(new Int16Array(event.data));
+    this.node = new AudioWorkletNode(context, "capture");
+    this.node.port.onmessage = ({ data }) => {
+      if (data === "flushed") this.flushed?.();
+      else this.onChunk(new Int16Array(data.pcm), data.levels);
+    };
     // A node nobody listens to may not be pulled: route it to a muted output.
     const mute = context.createGain();
     mute.gain.value = 0;
-    source.connect(node).connect(mute).connect(context.destination);
-    return new Microphone(context, stream, node, source);
-  }
-
-  close() {
-    this.node.port.postMessage("flush");
-    this.source.disconnect();
-    for (const track of this.stream.getTracks()) track.stop();
+    this.node.connect(mute).connect(context.destination);
+    return context;
   }
 }
 
@@ -64,20 +113,22 @@ export class MicrophoneError extends Error {
  * Plays pcm16 chunks back to back as they arrive: each is scheduled at the
  * end of the one before, so there is no gap between chunks, and `stop()`
  * silences everything scheduled at once (barge-in, or the stop button).
+ * Its context runs at the replies' rate (the browser resamples to the device
+ * properly); `onChange(playing)` hears when playback starts and ends.
  */
 export class Player {
   // Headroom for the first chunk of a reply, so its start is not clipped.
   static LEAD_SECONDS = 0.05;
 
-  constructor(context) {
-    this.context = context;
-    this.analyser = context.createAnalyser();
-    this.analyser.connect(context.destination);
+  constructor(onChange) {
+    this.onChange = onChange;
+    this.context = null;
+    this.analyser = null;
     this.sources = new Set();
     this.playhead = 0;
     this.chunksPlayed = 0;
     this.peak = 0; // loudest sample heard by the analyser, 0..1
-    this.samples = new Float32Array(this.analyser.fftSize);
+    this.samples = null;
     setInterval(() => this.listen(), 50);
   }
 
@@ -85,9 +136,23 @@ export class Player {
     return this.sources.size > 0;
   }
 
+  /** Readies a context at `rate`: call it in a click, where browsers allow sound to start. */
+  prepare(rate) {
+    if (this.context?.sampleRate !== rate) {
+      this.stop();
+      this.context?.close();
+      this.context = new AudioContext({ sampleRate: rate });
+      this.analyser = this.context.createAnalyser();
+      this.analyser.connect(this.context.destination);
+      this.samples = new Float32Array(this.analyser.fftSize);
+    }
+    if (this.context.state === "suspended") this.context.resume();
+  }
+
   play(pcm16, sampleRate) {
     const samples = new Int16Array(pcm16);
     if (samples.length === 0) return;
+    this.prepare(sampleRate);
     const buffer = this.context.createBuffer(1, samples.length, sampleRate);
     const channel = buffer.getChannelData(0);
     for (let i = 0; i < samples.length; i++) channel[i] = samples[i] / 32768;
@@ -98,8 +163,11 @@ export class Player {
     source.start(start);
     this.playhead = start + buffer.duration;
     this.sources.add(source);
+    if (this.sources.size === 1) this.onChange(true);
     source.onended = () => {
-      if (this.sources.delete(source)) this.chunksPlayed += 1;
+      if (!this.sources.delete(source)) return;
+      this.chunksPlayed += 1;
+      if (!this.playing) this.onChange(false);
     };
   }
 
@@ -109,6 +177,7 @@ export class Player {
     this.sources.clear(); // first, so their `ended` does not count as played
     for (const source of sources) source.stop();
     this.playhead = 0;
+    if (stopped > 0) this.onChange(false);
     return stopped;
   }
 
