@@ -117,7 +117,8 @@ class LocalEngine:
     ) -> LocalEngine:
         paths = locate(data_dir, selection)
         started = time.perf_counter()
-        chosen = tuple(paths.names.values())
+        # The four stages' models; the turn detector is part of listening.
+        chosen = tuple(name for kind, name in paths.names.items() if kind is not Kind.TURN)
         log.info("loading local models %s from %s", ", ".join(chosen), data_dir)
         llm_runs = RunCheck(paths.llm)  # a CPU it cannot run on: one clear error, not SIGILL
         vad, stt = SileroVad(paths.vad), Transcriber(paths.stt)
