@@ -1,8 +1,15 @@
-"""Endpointing over VAD probabilities: audio time, no sleeping."""
+"""Endpointing over VAD probabilities (audio time, no sleeping), and the turn detector."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
+from bench.speech import RATE, natural, paused, silence
+from sonicgate.config import default_data_dir
+from sonicgate.engines.local.smart_turn import WINDOW, SmartTurn, window
 from sonicgate.engines.local.turns import Cue, Endpointer, TurnOptions, frames
+from sonicgate.models import locate
 
 OPTIONS = TurnOptions(silence_ms=480, speculate_ms=160, min_speech_ms=192, onset_ms=64)
 
@@ -63,3 +70,26 @@ def test_max_turn_length_forces_an_end() -> None:
     options = TurnOptions(max_turn_ms=2000)
     kinds = [c for _, c in run(Endpointer(options), [(0.9, 2500)])]
     assert Cue.END_OF_TURN in kinds
+
+
+# The turn detector ----------------------------------------------------------------
+
+
+def test_the_detector_hears_the_last_eight_seconds_after_zeros() -> None:
+    short = window(np.full(RATE, 1000, "<i2").tobytes())
+    assert len(short) == WINDOW
+    assert np.allclose(short[: WINDOW - RATE], short[0])  # the zeros before, as one level
+    assert abs(float(short.mean())) < 1e-3 and abs(float(short.std()) - 1) < 1e-3
+    ramp = np.arange(10 * RATE, dtype=np.int64) % 30_000
+    kept = window(ramp.astype("<i2").tobytes())
+    expected = ramp[-WINDOW:].astype(np.float32)
+    assert np.allclose(kept, (expected - expected.mean()) / expected.std(), atol=1e-3)
+
+
+@pytest.mark.models
+def test_the_detector_tells_a_finished_question_from_one_cut_mid_phrase() -> None:
+    detector = SmartTurn(locate(default_data_dir()).turn)
+    finished = natural("What is the capital of France?") + silence(0.2)
+    said, (pause,) = paused("What is the capital of | France?", [0.5])
+    cut = said[: round(pause * RATE) * 2] + silence(0.2)
+    assert detector.probability(finished) > 0.5 > detector.probability(cut)
