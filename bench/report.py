@@ -148,11 +148,11 @@ def turn_taking() -> list[str]:
         f"{s['utterances']} utterances in {s['voice']}'s voice, {s['with_pauses']} with pauses "
         f"of 0.5-1.2 s inside; the detector took {s['detector_ms_p50']:.0f} ms (p50).",
         "",
-        "| rule | false cut-offs (of those with pauses) | wait p50 (ms) | wait p90 (ms) |",
-        "|---|---|---|---|",
+        "| rule | false cut-offs (of those with pauses) | wait p50 / p90 / mean (ms) |",
+        "|---|---|---|",
         *(
-            f"| {label} | {r['false_cut_off_rate_paused']:.1%} | {r['wait_p50'] * 1000:.0f} "
-            f"| {r['wait_p90'] * 1000:.0f} |"
+            f"| {label} | {r['false_cut_off_rate_paused']:.1%} | {r['wait_p50'] * 1000:.0f} / "
+            f"{r['wait_p90'] * 1000:.0f} / {r['wait_mean'] * 1000:.0f} |"
             for label, r in s["rules"].items()
         ),
         "",

@@ -33,6 +33,9 @@ pytestmark = pytest.mark.models
 
 CHUNK = 4096 * 2  # the second seed's 4096-sample chunks
 REAL_TIME = CHUNK / 32_000  # seconds between chunks at the pace of speech
+# Silence after espeak-ng's speech: the turn detector often hears its flat ending as
+# unfinished, and then waits for its 1.5 s fallback.
+AFTER = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +77,7 @@ async def test_a_spoken_turn_gets_a_spoken_reply(engine: LocalEngine) -> None:
     session = await engine.start(EngineConfig())
     events: list[EngineEvent] = []
     reader = asyncio.create_task(collect(session.events(), TurnEnded, events))
-    await stream(session, silence(0.3) + speak("What is the capital of France?") + silence(1.5))
+    await stream(session, silence(0.3) + speak("What is the capital of France?") + silence(AFTER))
     await asyncio.wait_for(reader, 60)
     await session.close()
 
@@ -140,7 +143,7 @@ async def test_two_sessions_at_once(engine: LocalEngine) -> None:
         session = await engine.start(EngineConfig())
         events: list[EngineEvent] = []
         reader = asyncio.create_task(collect(session.events(), TurnEnded, events))
-        await stream(session, speak(text) + silence(1.5), pace=0.05)
+        await stream(session, speak(text) + silence(AFTER), pace=0.05)
         await asyncio.wait_for(reader, 90)
         await session.close()
         return next(e.text for e in events if isinstance(e, TranscriptFinal))
@@ -180,7 +183,7 @@ async def test_seed_client_talks_to_the_local_engine_through_the_server(
     await client.send({"type": "initialize"})
     ready = await client.recv()
     assert ready["engine"] == "local"
-    audio = speak("What is the largest ocean?") + silence(1.5)
+    audio = speak("What is the largest ocean?") + silence(AFTER)
     for offset in range(0, len(audio), CHUNK):
         chunk = base64.b64encode(audio[offset : offset + CHUNK]).decode()
         await client.send({"type": "audio_chunk", "audio": chunk, "isComplete": False})
@@ -209,7 +212,7 @@ async def test_the_optional_models_hold_a_conversation() -> None:
     events: list[EngineEvent] = []
     reader = asyncio.create_task(collect(session.events(), TurnEnded, events))
     question = "What is the largest ocean on Earth?"
-    await stream(session, silence(0.3) + speak(question) + silence(1.5))
+    await stream(session, silence(0.3) + speak(question) + silence(AFTER))
     await asyncio.wait_for(reader, 90)
     await session.close()
     await engine.aclose()
