@@ -1,5 +1,6 @@
-"""``make bench``: every benchmark, each against a server of its own, then the
-summary page. About 15 minutes on 2 cores (the load run alone takes 5).
+"""``make bench``: every benchmark, each against a server of its own (turn-taking
+needs none), then the summary page. About 15 minutes on 2 cores (the load run
+alone takes 5).
 
     python -m bench [--quick]
 """
@@ -16,6 +17,7 @@ from bench import report
 BENCHMARKS = (
     ("local_latency", ()),
     ("local_barge_in", ()),
+    ("turn_taking", ("--ask-ms", "200", "--thresholds", "0.5", "0.9")),
     ("nova_overhead", ()),
     ("load", ()),
     ("capacity", ()),

@@ -12,14 +12,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Coroutine
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import websockets
 
 from sonicgate.config import default_data_dir
+from sonicgate.engines.local.cpu import read_cpu
 
 RESULTS = Path(__file__).parent / "results"
+# What the local engine's figures depend on, recorded with each result.
+LIBRARIES = ("onnxruntime", "faster-whisper", "llama-cpp-python", "hibari-tts", "numpy")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -91,9 +95,14 @@ def measure[T](url: str | None, port: int, run: Callable[[str], Coroutine[Any, A
             server.wait()
 
 
+def machine() -> dict[str, Any]:
+    """Which CPU, how many cores, and which library versions a figure came from."""
+    return {**read_cpu().describe(), "libraries": {name: version(name) for name in LIBRARIES}}
+
+
 def write_results(name: str, summary: dict[str, Any], **details: Any) -> None:
     """``bench/results/<name>.json``; the summary is printed too."""
-    result = {"benchmark": name, "machine": {"cores": os.cpu_count()}, "summary": summary}
+    result = {"benchmark": name, "machine": machine(), "summary": summary}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({**result, **details}, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

@@ -1,8 +1,10 @@
 """Voice-to-voice latency of the local engine, through a running server.
 
-Plays espeak-ng utterances into ``/api/nova-sonic/stream`` (second seed's
-dialect) at real-time pace, then keeps streaming silence as a microphone
-would. Per turn it records end of user speech -> first audio byte out, and
+Plays utterances in hibari's voice into ``/api/nova-sonic/stream`` (second
+seed's dialect) at real-time pace, then keeps streaming silence as a microphone
+would. A natural voice: the turn detector hears by the intonation when a
+speaker is done, and espeak-ng's flat endings would make it wait its 1.5 s
+fallback. Per turn it records end of user speech -> first audio byte out, and
 the engine's stage timings (the ``metrics`` message). Writes
 ``bench/results/local_latency.json``.
 
@@ -24,7 +26,7 @@ from typing import Any
 import websockets
 
 from bench.harness import measure, percentile, write_results
-from bench.speech import silence, speak
+from bench.speech import natural, silence
 
 UTTERANCES = [
     "What is the capital of France?",
@@ -61,7 +63,7 @@ async def run_turns(url: str, turns: int, chunk_samples: int) -> list[dict[str, 
         assert ready["type"] == "initialized", ready
         for index in range(turns):
             text = UTTERANCES[index % len(UTTERANCES)]
-            speech = speak(text)
+            speech = natural(text)
             audio = silence(0.3) + speech
             speech_end = len(audio) / 32_000  # seconds into the stream
             audio += silence(4.0)

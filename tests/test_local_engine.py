@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from bench.speech import silence, speak
+from bench.speech import natural, paused, silence, speak
 from sonicgate.config import default_data_dir
 from sonicgate.engines.base import EngineConfig, EngineError, supports_language
 from sonicgate.engines.local import LocalEngine, LocalModels
+from sonicgate.engines.local.turns import TurnOptions
 from sonicgate.events import (
     AudioOut,
     EngineEvent,
@@ -31,6 +32,10 @@ from tests.test_metrics import scrape
 pytestmark = pytest.mark.models
 
 CHUNK = 4096 * 2  # the second seed's 4096-sample chunks
+REAL_TIME = CHUNK / 32_000  # seconds between chunks at the pace of speech
+# Silence after espeak-ng's speech: the turn detector often hears its flat ending as
+# unfinished, and then waits for its 1.5 s fallback.
+AFTER = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +67,17 @@ async def stream(session: object, pcm: bytes, pace: float = 0.0) -> None:
         await asyncio.sleep(pace)
 
 
+@pytest.fixture(scope="module")
+def listening(local_models: LocalModels) -> LocalEngine:
+    """Turns end when the turn detector hears the user is done."""
+    return LocalEngine(local_models, TurnOptions(semantic=True))
+
+
 async def test_a_spoken_turn_gets_a_spoken_reply(engine: LocalEngine) -> None:
     session = await engine.start(EngineConfig())
     events: list[EngineEvent] = []
     reader = asyncio.create_task(collect(session.events(), TurnEnded, events))
-    await stream(session, silence(0.3) + speak("What is the capital of France?") + silence(1.5))
+    await stream(session, silence(0.3) + speak("What is the capital of France?") + silence(AFTER))
     await asyncio.wait_for(reader, 60)
     await session.close()
 
@@ -132,7 +143,7 @@ async def test_two_sessions_at_once(engine: LocalEngine) -> None:
         session = await engine.start(EngineConfig())
         events: list[EngineEvent] = []
         reader = asyncio.create_task(collect(session.events(), TurnEnded, events))
-        await stream(session, speak(text) + silence(1.5), pace=0.05)
+        await stream(session, speak(text) + silence(AFTER), pace=0.05)
         await asyncio.wait_for(reader, 90)
         await session.close()
         return next(e.text for e in events if isinstance(e, TranscriptFinal))
@@ -172,7 +183,7 @@ async def test_seed_client_talks_to_the_local_engine_through_the_server(
     await client.send({"type": "initialize"})
     ready = await client.recv()
     assert ready["engine"] == "local"
-    audio = speak("What is the largest ocean?") + silence(1.5)
+    audio = speak("What is the largest ocean?") + silence(AFTER)
     for offset in range(0, len(audio), CHUNK):
         chunk = base64.b64encode(audio[offset : offset + CHUNK]).decode()
         await client.send({"type": "audio_chunk", "audio": chunk, "isComplete": False})
@@ -201,7 +212,7 @@ async def test_the_optional_models_hold_a_conversation() -> None:
     events: list[EngineEvent] = []
     reader = asyncio.create_task(collect(session.events(), TurnEnded, events))
     question = "What is the largest ocean on Earth?"
-    await stream(session, silence(0.3) + speak(question) + silence(1.5))
+    await stream(session, silence(0.3) + speak(question) + silence(AFTER))
     await asyncio.wait_for(reader, 90)
     await session.close()
     await engine.aclose()
@@ -226,3 +237,36 @@ async def test_text_only_mode_answers_in_words_alone(engine: LocalEngine) -> Non
     reply = next(e for e in events if isinstance(e, ResponseTextFinal))
     assert "paris" in words(reply.text)
     assert not any(isinstance(e, AudioOut) for e in events)
+
+
+async def one_turn(engine: LocalEngine, pcm: bytes) -> list[EngineEvent]:
+    """``pcm`` streamed at the pace of speech (the turn detector answers while audio
+    goes on coming); the events up to the end of the first turn."""
+    session = await engine.start(EngineConfig(text_only=True))
+    events: list[EngineEvent] = []
+    reader = asyncio.create_task(collect(session.events(), TurnEnded, events))
+    await stream(session, pcm, pace=REAL_TIME)
+    await asyncio.wait_for(reader, 60)
+    await session.close()
+    return events
+
+
+async def test_the_detector_ends_a_finished_question_before_the_silence_fallback(
+    listening: LocalEngine,
+) -> None:
+    # 0.8 s of silence: shorter than the fallback, only the detector can end the turn.
+    events = await one_turn(
+        listening, silence(0.3) + natural("What is the capital of France?") + silence(0.8)
+    )
+    final = next(e for e in events if isinstance(e, TranscriptFinal))
+    assert heard(final.text, "what is the capital of france"), final.text
+    metrics = next(e for e in events if isinstance(e, Metrics))
+    assert metrics.stages["endpoint"] < 0.8
+
+
+async def test_a_pause_inside_a_sentence_does_not_end_the_turn(listening: LocalEngine) -> None:
+    said, _ = paused("So the problem is | my laptop won't turn on.", [0.9])
+    events = await one_turn(listening, silence(0.3) + said + silence(2.0))
+    finals = [e for e in events if isinstance(e, TranscriptFinal)]
+    assert len(finals) == 1
+    assert heard(finals[0].text, "so the problem is my laptop won't turn on"), finals[0].text

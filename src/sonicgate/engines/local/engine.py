@@ -23,6 +23,7 @@ from pathlib import Path
 from sonicgate.domain import Capabilities, ErrorCode, Message
 from sonicgate.engines.base import BaseEngineSession, EngineConfig, EngineError
 from sonicgate.engines.local.llm import Chat, ChatModel, RunCheck
+from sonicgate.engines.local.smart_turn import SmartTurn, TurnDetector
 from sonicgate.engines.local.stt import Recognizer, Transcriber
 from sonicgate.engines.local.text import SentenceSplitter, before_code
 from sonicgate.engines.local.tts import Synthesizer, load_synthesizer
@@ -66,10 +67,13 @@ class LocalModels:
     tts: Synthesizer
     names: tuple[str, ...]
     languages: tuple[str, ...] = LANGUAGES
+    turn: TurnDetector | None = None  # without one, a turn ends after a fixed silence
 
     def warm_up(self) -> None:
         """Run each model once: first calls pay for allocation and caches."""
         self.stt.transcribe(bytes(32_000))
+        if self.turn is not None:
+            self.turn.probability(bytes(32_000))
         for _ in self.llm.stream([{"role": "user", "content": "Hi"}], threading.Event(), 1):
             pass
         self.tts.synthesize("Ready.")
@@ -100,6 +104,8 @@ class LocalEngine:
         self.tts_pool: ThreadPoolExecutor = (
             beside.tts_pool if beside else self._pool("tts", workers)
         )
+        # The turn detector's own thread: behind a transcription, its answer would come late.
+        self.turn_pool: ThreadPoolExecutor = beside.turn_pool if beside else self._pool("turn", 1)
         # Models for one session (its own credentials, say); by default the shared ones.
         self._session_models = session_models or (lambda config: self.models)
 
@@ -112,13 +118,21 @@ class LocalEngine:
     ) -> LocalEngine:
         paths = locate(data_dir, selection)
         started = time.perf_counter()
-        chosen = tuple(paths.names.values())
+        # The four stages' models; the turn detector is part of listening.
+        chosen = tuple(name for kind, name in paths.names.items() if kind is not Kind.TURN)
         log.info("loading local models %s from %s", ", ".join(chosen), data_dir)
         llm_runs = RunCheck(paths.llm)  # a CPU it cannot run on: one clear error, not SIGILL
         vad, stt = SileroVad(paths.vad), Transcriber(paths.stt)
         tts = load_synthesizer(paths.names[Kind.TTS], paths.tts)
         llm_runs.result()
-        models = LocalModels(vad=vad, stt=stt, llm=ChatModel(paths.llm), tts=tts, names=chosen)
+        models = LocalModels(
+            vad=vad,
+            stt=stt,
+            llm=ChatModel(paths.llm),
+            tts=tts,
+            names=chosen,
+            turn=SmartTurn(paths.turn),
+        )
         models.warm_up()
         log.info("local models loaded and warmed up in %.1f s", time.perf_counter() - started)
         return cls(models, options)
@@ -195,7 +209,10 @@ class LocalSession(BaseEngineSession):
         self._models = models
         self._language = config.language.split("-")[0].lower()
         self._vad = VadStream(models.vad)
-        self._endpointer = Endpointer(engine.options)
+        # Without a turn detector (remote backends), the silence rule.
+        semantic = engine.options.semantic and models.turn is not None
+        self._endpointer = Endpointer(replace(engine.options, semantic=semantic))
+        self._asking: asyncio.Task[None] | None = None  # the turn detector at work
         self._frames = bytearray()  # input not yet a whole VAD frame
         self._preroll = bytearray()
         self._utterance = bytearray()
@@ -237,7 +254,7 @@ class LocalSession(BaseEngineSession):
         await self._barge_in()
 
     async def close(self) -> None:
-        for task in (self._partial, self._turn.task if self._turn else None):
+        for task in (self._partial, self._asking, self._turn.task if self._turn else None):
             if task is not None:
                 task.cancel()
         if self._turn is not None:
@@ -276,6 +293,9 @@ class LocalSession(BaseEngineSession):
                         reference=self._last_voiced,
                     )
                 )
+            case Cue.ASK if self._models.turn is not None:
+                ask = self._ask(self._models.turn, self._endpointer.asks, bytes(self._utterance))
+                self._asking = asyncio.create_task(ask)
             case Cue.RESUMED:
                 self._drop_speculation()
             case Cue.END_OF_TURN:
@@ -283,6 +303,12 @@ class LocalSession(BaseEngineSession):
             case Cue.NOISE:
                 self._drop_speculation()
                 self._utterance.clear()
+
+    async def _ask(self, detector: TurnDetector, ask: int, pcm: bytes) -> None:
+        """Is the user done? The detector answers from its thread; if so, the turn ends."""
+        probability = await self._run(self._engine.turn_pool, detector.probability, pcm)
+        if self._endpointer.answer(ask, probability) is Cue.END_OF_TURN:
+            await self._commit(TriggerReason.SILENCE)
 
     async def _commit(self, reason: TriggerReason) -> None:
         turn = self._turn

@@ -1,7 +1,10 @@
 """Turn-taking for the local engine: where speech starts and ends.
 
 Pure logic over VAD probabilities, driven by audio time (frames), not the
-wall clock, so it is tested without sleeping.
+wall clock, so it is tested without sleeping. A turn ends when the turn
+detector, asked at a short silence, says the user is done (its answer comes
+back through ``Endpointer.answer``), or after a longer silence if it said not;
+without the detector (``semantic=False``), after a fixed silence.
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ FRAME_MS = FRAME_SAMPLES * 1000 / 16_000
 class TurnOptions:
     """Endpointing knobs, in milliseconds of audio."""
 
-    silence_ms: int = 500  # silence that ends a turn
+    # Chosen by bench/turn_taking.py: asked at 128 ms of silence the detector does as well
+    # as at 200 ms, and sooner; it calls many pauses the end with p > 0.9, so only a
+    # near-certain answer ends the turn. Its pauses (0.5-1.2 s) stay under the fallback.
+    semantic: bool = True  # ask the turn detector; False: the silence rule alone
+    ask_ms: int = 128  # silence after which the turn detector is asked
+    complete_threshold: float = 0.97  # the detector's probability that ends the turn
+    fallback_ms: int = 1500  # silence that ends a turn the detector said was not over
+    silence_ms: int = 500  # silence that ends a turn by the silence rule (and a noise)
     speculate_ms: int = 96  # silence after which the answer starts speculatively
     min_speech_ms: int = 200  # shorter bursts are noise, not a turn
     onset_ms: int = 64  # speech this long starts a turn (and barges in)
@@ -32,6 +42,7 @@ class Cue(Enum):
     SPEECH_STARTED = auto()
     PARTIAL = auto()  # time for a partial transcript
     SPECULATE = auto()  # probably the end: start answering, hold the output
+    ASK = auto()  # time to ask the turn detector whether the user is done (ask number ``asks``)
     RESUMED = auto()  # the user went on speaking: drop the speculative answer
     END_OF_TURN = auto()
     NOISE = auto()  # the burst was too short to be a turn
@@ -53,6 +64,8 @@ class Endpointer:
         self._turn_frames = 0
         self._speculating = False
         self._next_partial = frames(options.first_partial_ms)
+        self.asks = 0  # asks so far: an answer names the one it answers
+        self._awaited: int | None = None  # the ask whose answer still counts
 
     @property
     def turn_ms(self) -> float:
@@ -63,6 +76,7 @@ class Endpointer:
         self._voiced_run = self._silent_run = self._speech_frames = self._turn_frames = 0
         self._speculating = False
         self._next_partial = frames(self.options.first_partial_ms)
+        self._awaited = None
 
     def step(self, probability: float) -> Cue | None:
         o = self.options
@@ -80,6 +94,7 @@ class Endpointer:
         if voiced:
             self._speech_frames += 1
             self._silent_run = 0
+            self._awaited = None  # the user goes on: an answer on the pause comes too late
             if self._speculating:
                 self._speculating = False
                 return Cue.RESUMED
@@ -91,16 +106,26 @@ class Endpointer:
             return None
 
         self._silent_run += 1
-        if self._silent_run >= frames(o.silence_ms):
+        enough_speech = self._speech_frames >= frames(o.min_speech_ms)
+        semantic = o.semantic and enough_speech
+        if self._silent_run >= frames(o.fallback_ms if semantic else o.silence_ms):
             return self._end()
-        if (
-            not self._speculating
-            and self._silent_run >= frames(o.speculate_ms)
-            and self._speech_frames >= frames(o.min_speech_ms)
-        ):
+        if semantic and self._silent_run == frames(o.ask_ms):
+            self.asks += 1
+            self._awaited = self.asks
+            return Cue.ASK
+        if not self._speculating and self._silent_run >= frames(o.speculate_ms) and enough_speech:
             self._speculating = True
             return Cue.SPECULATE
         return None
+
+    def answer(self, ask: int, probability: float) -> Cue | None:
+        """The detector's answer to ask number ``ask``: END_OF_TURN when the user is
+        done; None when not, or too late (the user spoke again, the turn ended)."""
+        if ask != self._awaited:
+            return None
+        self._awaited = None
+        return self._end() if probability >= self.options.complete_threshold else None
 
     def _end(self) -> Cue:
         long_enough = self._speech_frames >= frames(self.options.min_speech_ms)
