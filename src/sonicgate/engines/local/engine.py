@@ -437,7 +437,7 @@ class LocalSession:
                 continue
             pcm = await self._run(self._engine.tts_pool, tts.synthesize, piece)
             turn.mark("first_sentence_synthesized")
-            await self._emit(turn, AudioOut(pcm, tts.sample_rate))
+            await self._emit(turn, AudioOut(pcm, tts.sample_rate, piece))
             turn.spoken.append(piece)
 
     async def _generate(self, messages: list[dict[str, str]], turn: Turn) -> AsyncIterator[str]:
