@@ -49,7 +49,7 @@ from sonicgate.events import (
     Usage,
 )
 from sonicgate.metrics import GatewayMetrics
-from sonicgate.protocol.base import Dialect, JsonObject, ProtocolError, SessionView
+from sonicgate.protocol.base import Dialect, HeardReplies, JsonObject, ProtocolError, SessionView
 from sonicgate.sessions.sequencer import Sequencer
 from sonicgate.sessions.state import StateMachine
 from sonicgate.store.audio import AudioStore
@@ -125,6 +125,9 @@ class LiveSession:
         self._answering_last = False
         self._usage: Usage | None = None  # the engine's last running token totals
         self._trace = tracing.TurnTrace(record.sessionId, view.engine)
+        # A dialect that knows what was heard has replies recorded as heard, once the
+        # conversation has moved on (the next user turn, or the end).
+        self._heard = dialect if isinstance(dialect, HeardReplies) else None
         self._pump = asyncio.create_task(self._run_engine(), name=f"engine-{record.sessionId}")
         self.closed = False
         self.last_activity = time.time()  # wall clock: compared with stored timestamps
@@ -263,6 +266,7 @@ class LiveSession:
                     TRANSCRIPTION_EVENT, {"text": text, "isFinal": False, "confidence": confidence}
                 )
             case TranscriptFinal(text=text, confidence=confidence, reason=reason):
+                await self._remember_heard()
                 await self._user_turn(text)
                 # Words counted, never logged: what users say stays out of the logs.
                 self._trace.start(self._turn, str(reason))
@@ -280,7 +284,7 @@ class LiveSession:
             case AudioOut(pcm=pcm, sample_rate=rate):
                 _append_bounded(self._reply_audio, pcm, RECORDING_LIMIT_SECONDS * rate * 2)
             case ResponseTextFinal(text=text):
-                if text:
+                if text and self._heard is None:
                     await self._remember(Message(Role.ASSISTANT, text))
                 await self._publish(RESPONSE_EVENT, {"text": text})
             case TurnEnded():
@@ -321,6 +325,11 @@ class LiveSession:
 
     async def _save_audio(self, role: str, pcm: bytes, rate: int) -> None:
         await self._services.audio.save(self.session_id, self._turn, role, wav_bytes(pcm, rate))
+
+    async def _remember_heard(self, *, closing: bool = False) -> None:
+        if self._heard is not None:
+            for text in self._heard.heard_replies(closing=closing):
+                await self._remember(Message(Role.ASSISTANT, text))
 
     async def _remember(self, message: Message) -> None:
         if await saved(self._services.store.append_message(self.session_id, message), "message"):
@@ -376,6 +385,7 @@ class LiveSession:
         if status is not None:  # ended: no other node will resume its turn
             self.record.status = status
             await saved(self._services.store.clear_turn_audio(self.session_id), "turn audio")
+        await self._remember_heard(closing=True)
         await self._assistant_audio()  # saves a reply cut short by the close, then persists
         event = "ended" if status is not None else "detached"
         await self._publish(SESSION_EVENT, {"event": event, "status": str(self.record.status)})
