@@ -21,6 +21,7 @@ from websockets.exceptions import InvalidStatus
 from bench.speech import silence, speak
 from sonicgate.audio.telephony import (
     FRAME_BYTES,
+    FRAME_SECONDS,
     MULAW_SILENCE,
     CallerAudio,
     ReplyAudio,
@@ -504,8 +505,8 @@ async def test_speaking_over_a_reply_clears_it_and_keeps_what_was_heard(
     phone.say(tone(0.5, 16_000))
     await phone.until(lambda: phone.messages("clear"), within=5)
     cleared_at = next(when for when, m in phone.received if m["event"] == "clear")
-    assert phone.speaking_since is not None
-    onset_to_clear = cleared_at - phone.speaking_since
+    assert phone.speech_sent_at is not None
+    onset_to_clear = cleared_at - phone.speech_sent_at
     print(f"speech onset -> clear: {onset_to_clear * 1000:.0f} ms")
     assert onset_to_clear < 0.3  # loud from its first frame: detected in one
 
@@ -671,11 +672,11 @@ async def test_a_phone_call_to_the_local_engine(
 ) -> None:
     server = await make_server({"local": LocalEngine(local_models)})
     phone = await Phone.ring(server.url)
-    speech = speak("What is the capital of France?")
-    phone.say(silence(0.5) + speech)
-    await phone.until(lambda: phone.speaking_since is not None, within=5)
-    assert phone.speaking_since is not None
-    spoken_until = phone.speaking_since + 0.5 + len(speech) / 32_000
+    said = silence(0.5) + speak("What is the capital of France?")
+    phone.say(said)
+    await phone.until(lambda: phone.speech_sent_at is not None, within=5)
+    assert phone.speech_sent_at is not None  # once its first frame was all heard
+    spoken_until = phone.speech_sent_at - FRAME_SECONDS + len(said) / 32_000
     await phone.until(lambda: bool(phone.messages("media")), within=30)
     latency = media_times(phone)[0] - spoken_until
     print(f"end of speech -> first reply audio on the call: {latency * 1000:.0f} ms")

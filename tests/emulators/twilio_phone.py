@@ -76,7 +76,8 @@ class Phone:
         self.received: list[tuple[float, dict[str, Any]]] = []  # (perf_counter, message)
         self.played = bytearray()  # what the caller heard
         self.echoed: list[str] = []  # marks, in the order Twilio echoed them
-        self.speaking_since: float | None = None  # when the last thing said began to go out
+        self.frames_sent_at: list[float] = []  # perf_counter of each media message
+        self.speech_sent_at: float | None = None  # the first frame of what was last said
         self.changed = asyncio.Event()  # set at every message from the gateway
 
     @classmethod
@@ -158,7 +159,7 @@ class Phone:
     def say(self, pcm16k: bytes) -> None:
         """Speak 16 kHz pcm16 into the phone, after what is still being said."""
         self._speech += telephone_quality(pcm16k)
-        self.speaking_since = None
+        self.speech_sent_at = None
 
     async def press(self, digit: str) -> None:
         await self.send_event("dtmf", dtmf={"track": "inbound_track", "digit": digit})
@@ -181,6 +182,11 @@ class Phone:
         await asyncio.wait_for(self._ws.wait_closed(), within)
         return self._ws.close_code
 
+    @property
+    def playing(self) -> bool:
+        """Whether reply audio is still queued for the caller's ear."""
+        return any(isinstance(item, bytes) for item in self._playback)
+
     def messages(self, event: str) -> list[dict[str, Any]]:
         return [message for _, message in self.received if message["event"] == event]
 
@@ -192,12 +198,14 @@ class Phone:
                 await self.changed.wait()
 
     async def _microphone(self) -> None:
-        """20 ms of the caller's audio at a time, at real-time pace."""
+        """20 ms of the caller's audio at a time, each sent once all of it was heard."""
         started = time.perf_counter()
         for chunk in itertools.count(1):
+            await asyncio.sleep(max(0.0, started + chunk * FRAME_SECONDS - time.perf_counter()))
             frame = bytes(self._speech[:FRAME_BYTES]).ljust(FRAME_BYTES, bytes([MULAW_SILENCE]))
-            if self._speech and self.speaking_since is None:
-                self.speaking_since = time.perf_counter()
+            self.frames_sent_at.append(time.perf_counter())
+            if self._speech and self.speech_sent_at is None:
+                self.speech_sent_at = self.frames_sent_at[-1]
             del self._speech[:FRAME_BYTES]
             media = {
                 "track": "inbound",
@@ -206,7 +214,6 @@ class Phone:
                 "payload": base64.b64encode(frame).decode(),
             }
             await self.send_event("media", media=media)
-            await asyncio.sleep(max(0.0, started + chunk * FRAME_SECONDS - time.perf_counter()))
 
     async def _listen(self) -> None:
         assert self._ws is not None
