@@ -1,5 +1,5 @@
 """``make bench``: every benchmark, each against a server of its own, then the
-summary page. About 15 minutes on 2 cores (the load run alone takes 5).
+summary page. About 20 minutes on 2 cores (the load run alone takes 5).
 
     python -m bench [--quick]
 """
@@ -17,10 +17,15 @@ BENCHMARKS = (
     ("local_latency", ()),
     ("local_barge_in", ()),
     ("nova_overhead", ()),
+    ("phone", ()),
     ("load", ()),
     ("capacity", ()),
 )
-QUICK = {"load": ("--minutes", "1"), "local_latency": ("--turns", "20")}
+QUICK = {
+    "load": ("--minutes", "1"),
+    "local_latency": ("--turns", "20"),
+    "phone": ("--turns", "5", "--seconds", "20"),
+}
 
 
 def main() -> None:

@@ -6,12 +6,14 @@ import asyncio
 import atexit
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Coroutine
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,19 @@ import websockets
 from sonicgate.config import default_data_dir
 
 RESULTS = Path(__file__).parent / "results"
+# The libraries whose versions decide the figures, recorded with them.
+LIBRARIES = (
+    "sonicgate",
+    "numpy",
+    "soxr",
+    "av",
+    "uvicorn",
+    "starlette",
+    "websockets",
+    "onnxruntime",
+    "faster-whisper",
+    "llama-cpp-python",
+)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -91,9 +106,27 @@ def measure[T](url: str | None, port: int, run: Callable[[str], Coroutine[Any, A
             server.wait()
 
 
+def machine() -> dict[str, Any]:
+    """What the figures were measured on: CPU, cores, Python and library versions."""
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "libraries": {name: version(name) for name in LIBRARIES},
+    }
+
+
 def write_results(name: str, summary: dict[str, Any], **details: Any) -> None:
     """``bench/results/<name>.json``; the summary is printed too."""
-    result = {"benchmark": name, "machine": {"cores": os.cpu_count()}, "summary": summary}
+    result = {"benchmark": name, "machine": machine(), "summary": summary}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({**result, **details}, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
