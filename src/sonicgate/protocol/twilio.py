@@ -267,7 +267,7 @@ class TwilioDialect:
             raise ProtocolError("unknown_mark", f"no mark '{name}' was sent on this call")
         reply.played_seconds += piece.seconds
         if piece.text:
-            reply.played_words.append(piece.text.strip())
+            reply.played_words.append(piece.text)
 
     # Gateway -> Twilio -----------------------------------------------------------
 
@@ -310,7 +310,7 @@ class TwilioDialect:
         self._send_audio(reply, frames)
         if audio.text:
             reply.worded = True
-            self._unmarked.text += audio.text
+            self._unmarked.text = f"{self._unmarked.text} {audio.text.strip()}".lstrip()
         if audio.text or self._unmarked.seconds >= MARK_EVERY:
             self._mark(reply)
 
