@@ -1,5 +1,5 @@
 """``make bench``: every benchmark, each against a server of its own (turn-taking
-needs none), then the summary page. About 15 minutes on 2 cores (the load run
+needs none), then the summary page. About 20 minutes on 2 cores (the load run
 alone takes 5).
 
     python -m bench [--quick]
@@ -19,10 +19,15 @@ BENCHMARKS = (
     ("local_barge_in", ()),
     ("turn_taking", ("--ask-ms", "200", "--thresholds", "0.5", "0.9")),
     ("nova_overhead", ()),
+    ("phone", ()),
     ("load", ()),
     ("capacity", ()),
 )
-QUICK = {"load": ("--minutes", "1"), "local_latency": ("--turns", "20")}
+QUICK = {
+    "load": ("--minutes", "1"),
+    "local_latency": ("--turns", "20"),
+    "phone": ("--turns", "5", "--seconds", "20"),
+}
 
 
 def main() -> None:

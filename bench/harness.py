@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -22,8 +23,20 @@ from sonicgate.config import default_data_dir
 from sonicgate.engines.local.cpu import read_cpu
 
 RESULTS = Path(__file__).parent / "results"
-# What the local engine's figures depend on, recorded with each result.
-LIBRARIES = ("onnxruntime", "faster-whisper", "llama-cpp-python", "hibari-tts", "numpy")
+# The libraries whose versions decide the figures, recorded with them.
+LIBRARIES = (
+    "sonicgate",
+    "numpy",
+    "soxr",
+    "av",
+    "uvicorn",
+    "starlette",
+    "websockets",
+    "onnxruntime",
+    "faster-whisper",
+    "llama-cpp-python",
+    "hibari-tts",
+)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -96,8 +109,12 @@ def measure[T](url: str | None, port: int, run: Callable[[str], Coroutine[Any, A
 
 
 def machine() -> dict[str, Any]:
-    """Which CPU, how many cores, and which library versions a figure came from."""
-    return {**read_cpu().describe(), "libraries": {name: version(name) for name in LIBRARIES}}
+    """What the figures were measured on: CPU, cores, Python and library versions."""
+    return {
+        **read_cpu().describe(),
+        "python": platform.python_version(),
+        "libraries": {name: version(name) for name in LIBRARIES},
+    }
 
 
 def write_results(name: str, summary: dict[str, Any], **details: Any) -> None:

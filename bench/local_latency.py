@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import statistics
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import websockets
@@ -54,71 +56,81 @@ UTTERANCES = [
 ]
 
 
-async def run_turns(url: str, turns: int, chunk_samples: int) -> list[dict[str, Any]]:
-    results: list[dict[str, Any]] = []
-    chunk_bytes = chunk_samples * 2
+@contextlib.asynccontextmanager
+async def conversation(url: str) -> AsyncIterator[websockets.ClientConnection]:
+    """A session in the second seed's dialect, ended when done."""
     async with websockets.connect(url, max_size=None) as ws:
         await ws.send(json.dumps({"type": "initialize", "userId": "bench"}))
         ready = json.loads(await ws.recv())
         assert ready["type"] == "initialized", ready
+        yield ws
+        await ws.send(json.dumps({"type": "end_conversation"}))
+
+
+async def run_turns(url: str, turns: int, chunk_samples: int) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    async with conversation(url) as ws:
         for index in range(turns):
-            text = UTTERANCES[index % len(UTTERANCES)]
-            speech = natural(text)
-            audio = silence(0.3) + speech
-            speech_end = len(audio) / 32_000  # seconds into the stream
-            audio += silence(4.0)
-            turn: dict[str, Any] = {"utterance": text, "speech_seconds": len(speech) / 32_000}
-            done = asyncio.Event()
-            start = time.perf_counter()
-
-            async def listen(
-                turn: dict[str, Any] = turn, start: float = start, done: asyncio.Event = done
-            ) -> None:
-                reply: list[str] = []
-                async for raw in ws:
-                    message = json.loads(raw)
-                    kind = message["type"]
-                    now = time.perf_counter() - start
-                    if kind == "transcription" and message["isFinal"]:
-                        turn["transcript"] = message["text"]
-                    elif kind == "audio_response":
-                        turn.setdefault("first_audio_at", now)
-                        audio = base64.b64decode(message["audio"])
-                        turn["audio_seconds"] = (
-                            turn.get("audio_seconds", 0) + len(audio) / 2 / message["sampleRate"]
-                        )
-                    elif kind == "text_response" and not message["isFinal"]:
-                        reply.append(message["text"])
-                    elif kind == "metrics" and "endpoint" in message["stages"]:
-                        turn["stages"] = message["stages"]
-                        turn["reply"] = "".join(reply).strip()
-                        done.set()
-                        return
-
-            listener = asyncio.create_task(listen())
-            sent = 0
-            while not done.is_set():
-                chunk = audio[sent : sent + chunk_bytes] or bytes(chunk_bytes)
-                sent += chunk_bytes
-                # A microphone hands over a chunk once all of it was captured.
-                await asyncio.sleep(max(0.0, start + sent / 32_000 - time.perf_counter()))
-                payload = {"type": "audio_chunk", "audio": base64.b64encode(chunk).decode()}
-                await ws.send(json.dumps(payload))
-                if sent / 32_000 > speech_end + 15:
-                    raise RuntimeError(f"no reply to {text!r}")
-            await listener
-            turn["latency"] = round(turn["first_audio_at"] - speech_end, 4)
+            turn = await ask(ws, UTTERANCES[index % len(UTTERANCES)], chunk_samples * 2)
             results.append(turn)
             print(
                 f"turn {index + 1:2d}: {turn['latency'] * 1000:6.0f} ms  "
                 f"{turn.get('transcript', '')!r} -> {turn['reply'][:60]!r}",
                 file=sys.stderr,
             )
-            # Like a person: the next question once the answer has been heard.
-            played = start + turn["first_audio_at"] + turn["audio_seconds"]
-            await asyncio.sleep(max(0.0, played - time.perf_counter()) + 0.5)
-        await ws.send(json.dumps({"type": "end_conversation"}))
     return results
+
+
+async def ask(ws: websockets.ClientConnection, text: str, chunk_bytes: int) -> dict[str, Any]:
+    """Say ``text`` at real-time pace, then silence, until the answer is complete; returns
+    its latency and stages once the answer has been heard."""
+    speech = natural(text)  # hibari: espeak-ng's flat endings sound unfinished
+    audio = silence(0.3) + speech
+    speech_end = len(audio) / 32_000  # seconds into the stream
+    audio += silence(4.0)
+    turn: dict[str, Any] = {"utterance": text, "speech_seconds": len(speech) / 32_000}
+    done = asyncio.Event()
+    start = time.perf_counter()
+
+    async def listen() -> None:
+        reply: list[str] = []
+        async for raw in ws:
+            message = json.loads(raw)
+            kind = message["type"]
+            now = time.perf_counter() - start
+            if kind == "transcription" and message["isFinal"]:
+                turn["transcript"] = message["text"]
+            elif kind == "audio_response":
+                turn.setdefault("first_audio_at", now)
+                audio = base64.b64decode(message["audio"])
+                turn["audio_seconds"] = (
+                    turn.get("audio_seconds", 0) + len(audio) / 2 / message["sampleRate"]
+                )
+            elif kind == "text_response" and not message["isFinal"]:
+                reply.append(message["text"])
+            elif kind == "metrics" and "endpoint" in message["stages"]:
+                turn["stages"] = message["stages"]
+                turn["reply"] = "".join(reply).strip()
+                done.set()
+                return
+
+    listener = asyncio.create_task(listen())
+    sent = 0
+    while not done.is_set():
+        chunk = audio[sent : sent + chunk_bytes] or bytes(chunk_bytes)
+        sent += chunk_bytes
+        # A microphone hands over a chunk once all of it was captured.
+        await asyncio.sleep(max(0.0, start + sent / 32_000 - time.perf_counter()))
+        payload = {"type": "audio_chunk", "audio": base64.b64encode(chunk).decode()}
+        await ws.send(json.dumps(payload))
+        if sent / 32_000 > speech_end + 15:
+            raise RuntimeError(f"no reply to {text!r}")
+    await listener
+    turn["latency"] = round(turn["first_audio_at"] - speech_end, 4)
+    # Like a person: the next question once the answer has been heard.
+    played = start + turn["first_audio_at"] + turn["audio_seconds"]
+    await asyncio.sleep(max(0.0, played - time.perf_counter()) + 0.5)
+    return turn
 
 
 def summarize(turns: list[dict[str, Any]]) -> dict[str, Any]:

@@ -108,6 +108,8 @@ def summary() -> str:
             ),
             "",
         ]
+    if phone := load("phone"):
+        lines += phone_section(phone["summary"])
     if run := load("load"):
         s = run["summary"]
         lines += [
@@ -157,6 +159,26 @@ def turn_taking() -> list[str]:
         ),
         "",
     ]
+
+
+def phone_section(s: dict[str, Any]) -> list[str]:
+    lines = ["## Phone calls (Twilio Media Streams)", ""]
+    if latency := s.get("latency"):
+        lines.append(
+            f"- End of speech → first reply audio on the call (local engine, {latency['turns']} "
+            f"turns): p50 {latency['call_latency_p50']:.2f} s, p95 "
+            f"{latency['call_latency_p95']:.2f} s; over the WebSocket, turn about: p50 "
+            f"{latency['websocket_latency_p50']:.2f} s (difference "
+            f"{latency['call_minus_websocket_p50'] * 1000:+.0f} ms, goal ≤ +50 ms)"
+        )
+    if cost := s.get("cost"):
+        lines.append(
+            f"- μ-law/resampling per 20 ms frame at {cost['calls']} calls (echo engine): p50 "
+            f"{cost['added_ms_per_frame_p50']} ms, p99 {cost['added_ms_per_frame_p99']} ms "
+            f"(goal ≤ 1 ms); server CPU {cost['server_cpu_percent_per_call']} % per call; "
+            f"echo round trip p50 {cost['echo_round_trip_ms_p50']:.0f} ms"
+        )
+    return [*lines, ""]
 
 
 def main() -> None:

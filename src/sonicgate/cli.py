@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sonicgate import __version__, logs, tracing
 from sonicgate.bus import BUS_FORMS, check_bus_url
-from sonicgate.config import Settings, default_data_dir
+from sonicgate.config import Settings, check_public_url, default_data_dir
 from sonicgate.engines.bedrock_settings import BedrockSettings
 from sonicgate.engines.nova_sonic.settings import NOVA_2_SONIC, NOVA_SONIC, NovaSettings
 from sonicgate.engines.openai.client import OpenAISettings
@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest WebSocket message accepted; larger ones get a frame_too_large error",
     )
     _add_access_options(serve)
+    _add_phone_options(serve)
 
     models = commands.add_parser(
         "models",
@@ -286,6 +287,29 @@ def _add_access_options(parser: argparse.ArgumentParser) -> None:
         default=defaults.max_session_seconds,
         help="how long a session may stay live on a connection; then it ends as "
         "end_conversation does, after a session_too_long error",
+    )
+
+
+def _add_phone_options(parser: argparse.ArgumentParser) -> None:
+    phone = parser.add_argument_group(
+        "phone calls (Twilio)",
+        "Point a Twilio number's call webhook at POST https://HOST/twilio/voice: it answers "
+        "with TwiML that streams the call to wss://HOST/twilio/media.",
+    )
+    phone.add_argument(
+        "--twilio-auth-token",
+        metavar="TOKEN",
+        help="the Twilio account's auth token: the webhook and the media stream then need "
+        "Twilio's X-Twilio-Signature. Better: env TWILIO_AUTH_TOKEN",
+    )
+    phone.add_argument(
+        "--public-url",
+        type=_checked(check_public_url),
+        metavar="URL",
+        help="the URL Twilio reaches this gateway at, like https://voice.example.com, when "
+        "it is behind a TLS proxy: signatures are checked against it and the stream URL "
+        "is made from it (else from the request's Host and, from --forwarded-allow-ips "
+        "proxies, X-Forwarded-Proto)",
     )
 
 
@@ -498,6 +522,8 @@ def _serve(args: argparse.Namespace) -> int:
         idle_timeout_seconds=args.idle_timeout,
         max_connections=args.max_connections,
         forwarded_allow_ips=args.forwarded_allow_ips,
+        twilio_auth_token=args.twilio_auth_token or os.environ.get("TWILIO_AUTH_TOKEN") or None,
+        public_url=args.public_url,
     )
     try:
         policy = AccessPolicy.from_settings(settings)  # fail before the models load

@@ -6,11 +6,20 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(os.environ.get("SONICGATE_DATA_DIR", Path(base) / "sonicgate"))
+
+
+def check_public_url(url: str) -> str:
+    """``url`` if it can be the gateway's public URL: http(s)://host[:port][/prefix]."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"{url!r} is not a public URL: give https://host[:port][/prefix]")
+    return url
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +78,11 @@ class Settings:
     outbox_bytes: int = 8 * 1024 * 1024
     # Addresses of proxies whose X-Forwarded-For is believed; none by default.
     forwarded_allow_ips: str = ""
+    # Phone calls (server/twilio.py): the Twilio account's auth token, which signs its
+    # requests (a secret, out of repr), and the URL Twilio reaches this gateway at
+    # (https://host[/prefix], behind a TLS proxy), else the request's own.
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    public_url: str | None = None
 
     @property
     def ws_max_size(self) -> int:

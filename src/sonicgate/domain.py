@@ -156,6 +156,12 @@ class ErrorCode(StrEnum):
     AUDIO_FORMAT = "audio_format"
     DUPLICATE_CHUNK = "duplicate_chunk"
     SEQUENCE_GAP = "sequence_gap"
+    # A phone call's stream (Twilio)
+    NO_START = "no_start"
+    UNKNOWN_EVENT = "unknown_event"
+    UNKNOWN_STREAM = "unknown_stream"
+    UNKNOWN_MARK = "unknown_mark"
+    OUT_OF_ORDER = "out_of_order"
     # The session
     NO_SESSION = "no_session"
     UNKNOWN_SESSION = "unknown_session"

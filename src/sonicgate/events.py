@@ -81,6 +81,9 @@ class AudioOut:
     type: ClassVar[str] = "audio_out"
     pcm: bytes
     sample_rate: int
+    # The reply's words this chunk speaks, when the engine knows them (a cascade
+    # synthesizes sentence by sentence): a phone call learns from them what was heard.
+    text: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from sonicgate.domain import Capabilities, ErrorCode, GatewayError, VoiceSession
 from sonicgate.events import ClientEvent, EngineEvent
@@ -49,6 +49,18 @@ class Dialect(Protocol):
     def error(self, code: ErrorCode, message: str, session_id: str | None) -> JsonObject: ...
 
     def ended(self, view: SessionView) -> JsonObject: ...
+
+
+@runtime_checkable
+class HeardReplies(Protocol):
+    """A dialect that learns what of each reply its listener heard (a phone call, from
+    the marks Twilio echoes as it plays): the session records replies as heard, not
+    as the engine produced them."""
+
+    def heard_replies(self, *, closing: bool = False) -> list[str]:
+        """Replies done with, oldest first, as heard (the unheard left out); ``closing``:
+        the conversation is ending, so every reply is done with."""
+        ...
 
 
 def parse_json(text: str) -> JsonObject:

@@ -1,9 +1,10 @@
 """Who may use the API, and how often: API keys or JWTs, an origin allow-list, rate limits.
 
 ``AccessMiddleware`` wraps the whole application. The API (``/api/*``,
-``/metrics``, ``/v1/*``) and every WebSocket are guarded; anything else (the
-static web page) stays public. A refused client gets one clear HTTP answer and
-nothing else: no WebSocket is accepted, no session created.
+``/metrics``, ``/v1/*``, ``/twilio/*``) and every WebSocket are guarded; anything
+else (the static web page) stays public. A refused client gets one clear HTTP answer
+and nothing else: no WebSocket is accepted, no session created. Routes that check
+their callers themselves (Twilio's signed requests) are asked for no credential.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from sonicgate.domain import ErrorCode, Principal
 
 # The scope key under which the middleware leaves the client's identity for the routes.
 CLIENT = "sonicgate.client"
-GUARDED = ("/api", "/metrics", "/v1")
+# ... and the credential that proved it, for a route that hands it on (the Twilio
+# webhook gives it to the call's stream, which cannot be sent a header).
+CREDENTIAL = "sonicgate.credential"
+GUARDED = ("/api", "/metrics", "/v1", "/twilio")
 BURST_SECONDS = 2.0  # a client may spend this many seconds' worth of its rate at once
 MIN_HS256_SECRET = 32  # bytes: RFC 7518 wants an HS256 key as long as the hash
 PRUNE_EVERY = 60.0  # seconds between sweeps of idle clients' buckets
@@ -180,12 +184,21 @@ class RateLimiter:
 
 
 class AccessMiddleware:
-    def __init__(self, app: ASGIApp, policy: AccessPolicy, max_connections: int = 0) -> None:
-        """``max_connections``: WebSockets open at once on this node (0: no limit)."""
+    def __init__(
+        self,
+        app: ASGIApp,
+        policy: AccessPolicy,
+        max_connections: int = 0,
+        self_checked: frozenset[str] = frozenset(),
+    ) -> None:
+        """``max_connections``: WebSockets open at once on this node (0: no limit).
+        ``self_checked``: paths whose routes check their callers themselves; they stand
+        for their remote address until then, and the limits hold as anywhere."""
         self.app = app
         self.policy = policy
         self.requests = RateLimiter(policy.requests_per_second)
         self.max_connections = max_connections
+        self.self_checked = self_checked
         self.connections = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -202,7 +215,10 @@ class AccessMiddleware:
         try:
             if not self.policy.origin_allowed(headers.get("origin")):
                 raise Refused(403, ErrorCode.FORBIDDEN_ORIGIN, "this origin may not use the API")
-            principal = self._identify(token, _remote(scope))
+            if _path(scope) in self.self_checked:
+                principal = Principal(_remote(scope))
+            else:
+                principal = self._identify(token, _remote(scope))
             self._throttle(principal.id)
             if scope["type"] == "websocket" and 0 < self.max_connections <= self.connections:
                 raise Refused(
@@ -212,6 +228,8 @@ class AccessMiddleware:
             await _refuse(scope, receive, send, refusal)
             return
         scope[CLIENT] = principal
+        if principal.authenticated:
+            scope[CREDENTIAL] = token
         if scope["type"] != "websocket":
             await self.app(scope, receive, send)
             return
@@ -243,8 +261,12 @@ def principal_of(scope: Scope) -> Principal:
 def _guarded(scope: Scope) -> bool:
     if scope["type"] == "websocket":
         return True
-    path = scope["path"].removeprefix(scope.get("root_path", ""))
+    path = _path(scope)
     return any(path == prefix or path.startswith(prefix + "/") for prefix in GUARDED)
+
+
+def _path(scope: Scope) -> str:
+    return str(scope["path"]).removeprefix(scope.get("root_path", ""))
 
 
 def _take_credential(scope: Scope) -> str | None:
@@ -272,22 +294,27 @@ def _unauthorized(message: str) -> Refused:
     return Refused(401, ErrorCode.UNAUTHORIZED, message)
 
 
-async def _refuse(scope: Scope, receive: Receive, send: Send, refusal: Refused) -> None:
+def refusal_response(refusal: Refused) -> JSONResponse:
     headers: dict[str, str] = {}
     if refusal.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     if refusal.retry_after is not None:
         headers["Retry-After"] = str(math.ceil(refusal.retry_after))
-    response = JSONResponse(
-        {"error": refusal.message, "code": refusal.code}, refusal.status, headers
-    )
-    if scope["type"] == "http":
-        await response(scope, receive, send)
-        return
-    websocket = WebSocket(scope, receive, send)
-    if "websocket.http.response" in scope.get("extensions", {}):
+    return JSONResponse({"error": refusal.message, "code": refusal.code}, refusal.status, headers)
+
+
+async def deny(websocket: WebSocket, refusal: Refused) -> None:
+    """Refuse a WebSocket's handshake with an HTTP answer."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
         # uvicorn 0.54's default WebSocket protocol (websockets-sansio) then logs a spurious
         # "ASGI callable returned without completing handshake."; the client is unaffected.
-        await websocket.send_denial_response(response)
+        await websocket.send_denial_response(refusal_response(refusal))
     else:  # a server without the denial extension: the closest thing is a policy close
         await websocket.close(1008, f"{refusal.code}: {refusal.message}"[:120])
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, refusal: Refused) -> None:
+    if scope["type"] == "http":
+        await refusal_response(refusal)(scope, receive, send)
+    else:
+        await deny(WebSocket(scope, receive, send), refusal)

@@ -28,6 +28,7 @@ from sonicgate.metrics import GatewayMetrics
 from sonicgate.protocol.realtime import RealtimeDialect
 from sonicgate.server.access import AccessMiddleware, AccessPolicy, RateLimiter, principal_of
 from sonicgate.server.stream import ClientConnection, ConnectionLimits
+from sonicgate.server.twilio import TwilioRoutes
 from sonicgate.sessions.manager import Limits, SessionManager
 from sonicgate.sessions.session import Services
 from sonicgate.store import make_audio_store, make_store
@@ -87,6 +88,8 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
 
     def connection(websocket: WebSocket, **preset: Any) -> ClientConnection:
         return ClientConnection(websocket, manager, connection_limits, messages, **preset)
+
+    twilio = TwilioRoutes(settings, policy, manager, connection_limits)
 
     async def stream(websocket: WebSocket) -> None:
         await connection(websocket).run()
@@ -173,11 +176,17 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
             Route("/api/nova-sonic/status", status),
             Route("/api/nova-sonic/cleanup", cleanup, methods=["GET", "POST"]),
             Route("/metrics", prometheus),
+            *twilio.routes(),
             Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="web"),
         ],
         # Around every route: a refused client reaches none, and no session is created.
         middleware=[
-            Middleware(AccessMiddleware, policy=policy, max_connections=settings.max_connections)
+            Middleware(
+                AccessMiddleware,
+                policy=policy,
+                max_connections=settings.max_connections,
+                self_checked=twilio.self_checked,
+            )
         ],
         lifespan=lifespan,
     )

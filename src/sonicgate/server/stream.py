@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from sonicgate import logs
 from sonicgate.domain import Connection, ErrorCode, GatewayError, SessionError, SessionStatus
@@ -74,7 +74,9 @@ class ClientConnection:
 
     async def run(self) -> None:
         logs.connection_id.set(self.id)  # this task and those it starts log under it
-        await self._ws.accept()
+        # A route may have accepted the socket to read a first message (Twilio's start).
+        if self._ws.client_state is WebSocketState.CONNECTING:
+            await self._ws.accept()
         writer = self._writer = asyncio.create_task(self._write(), name=f"writer-{self.id}")
         watchdog = asyncio.create_task(self._watch_idle(), name=f"idle-{self.id}")
         connections = self._manager.services.metrics.connections

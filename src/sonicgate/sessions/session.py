@@ -32,7 +32,7 @@ from sonicgate.events import (
     TurnEnded,
 )
 from sonicgate.metrics import GatewayMetrics
-from sonicgate.protocol.base import Dialect, SessionView
+from sonicgate.protocol.base import Dialect, HeardReplies, SessionView
 from sonicgate.sessions.input import AudioInput
 from sonicgate.sessions.sequencer import Notice
 from sonicgate.sessions.sinks import (
@@ -91,7 +91,8 @@ class LiveSession:
         self._send = send
         self._services = services
         self._publisher = Publisher(services.bus, record)
-        self._store = StoreSink(record, context, services.store)
+        heard = dialect if isinstance(dialect, HeardReplies) else None
+        self._store = StoreSink(record, context, services.store, heard)
         self._turns = TurnCounter(record.messageCount)
         self._recorder = RecorderSink(services.audio, record.sessionId, self._turns)
         self._trace = tracing.TurnTrace(record.sessionId, view.engine)
@@ -221,6 +222,7 @@ class LiveSession:
             self.record.status = status
             await self._input.new_turn()
         await self._recorder.save_reply()  # a reply cut short by the close
+        await self._store.remember_heard(closing=True)
         await self._store.persist()
         event = "ended" if status is not None else "detached"
         data = {"event": event, "status": str(self.record.status)}

@@ -20,7 +20,7 @@ from sonicgate.bus.base import (
     Bus,
     BusEvent,
 )
-from sonicgate.domain import StreamingContext, VoiceSession, utc_now
+from sonicgate.domain import Message, Role, StreamingContext, VoiceSession, utc_now
 from sonicgate.events import (
     AudioOut,
     EngineEvent,
@@ -33,7 +33,7 @@ from sonicgate.events import (
     message_of,
 )
 from sonicgate.metrics import GatewayMetrics
-from sonicgate.protocol.base import Dialect, JsonObject, SessionView
+from sonicgate.protocol.base import Dialect, HeardReplies, JsonObject, SessionView
 from sonicgate.sessions.state import StateMachine
 from sonicgate.store.audio import AudioStore
 from sonicgate.store.base import Store, saved
@@ -83,12 +83,22 @@ class StateSink:
 
 
 class StoreSink:
-    """History, transcript buffer and the session record, as the turn goes."""
+    """History, transcript buffer and the session record, as the turn goes.
 
-    def __init__(self, record: VoiceSession, context: StreamingContext, store: Store) -> None:
+    With a dialect that learns what its listener heard (``HeardReplies``: a phone
+    call), a reply is kept as heard, once the conversation has moved on."""
+
+    def __init__(
+        self,
+        record: VoiceSession,
+        context: StreamingContext,
+        store: Store,
+        heard: HeardReplies | None = None,
+    ) -> None:
         self._record = record
         self._context = context
         self._store = store
+        self._heard = heard
 
     async def handle(self, event: EngineEvent) -> None:
         match event:
@@ -96,21 +106,29 @@ class StoreSink:
                 self._context.transcriptionBuffer = text
             case TranscriptFinal(text=text):
                 self._context.transcriptionBuffer = text
+                await self.remember_heard()
                 await self._remember(event)
                 # The turn is heard: audio kept for a resume elsewhere is not needed.
                 await saved(self._store.clear_turn_audio(self._record.sessionId), "turn audio")
                 await self.persist()
-            case ResponseTextFinal():
+            case ResponseTextFinal() if self._heard is None:
                 await self._remember(event)
             case TurnEnded():
                 await self.persist()
 
+    async def remember_heard(self, *, closing: bool = False) -> None:
+        """Replies the listener is done with, as heard (``closing``: all of them)."""
+        if self._heard is not None:
+            for text in self._heard.heard_replies(closing=closing):
+                await self._add(Message(Role.ASSISTANT, text))
+
     async def _remember(self, event: EngineEvent) -> None:
-        message = message_of(event)
-        if message is not None:
-            write = self._store.append_message(self._record.sessionId, message)
-            if await saved(write, "message"):
-                self._record.messageCount += 1
+        if (message := message_of(event)) is not None:
+            await self._add(message)
+
+    async def _add(self, message: Message) -> None:
+        if await saved(self._store.append_message(self._record.sessionId, message), "message"):
+            self._record.messageCount += 1
 
     async def persist(self) -> None:
         await saved(self._store.update_session(self._record), "session record")

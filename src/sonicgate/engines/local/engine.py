@@ -324,6 +324,10 @@ class LocalSession(BaseEngineSession):
         for event in held:
             if isinstance(event, TranscriptFinal):
                 event = replace(event, reason=reason)
+            elif isinstance(event, Metrics):
+                # A reply made whole before the turn ended: its figures as delivered,
+                # the endpoint and first audio (marked as it goes out) included.
+                event = Metrics(dict(turn.stages))
             await self._deliver(turn, event)
 
     def _start_turn(self, turn: Turn) -> None:
@@ -452,7 +456,7 @@ class LocalSession(BaseEngineSession):
                 continue
             pcm = await self._run(self._engine.tts_pool, tts.synthesize, piece)
             turn.mark("first_sentence_synthesized")
-            await self._emit(turn, AudioOut(pcm, tts.sample_rate))
+            await self._emit(turn, AudioOut(pcm, tts.sample_rate, piece))
             turn.spoken.append(piece)
 
     async def _generate(self, messages: list[dict[str, str]], turn: Turn) -> AsyncIterator[str]:
