@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sonicgate import __version__, logs, tracing
 from sonicgate.bus import BUS_FORMS, check_bus_url
@@ -28,6 +29,10 @@ from sonicgate.models import (
 from sonicgate.sessions.manager import check_node_id
 from sonicgate.store import AUDIO_STORE_FORMS, STORE_FORMS, check_store_url, parse_audio_store
 
+if TYPE_CHECKING:  # loaded only to serve: `models` commands start fast
+    from sonicgate.engines.base import Engine
+    from sonicgate.engines.local import LocalEngine
+
 ENGINES = ("local", "nova-sonic", "bedrock", "openai", "openai-realtime", "echo")
 
 
@@ -47,6 +52,29 @@ def build_parser() -> argparse.ArgumentParser:
         "/api/events (UI events), /api/nova-sonic/status and /api/nova-sonic/cleanup.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    _add_server_options(serve)
+    _add_storage_options(serve)
+    _add_model_choice(serve)
+    serve.add_argument(
+        "--end-of-turn",
+        choices=("detector", "silence"),
+        default="detector",
+        help="how the local engine hears that the user is done: the smart-turn detector, "
+        "asked at a short silence (1.5 s of silence when it hears them going on), or "
+        "500 ms of silence alone",
+    )
+    _add_nova_options(serve)
+    _add_bedrock_options(serve)
+    _add_openai_options(serve)
+    _add_access_options(serve)
+    _add_limit_options(serve)
+    _add_phone_options(serve)
+
+    _add_models_command(commands)
+    return parser
+
+
+def _add_server_options(serve: argparse.ArgumentParser) -> None:
     defaults = Settings()
     serve.add_argument("--host", default=defaults.host, help="address to listen on")
     serve.add_argument("--port", type=int, default=defaults.port, help="port to listen on")
@@ -58,6 +86,51 @@ def build_parser() -> argparse.ArgumentParser:
         "nova-sonic, bedrock (local speech, replies by a Bedrock model), openai, "
         "openai-realtime, or echo (returns the caller's audio: a diagnostic)",
     )
+    serve.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=defaults.log_level,
+        help="log verbosity",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default="text",
+        help="text, or one JSON object per line for log collectors; both carry the "
+        "session and turn ids",
+    )
+    serve.add_argument(
+        "--node-id",
+        type=_checked(check_node_id),
+        default=defaults.node_id,
+        help="this node's name (default: the host name); gateway nodes sharing a "
+        "PostgreSQL store need distinct ones",
+    )
+    serve.add_argument(
+        "--stale-after",
+        metavar="SECONDS",
+        type=float,
+        default=defaults.stale_after_seconds,
+        help="a session untouched for this long is ended by /api/nova-sonic/cleanup (its "
+        "audio kept for a resume goes too)",
+    )
+    serve.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=defaults.max_message_bytes,
+        help="largest WebSocket message accepted; larger ones get a frame_too_large error",
+    )
+    serve.add_argument(
+        "--max-connections",
+        metavar="N",
+        type=int,
+        default=defaults.max_connections,
+        help="WebSocket connections open at once on this node; more are refused with HTTP 503",
+    )
+
+
+def _add_storage_options(serve: argparse.ArgumentParser) -> None:
+    defaults = Settings()
     serve.add_argument(
         "--store",
         type=_checked(check_store_url),
@@ -96,55 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("AWS_ENDPOINT_URL_S3"),
         help="an S3-compatible service (MinIO, ...) instead of AWS S3 (env AWS_ENDPOINT_URL_S3)",
     )
-    serve.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        default=defaults.log_level,
-        help="log verbosity",
-    )
-    serve.add_argument(
-        "--log-format",
-        choices=logs.FORMATS,
-        default="text",
-        help="text, or one JSON object per line for log collectors; both carry the "
-        "session and turn ids",
-    )
-    serve.add_argument(
-        "--node-id",
-        type=_checked(check_node_id),
-        default=defaults.node_id,
-        help="this node's name (default: the host name); gateway nodes sharing a "
-        "PostgreSQL store need distinct ones",
-    )
-    _add_model_choice(serve)
-    serve.add_argument(
-        "--end-of-turn",
-        choices=("detector", "silence"),
-        default="detector",
-        help="how the local engine hears that the user is done: the smart-turn detector, "
-        "asked at a short silence (1.5 s of silence when it hears them going on), or "
-        "500 ms of silence alone",
-    )
-    _add_nova_options(serve)
-    _add_bedrock_options(serve)
-    _add_openai_options(serve)
-    serve.add_argument(
-        "--stale-after",
-        metavar="SECONDS",
-        type=float,
-        default=defaults.stale_after_seconds,
-        help="a session untouched for this long is ended by /api/nova-sonic/cleanup (its "
-        "audio kept for a resume goes too)",
-    )
-    serve.add_argument(
-        "--max-message-bytes",
-        type=int,
-        default=defaults.max_message_bytes,
-        help="largest WebSocket message accepted; larger ones get a frame_too_large error",
-    )
-    _add_access_options(serve)
-    _add_phone_options(serve)
 
+
+def _add_models_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     models = commands.add_parser(
         "models",
         help="install, check or list the local models",
@@ -157,7 +184,6 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--all", action="store_true", help="every model, the optional ones too")
     models.add_argument("--data-dir", type=Path, default=default_data_dir())
     _add_model_choice(models)
-    return parser
 
 
 def _checked(check: Callable[[str], object]) -> Callable[[str], str]:
@@ -181,8 +207,7 @@ def _add_access_options(parser: argparse.ArgumentParser) -> None:
         "Off unless an API key, a JWT secret or a JWT public key is given. Then every "
         "/api/*, /metrics and /v1/* request and WebSocket needs 'Authorization: Bearer "
         "<key or JWT>' or ?token=<key or JWT> (browsers cannot set WebSocket headers); "
-        "the web page stays public. Limits count per client: the token's 'sub', the API "
-        "key, or the remote address; 0 means no limit.",
+        "the web page stays public.",
     )
     access.add_argument(
         "--api-key",
@@ -225,68 +250,13 @@ def _add_access_options(parser: argparse.ArgumentParser) -> None:
         help="a browser origin allowed on the API, like https://app.example.com; "
         "repeatable. None given: any origin",
     )
-    defaults = Settings()
-    access.add_argument(
-        "--max-messages-per-second",
-        metavar="N",
-        type=float,
-        default=defaults.max_messages_per_second,
-        help="WebSocket messages a second per client (twice that in a burst); more get a "
-        "rate_limited error and are dropped",
-    )
-    access.add_argument(
-        "--max-requests-per-second",
-        metavar="N",
-        type=float,
-        default=defaults.max_requests_per_second,
-        help="API requests and WebSocket handshakes a second per client (twice that in a "
-        "burst); more get HTTP 429",
-    )
-    access.add_argument(
-        "--max-sessions-per-client",
-        metavar="N",
-        type=int,
-        default=defaults.max_sessions_per_client,
-        help="sessions live at once per client; another start gets too_many_sessions",
-    )
-    access.add_argument(
-        "--max-turn-audio-seconds",
-        metavar="SECONDS",
-        type=float,
-        default=defaults.max_turn_audio_seconds,
-        help="audio in one user turn (an open microphone's silence counts); past it the "
-        "turn ends with a turn_too_long error and the rest of it is dropped",
-    )
-    access.add_argument(
-        "--idle-timeout",
-        metavar="SECONDS",
-        type=float,
-        default=defaults.idle_timeout_seconds,
-        help="a WebSocket with no message either way for this long is closed (its session "
-        "stays resumable); 0: never",
-    )
-    access.add_argument(
-        "--max-connections",
-        metavar="N",
-        type=int,
-        default=defaults.max_connections,
-        help="WebSocket connections open at once on this node; more are refused with HTTP 503",
-    )
     access.add_argument(
         "--forwarded-allow-ips",
         metavar="ADDRESSES",
-        default=defaults.forwarded_allow_ips,
+        default=Settings().forwarded_allow_ips,
         help="comma-separated addresses of the proxies whose X-Forwarded-For and "
         "X-Forwarded-Proto are believed ('*': any); none by default, so no client can "
         "pass for another address",
-    )
-    access.add_argument(
-        "--max-session-seconds",
-        metavar="SECONDS",
-        type=float,
-        default=defaults.max_session_seconds,
-        help="how long a session may stay live on a connection; then it ends as "
-        "end_conversation does, after a session_too_long error",
     )
 
 
@@ -310,6 +280,62 @@ def _add_phone_options(parser: argparse.ArgumentParser) -> None:
         "it is behind a TLS proxy: signatures are checked against it and the stream URL "
         "is made from it (else from the request's Host and, from --forwarded-allow-ips "
         "proxies, X-Forwarded-Proto)",
+    )
+
+
+def _add_limit_options(parser: argparse.ArgumentParser) -> None:
+    limits = parser.add_argument_group(
+        "limits",
+        "Per client (the token's 'sub', the API key, or the remote address) or per node; "
+        "0 means no limit.",
+    )
+    defaults = Settings()
+    limits.add_argument(
+        "--max-messages-per-second",
+        metavar="N",
+        type=float,
+        default=defaults.max_messages_per_second,
+        help="WebSocket messages a second per client (twice that in a burst); more get a "
+        "rate_limited error and are dropped",
+    )
+    limits.add_argument(
+        "--max-requests-per-second",
+        metavar="N",
+        type=float,
+        default=defaults.max_requests_per_second,
+        help="API requests and WebSocket handshakes a second per client (twice that in a "
+        "burst); more get HTTP 429",
+    )
+    limits.add_argument(
+        "--max-sessions-per-client",
+        metavar="N",
+        type=int,
+        default=defaults.max_sessions_per_client,
+        help="sessions live at once per client; another start gets too_many_sessions",
+    )
+    limits.add_argument(
+        "--max-turn-audio-seconds",
+        metavar="SECONDS",
+        type=float,
+        default=defaults.max_turn_audio_seconds,
+        help="audio in one user turn (an open microphone's silence counts); past it the "
+        "turn ends with a turn_too_long error and the rest of it is dropped",
+    )
+    limits.add_argument(
+        "--idle-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=defaults.idle_timeout_seconds,
+        help="a WebSocket with no message either way for this long is closed (its session "
+        "stays resumable); 0: never",
+    )
+    limits.add_argument(
+        "--max-session-seconds",
+        metavar="SECONDS",
+        type=float,
+        default=defaults.max_session_seconds,
+        help="how long a session may stay live on a connection; then it ends as "
+        "end_conversation does, after a session_too_long error",
     )
 
 
@@ -476,23 +502,36 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from sonicgate.engines.base import Engine
-    from sonicgate.engines.bedrock import bedrock_cascade
-    from sonicgate.engines.echo import EchoEngine
-    from sonicgate.engines.fallback import FallbackEngine
     from sonicgate.engines.local import LocalEngine
     from sonicgate.engines.local.turns import TurnOptions
-    from sonicgate.engines.nova_sonic.engine import NovaSonicEngine
-    from sonicgate.engines.openai.cascade import openai_cascade
-    from sonicgate.engines.openai.realtime import OpenAIRealtimeEngine
     from sonicgate.server.access import AccessPolicy
     from sonicgate.server.app import create_app
     from sonicgate.server.graceful import GracefulServer, server_config
-    from sonicgate.tools import DEFAULT_TOOLS
 
     logs.configure(args.log_level, args.log_format)
     tracing.configure()
-    settings = Settings(
+    settings = _settings(args)
+    try:
+        policy = AccessPolicy.from_settings(settings)  # fail before the models load
+    except (ValueError, OSError) as exc:
+        print(f"error: access control: {exc}", file=sys.stderr)
+        return 1
+    logging.getLogger(__name__).info(
+        "access control %s", "on" if policy.auth_on else "off (no API key or JWT key given)"
+    )
+    try:
+        turns = TurnOptions(semantic=args.end_of_turn == "detector")
+        local = LocalEngine.load(settings.data_dir, _selection(args), turns)
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    app = create_app(settings, _engines(args, local))
+    GracefulServer(server_config(app, settings), app.state.manager).run()
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings(
         host=args.host,
         port=args.port,
         engine=args.engine,
@@ -525,33 +564,27 @@ def _serve(args: argparse.Namespace) -> int:
         twilio_auth_token=args.twilio_auth_token or os.environ.get("TWILIO_AUTH_TOKEN") or None,
         public_url=args.public_url,
     )
-    try:
-        policy = AccessPolicy.from_settings(settings)  # fail before the models load
-    except (ValueError, OSError) as exc:
-        print(f"error: access control: {exc}", file=sys.stderr)
-        return 1
-    logging.getLogger(__name__).info(
-        "access control %s", "on" if policy.auth_on else "off (no API key or JWT key given)"
-    )
-    try:
-        turns = TurnOptions(semantic=args.end_of_turn == "detector")
-        local = LocalEngine.load(settings.data_dir, _selection(args), turns)
-    except ModelError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    nova = NovaSonicEngine(
-        NovaSettings(
-            model_id=args.nova_model,
-            region=args.nova_region,
-            endpoint_uri=args.nova_endpoint,
-            ca_file=args.nova_ca_file,
-            voice=args.nova_voice,
-            rotate_after=args.nova_rotate_after,
-        ),
-        DEFAULT_TOOLS,
-    )
 
-    bedrock_settings = BedrockSettings(
+
+def _engines(args: argparse.Namespace, local: LocalEngine) -> dict[str, Engine]:
+    """Every engine clients may pick, each cloud one backed as the flags say."""
+    from sonicgate.engines.bedrock import bedrock_cascade
+    from sonicgate.engines.echo import EchoEngine
+    from sonicgate.engines.fallback import FallbackEngine
+    from sonicgate.engines.nova_sonic.engine import NovaSonicEngine
+    from sonicgate.engines.openai.cascade import openai_cascade
+    from sonicgate.engines.openai.realtime import OpenAIRealtimeEngine
+    from sonicgate.tools import DEFAULT_TOOLS
+
+    nova = NovaSettings(
+        model_id=args.nova_model,
+        region=args.nova_region,
+        endpoint_uri=args.nova_endpoint,
+        ca_file=args.nova_ca_file,
+        voice=args.nova_voice,
+        rotate_after=args.nova_rotate_after,
+    )
+    bedrock = BedrockSettings(
         model_id=args.bedrock_model,
         region=args.bedrock_region or args.nova_region,
         endpoint_url=args.bedrock_endpoint,
@@ -564,18 +597,13 @@ def _serve(args: argparse.Namespace) -> int:
         return engine if fallback == "none" else FallbackEngine(engine, backups[fallback])
 
     # Bedrock backs Nova Sonic when chosen, and is backed by the local engine in turn.
-    backups["bedrock"] = backed(bedrock_cascade(bedrock_settings, local), "local")
-
+    backups["bedrock"] = backed(bedrock_cascade(bedrock, local), "local")
     openai = _openai_settings(args)
-    engines: dict[str, Engine] = {
+    return {
         "local": local,
-        "nova-sonic": backed(nova, args.nova_fallback),
+        "nova-sonic": backed(NovaSonicEngine(nova, DEFAULT_TOOLS), args.nova_fallback),
         "bedrock": backups["bedrock"],
         "openai": backed(openai_cascade(openai, local.models.vad), args.openai_fallback),
         "openai-realtime": backed(OpenAIRealtimeEngine(openai), args.openai_fallback),
         "echo": EchoEngine(),
     }
-    app = create_app(settings, engines)
-    config = server_config(app, settings)
-    GracefulServer(config, app.state.manager).run()
-    return 0
