@@ -53,16 +53,19 @@ UNLIMITED = (
 )
 
 
-def start_server(port: int, *options: str) -> subprocess.Popen[bytes]:
+def start_server(
+    port: int, *options: str, python: tuple[str, ...] = (sys.executable,)
+) -> subprocess.Popen[bytes]:
     """A server on a data dir of its own, with the installed models linked in: a run
     neither reads nor grows the user's sessions and recordings (a load run records
-    gigabytes), and start-up is measured on an empty database. Removed at exit."""
+    gigabytes), and start-up is measured on an empty database. Removed at exit.
+    ``python``: the interpreter's command (a profiler's, say)."""
     data_dir = Path(tempfile.mkdtemp(prefix="sonicgate-bench-"))
     (data_dir / "models").symlink_to(default_data_dir() / "models")
     atexit.register(shutil.rmtree, data_dir, True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     command = [
-        *(sys.executable, "-m", "sonicgate", "serve", "--data-dir", str(data_dir)),
+        *(*python, "-m", "sonicgate", "serve", "--data-dir", str(data_dir)),
         *("--port", str(port), "--log-level", "warning", *options),
     ]
     return subprocess.Popen(command, env=env)

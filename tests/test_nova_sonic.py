@@ -361,3 +361,12 @@ async def test_session_credentials_are_not_logged(
     await session.close()
     assert "VERY-SECRET-VALUE" not in caplog.text
     assert "VERY-SECRET-VALUE" not in repr(EngineConfig(credentials=secret))
+
+
+def test_the_conversation_transport_mirrors_the_sdks_own_init() -> None:
+    """It sets what the pinned SDK's constructor sets (checked, as it is mirrored)."""
+    from smithy_http.aio.crt import AWSCRTHTTPClient
+
+    ours, theirs = crt_transport(), AWSCRTHTTPClient()
+    assert set(vars(ours)) == set(vars(theirs))
+    assert crt_transport()._tls_ctx is ours._tls_ctx  # shared, not made per conversation

@@ -7,6 +7,7 @@ event; connections feed it the errors they answer.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -72,7 +73,7 @@ class GatewayMetrics:
                 if code == "engine_fallback":
                     self.fallbacks.labels(engine).inc()
             case AudioOut(pcm=pcm, sample_rate=rate):
-                self.audio.labels(engine, "out").inc(len(pcm) / 2 / rate)
+                self._audio(engine, "out").inc(len(pcm) / 2 / rate)
 
     def usage(self, engine: str, previous: Usage | None, current: Usage) -> None:
         """Usage events carry running totals: count what is new since the last one."""
@@ -83,7 +84,12 @@ class GatewayMetrics:
         )
 
     def audio_in(self, engine: str, seconds: float) -> None:
-        self.audio.labels(engine, "in").inc(seconds)
+        self._audio(engine, "in").inc(seconds)
+
+    @functools.cache  # noqa: B019 (one per application: it lives as long as the app)
+    def _audio(self, engine: str, direction: str) -> Counter:
+        """The counter of one engine and direction, looked up once: it counts every chunk."""
+        return self.audio.labels(engine, direction)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

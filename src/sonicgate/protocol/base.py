@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-import re
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
+
+import orjson
 
 from sonicgate.domain import Capabilities, ErrorCode, GatewayError, VoiceSession
 from sonicgate.events import ClientEvent, EngineEvent
@@ -64,50 +64,21 @@ class HeardReplies(Protocol):
 
 
 def parse_json(text: str) -> JsonObject:
-    """One client message; raises ``ProtocolError``. Numbers of more than
-    ``MAX_DIGITS`` digits, nesting past the parser's depth and strings that are not
-    valid Unicode (a lone surrogate escaped as \\udc00) are refused here, at the edge,
-    rather than fail later where they are used."""
+    """One client message; raises ``ProtocolError``. orjson refuses, here at the edge
+    rather than later where they are used: numbers past 64 bits, nesting past 1024
+    levels, and strings that are not valid Unicode (a lone surrogate, \\udc00)."""
     try:
-        message: Any = json.loads(text, parse_int=_bounded_int)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(
-            ErrorCode.MALFORMED_JSON, f"message is not valid JSON: {exc.msg}"
-        ) from exc
-    except (ValueError, RecursionError) as exc:
+        message: Any = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
         raise ProtocolError(ErrorCode.MALFORMED_JSON, f"message is not valid JSON: {exc}") from exc
     if not isinstance(message, dict):
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "a message must be a JSON object")
-    if _SURROGATE_ESCAPE.search(text):  # rare: only then are the strings walked
-        _check_unicode(message)
     return message
 
 
-MAX_DIGITS = 32
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-def _bounded_int(digits: str) -> int:
-    if len(digits.lstrip("-")) > MAX_DIGITS:
-        raise ValueError(f"a number has more than {MAX_DIGITS} digits")
-    return int(digits)
-
-
-def _check_unicode(value: object) -> None:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ProtocolError(
-                ErrorCode.INVALID_TEXT, "a string holds an unpaired surrogate: not valid Unicode"
-            ) from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_unicode(key)
-            _check_unicode(item)
-    elif isinstance(value, list):
-        for item in value:
-            _check_unicode(item)
+def to_json(message: JsonObject) -> str:
+    """A message for the wire (orjson: several times faster than json on audio)."""
+    return orjson.dumps(message).decode()
 
 
 def get_str(message: JsonObject, key: str, *, required: bool = False) -> str | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
@@ -25,6 +24,7 @@ from sonicgate.config import Settings
 from sonicgate.engines.base import Engine
 from sonicgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sonicgate.metrics import GatewayMetrics
+from sonicgate.protocol.base import to_json
 from sonicgate.protocol.realtime import RealtimeDialect
 from sonicgate.server.access import AccessMiddleware, AccessPolicy, RateLimiter, principal_of
 from sonicgate.server.stream import ClientConnection, ConnectionLimits
@@ -114,7 +114,7 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
 
         async def forward() -> None:
             async for event in subscription:
-                await websocket.send_text(json.dumps(event.to_json()))
+                await websocket.send_text(to_json(event.to_json()))
 
         forwarder = asyncio.create_task(forward())
         try:

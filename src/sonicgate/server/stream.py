@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable
@@ -17,7 +16,7 @@ from sonicgate.domain import Connection, ErrorCode, GatewayError, SessionError, 
 from sonicgate.engines.base import EngineError
 from sonicgate.events import End, Start
 from sonicgate.protocol import Dialect, ProtocolError, detect
-from sonicgate.protocol.base import JsonObject, parse_json
+from sonicgate.protocol.base import JsonObject, parse_json, to_json
 from sonicgate.server.access import RateLimiter, principal_of
 from sonicgate.sessions.manager import SessionManager
 from sonicgate.sessions.session import LiveSession
@@ -106,7 +105,7 @@ class ClientConnection:
         its engine. Past the outbox's limits the client is cut off."""
         if self._cut_off:
             return
-        text = json.dumps(message, separators=(",", ":"))
+        text = to_json(message)
         limits = self._limits
         if (
             self._outbox.qsize() >= limits.outbox_messages

@@ -133,8 +133,11 @@ class LiveSession:
 
     @property
     def view(self) -> SessionView:
-        """What the dialect may say of the session, the acknowledged chunks included."""
-        return replace(self._view, last_sequence=self._input.last_sequence)
+        """What the dialect may say of the session, the acknowledged chunks included
+        (made anew only when they change: the wire asks for it at every event)."""
+        if self._view.last_sequence != (last := self._input.last_sequence):
+            self._view = replace(self._view, last_sequence=last)
+        return self._view
 
     async def handle(self, event: ClientEvent) -> None:
         """Apply one client event; raises ``GatewayError`` for the client."""

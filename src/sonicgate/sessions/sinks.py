@@ -8,6 +8,7 @@ and the events after it, go on: nothing one sink does can silence a session.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -179,19 +180,21 @@ class RecorderSink:
         self._audio = audio
         self._session_id = session_id
         self._turns = turns
-        self._user = bytearray()
-        self._reply = bytearray()
+        self._user = Tail(RECORDING_LIMIT_SECONDS * BYTES_PER_SECOND)
+        self._reply = Tail(RECORDING_LIMIT_SECONDS * RATE * 2)
         self._reply_rate = RATE
 
     def heard(self, pcm: bytes) -> None:
         """User audio, as the session passes it to the engine."""
-        _append_bounded(self._user, pcm, RECORDING_LIMIT_SECONDS * BYTES_PER_SECOND)
+        self._user.add(pcm)
 
     async def handle(self, event: EngineEvent) -> None:
         match event:
             case AudioOut(pcm=pcm, sample_rate=rate):
-                self._reply_rate = rate
-                _append_bounded(self._reply, pcm, RECORDING_LIMIT_SECONDS * rate * 2)
+                if rate != self._reply_rate:
+                    self._reply_rate = rate
+                    self._reply = Tail(RECORDING_LIMIT_SECONDS * rate * 2)
+                self._reply.add(pcm)
             case TranscriptFinal():
                 await self._save("user", self._user, RATE)
             case TurnEnded():
@@ -201,10 +204,9 @@ class RecorderSink:
         """The reply so far (all of it, or what a close cut short)."""
         await self._save("assistant", self._reply, self._reply_rate)
 
-    async def _save(self, role: str, pcm: bytearray, rate: int) -> None:
-        if pcm:
-            recording = wav_bytes(bytes(pcm), rate)
-            pcm.clear()
+    async def _save(self, role: str, tail: Tail, rate: int) -> None:
+        if pcm := tail.take():
+            recording = wav_bytes(pcm, rate)
             await self._audio.save(self._session_id, self._turns.turn, role, recording)
 
 
@@ -256,8 +258,24 @@ class WireSink:
             await self._send(message)
 
 
-def _append_bounded(recording: bytearray, pcm: bytes, limit: int) -> None:
-    """Append, keeping only the last ``limit`` bytes."""
-    recording += pcm
-    if len(recording) > limit:
-        del recording[: len(recording) - limit]
+class Tail:
+    """The last ``limit`` bytes of a stream of chunks, at a constant cost a chunk (a
+    bytearray trimmed from the front would move all of it, for every chunk)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+
+    def add(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        while self._size - len(self._chunks[0]) >= self._limit:
+            self._size -= len(self._chunks.popleft())
+
+    def take(self) -> bytes:
+        """What is kept (its last ``limit`` bytes), emptying it."""
+        data = b"".join(self._chunks)[-self._limit :]
+        self._chunks.clear()
+        self._size = 0
+        return data
