@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from aws_sdk_bedrock_runtime.client import AsyncBedrockRuntimeClient
 from aws_sdk_bedrock_runtime.config import AsyncBedrockRuntimeConfig
 from aws_sdk_bedrock_runtime.models import (
@@ -135,7 +135,7 @@ async def await_response(stream: Stream, within: float) -> None:
 
 async def send_event(stream: Stream, event: dict[str, Any]) -> None:
     chunk = InvokeModelWithBidirectionalStreamInputChunk(
-        value=BidirectionalInputPayloadPart(bytes_=json.dumps(event).encode())
+        value=BidirectionalInputPayloadPart(bytes_=orjson.dumps(event))
     )
     try:
         await stream.input_stream.send(chunk)
@@ -149,7 +149,7 @@ async def receive_events(stream: Stream) -> AsyncIterator[dict[str, Any]]:
         _, output = await stream.await_output()
         async for item in output:
             if isinstance(item, InvokeModelWithBidirectionalStreamOutputChunk):
-                payload = json.loads(item.value.bytes_ or b"{}")
+                payload = orjson.loads(item.value.bytes_ or b"{}")
                 if isinstance(payload, dict) and isinstance(payload.get("event"), dict):
                     yield payload["event"]
             elif isinstance(item, InvokeModelWithBidirectionalStreamOutputUnknown):

@@ -99,7 +99,9 @@ class NovaSonicEngine:
 
 
 def _loud(pcm: bytes) -> bool:
-    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2")
+    # Every 4th sample (0.25 ms apart) tells speech from quiet as well, at a quarter
+    # of the cost: this runs on every chunk.
+    samples = np.frombuffer(pcm, dtype="<i2", count=len(pcm) // 2)[::4]
     return bool(samples.size) and (int(samples.max()) > LOUD or int(samples.min()) < -LOUD)
 
 
