@@ -8,11 +8,14 @@ alone takes 5).
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
 
 from bench import report
+from bench.harness import RESULTS
+from sonicgate.engines.local.cpu import read_cpu
 
 BENCHMARKS = (
     ("local_latency", ()),
@@ -30,10 +33,26 @@ QUICK = {
 }
 
 
+def warn_of_other_machines() -> None:
+    """Figures on file from another CPU are not this machine's: say so before they
+    are compared with, or replaced by, this run's."""
+    here = read_cpu()
+    for path in sorted(RESULTS.glob("*.json")):
+        machine = json.loads(path.read_text()).get("machine", {})
+        theirs = (machine.get("model"), machine.get("cores"))
+        if theirs != (here.model, here.cores):
+            print(
+                f"warning: {path.name} came from {theirs[0] or 'an unrecorded CPU'} "
+                f"({theirs[1] or '?'} cores), not this {here.model} ({here.cores} cores)",
+                file=sys.stderr,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a 1-minute load run instead of 5")
     args = parser.parse_args()
+    warn_of_other_machines()
     for name, options in BENCHMARKS:
         chosen = QUICK.get(name, options) if args.quick else options
         print(f"==> bench.{name} {' '.join(chosen)}", file=sys.stderr, flush=True)
