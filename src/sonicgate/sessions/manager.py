@@ -113,6 +113,56 @@ class SessionManager:
     async def _open(
         self, start: Start, connection_id: str, dialect: Dialect, send: Send, principal: Principal
     ) -> LiveSession:
+        name, engine = self._engine_for(start)
+        record, history, resumed = await self._find_record(start, connection_id, principal)
+        logs.session_id.set(record.sessionId)  # the session's tasks inherit it
+        config = EngineConfig(
+            language=start.language,
+            voice=start.voice,
+            history=history,
+            text_only=start.text_only,
+            credentials=start.credentials,
+            **({"system_prompt": start.system_prompt} if start.system_prompt else {}),
+        )
+        engine_session = await engine.start(config)  # an EngineError goes to the client
+        store = self.services.store
+        try:
+            context = await self._record_start(record, start, name, connection_id, resumed)
+            turn_audio = await store.turn_audio(record.sessionId) if resumed else []
+        except BaseException:
+            await engine_session.close()  # the store refused: no half-open session
+            raise
+        if turn_audio:  # the client's sequence goes on from what was kept
+            kept = {sequence for sequence, _ in turn_audio}
+            context.chunks = sorted(set(context.chunks) | kept)[-KEPT_SEQUENCE_NUMBERS:]
+        capabilities = engine.capabilities()
+        view = SessionView(
+            session=record,
+            language=start.language,
+            engine=name,
+            capabilities=capabilities,
+            output_sample_rate=capabilities.output_sample_rate,
+            resumed=resumed,
+        )
+        live = LiveSession(
+            record=record,
+            context=context,
+            engine=engine_session,
+            view=view,
+            dialect=dialect,
+            send=send,
+            services=self.services,
+            reorder_window=self.limits.reorder_window,
+            client=principal.id,
+            max_turn_seconds=self.limits.max_turn_audio_seconds,
+        )
+        self.live[record.sessionId] = live
+        await live.replay(turn_audio)
+        await self._announce(record, resumed)
+        return live
+
+    def _engine_for(self, start: Start) -> tuple[str, Engine]:
+        """The engine a start asks for, once the request is known to be one it can serve."""
         name = start.engine or self.default_engine
         engine = self.engines.get(name)
         if engine is None:
@@ -136,12 +186,17 @@ class SessionManager:
                 ErrorCode.INVALID_FIELD,
                 "'sessionId' must be 1-128 letters, digits, '_', '-', '.', ':'",
             )
+        return name, engine
 
+    async def _find_record(
+        self, start: Start, connection_id: str, principal: Principal
+    ) -> tuple[VoiceSession, History, bool]:
+        """The session to resume, if its owner asks, or a new one: with its history,
+        and whether it was resumed."""
         store = self.services.store
         record = await store.get_session(start.session_id) if start.session_id else None
-        resumed = record is not None
         if record is None:
-            record = VoiceSession(
+            new = VoiceSession(
                 sessionId=start.session_id or str(uuid.uuid4()),
                 novaSonicSessionId=f"ns-{uuid.uuid4()}",
                 connectionId=connection_id,
@@ -149,62 +204,19 @@ class SessionManager:
                 audioFormat=start.audio_format,
                 owner=principal.id,
             )
-            history = History()
-        else:
-            if not _may_resume(principal, start, record):
-                raise SessionError(ErrorCode.FORBIDDEN, "this session belongs to another user")
-            if (previous := self.live.get(record.sessionId)) is not None:
-                # The client moved to a new connection (or reconfigured this one). The old
-                # session saves its last turn as it closes: read the record after that.
-                await self.close(previous, None)
-                if previous.connection_id != connection_id:
-                    await previous.tell_moved()
-                record = await store.get_session(record.sessionId) or record
-            history = History(await store.history(record.sessionId))
+            return new, History(), False
+        if not _may_resume(principal, start, record):
+            raise SessionError(ErrorCode.FORBIDDEN, "this session belongs to another user")
+        if (previous := self.live.get(record.sessionId)) is not None:
+            # The client moved to a new connection (or reconfigured this one). The old
+            # session saves its last turn as it closes: read the record after that.
+            await self.close(previous, None)
+            if previous.connection_id != connection_id:
+                await previous.tell_moved()
+            record = await store.get_session(record.sessionId) or record
+        return record, History(await store.history(record.sessionId)), True
 
-        logs.session_id.set(record.sessionId)  # the session's tasks inherit it
-        config = EngineConfig(
-            language=start.language,
-            voice=start.voice,
-            history=history,
-            text_only=start.text_only,
-            credentials=start.credentials,
-            **({"system_prompt": start.system_prompt} if start.system_prompt else {}),
-        )
-        engine_session = await engine.start(config)  # an EngineError goes to the client
-
-        try:
-            context = await self._record_start(record, start, name, connection_id, resumed)
-            turn_audio = await store.turn_audio(record.sessionId) if resumed else []
-        except BaseException:
-            await engine_session.close()  # the store refused: no half-open session
-            raise
-        if turn_audio:  # the client's sequence goes on from what was kept
-            kept = {sequence for sequence, _ in turn_audio}
-            context.chunks = sorted(set(context.chunks) | kept)[-KEPT_SEQUENCE_NUMBERS:]
-
-        view = SessionView(
-            session=record,
-            language=start.language,
-            engine=name,
-            capabilities=capabilities,
-            output_sample_rate=capabilities.output_sample_rate,
-            resumed=resumed,
-        )
-        live = LiveSession(
-            record=record,
-            context=context,
-            engine=engine_session,
-            view=view,
-            dialect=dialect,
-            send=send,
-            services=self.services,
-            reorder_window=self.limits.reorder_window,
-            client=principal.id,
-            max_turn_seconds=self.limits.max_turn_audio_seconds,
-        )
-        self.live[record.sessionId] = live
-        await live.replay(turn_audio)
+    async def _announce(self, record: VoiceSession, resumed: bool) -> None:
         await self.services.bus.publish(
             BusEvent(
                 SESSION_EVENT,
@@ -215,7 +227,6 @@ class SessionManager:
                 record.owner,
             )
         )
-        return live
 
     async def _record_start(
         self, record: VoiceSession, start: Start, engine: str, connection_id: str, resumed: bool
