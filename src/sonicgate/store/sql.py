@@ -40,11 +40,11 @@ class Dialect:
 
     # ``re.sub`` replacement turning the statements' ``:name`` into a named parameter.
     parameter: str
-    # Schema types, by the names the migrations use: {real}, {blob}, {json}, {serial_key}.
+    # The migrations' column types and columns, by the names they use there: {real},
+    # {blob}, {json}, {serial_key} and {seq_column}.
     types: Mapping[str, str]
-    # The listings' tiebreak for rows created in the same instant: their insertion
-    # order (SQLite's rowid; PostgreSQL has none, so a ``seq`` column, the migrations'
-    # {seq_column}).
+    # The listings' tiebreak for rows created in the same instant, their insertion
+    # order: SQLite's rowid, or (PostgreSQL has none) the ``seq`` of {seq_column}.
     insertion_order: str
     # A JSON column's value as the driver returns it, decoded: SQLite keeps the text,
     # psycopg decodes JSONB itself.
