@@ -25,9 +25,9 @@ from sonicgate.domain import (
     VoiceSession,
 )
 from sonicgate.store.base import SessionExists, Store
-from sonicgate.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
 from sonicgate.store.postgres import PostgresStore
-from sonicgate.store.sqlite import MIGRATIONS, SqliteStore
+from sonicgate.store.sql import MIGRATIONS
+from sonicgate.store.sqlite import SqliteStore
 from tests.conftest import POSTGRES
 
 StoreMaker = Callable[[], Store]
@@ -280,7 +280,7 @@ async def test_postgres_nodes_starting_together_migrate_once(postgres_schema: st
     try:
         with psycopg.connect(postgres_schema) as db:
             versions = db.execute("SELECT version FROM schema_version").fetchall()
-        assert versions == [(len(POSTGRES_MIGRATIONS),)]
+        assert versions == [(len(MIGRATIONS),)]
         record = session()
         await nodes[0].create_session(record)
         assert await nodes[3].get_session("s1") == record  # one database for all
@@ -291,7 +291,7 @@ async def test_postgres_nodes_starting_together_migrate_once(postgres_schema: st
 async def test_postgres_refuses_a_newer_schema(postgres_schema: str) -> None:
     with psycopg.connect(postgres_schema, autocommit=True) as db:
         db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        db.execute("INSERT INTO schema_version VALUES (%s)", (len(POSTGRES_MIGRATIONS) + 1,))
+        db.execute("INSERT INTO schema_version VALUES (%s)", (len(MIGRATIONS) + 1,))
     with pytest.raises(RuntimeError, match="newer"):
         await PostgresStore(postgres_schema).open()
 
