@@ -1,0 +1,258 @@
+"""Sonicgate beside Pipecat: the same spoken turns, in one run, on the same models.
+
+First sonicgate (a server of its own, as ``bench/local_latency.py`` measures it:
+end of speech -> first audio byte at a WebSocket client), then a Pipecat 1.14
+pipeline (``bench/pipecat_side.py``: end of speech -> first audio frame out of
+its TTS, no transport), one after the other so that neither slows the other.
+Both hear the same utterances in hibari's voice, at real-time pace, in chunks of
+the same size, and run the same models:
+
+- Whisper: the same CTranslate2 weights (faster-whisper, int8);
+- the LLM: the same GGUF, in-process for sonicgate, behind llama.cpp's
+  OpenAI-compatible server (``llama_cpp.server``) for Pipecat, both from the
+  same llama-cpp-python wheel (setup's portable build) with the same kernels,
+  threads, context, sampling and system prompt;
+- the voice: Piper's "joe" (sonicgate with ``--tts piper-joe``; Pipecat has no
+  hibari service);
+- end of turn: smart-turn v3.2 on both sides, asked at the same silence, with
+  the same fallback silence; each side keeps its own decision threshold.
+
+Pipecat runs in a venv of its own (``bench/.peer-venv``, made on first use from
+``bench/peer_pipecat.lock`` and our llama.cpp wheel), so that its pins never touch
+ours. Writes ``bench/results/peer_pipecat.json``: both sides' figures, sonicgate's
+p50 and p95 as a ratio to Pipecat's, the machine and both sides' library versions.
+
+    python -m bench.peer_pipecat --turns 22
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from bench.harness import measure, percentile, write_results
+from bench.local_latency import UTTERANCES, run_turns, summarize
+from bench.speech import natural
+from sonicgate.config import default_data_dir
+from sonicgate.engines.base import EngineConfig
+from sonicgate.engines.local.engine import MAX_REPLY_TOKENS
+from sonicgate.engines.local.turns import TurnOptions
+from sonicgate.models import PIPER_JOE, ModelPaths, Selection, locate
+
+HERE = Path(__file__).parent
+LOCK = HERE / "peer_pipecat.lock"
+PIPECAT_SIDE = HERE / "pipecat_side.py"
+CPU_MODULE = HERE.parent / "src" / "sonicgate" / "engines" / "local" / "cpu.py"
+GOAL = 0.8  # sonicgate's latency as a ratio to Pipecat's, at most
+# As ChatModel: its context, one decode thread, the prompt read on two, its sampling.
+LLM_SERVER_OPTIONS = ("--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "2")
+SAMPLING = {"temperature": 0.6, "top_p": 0.9, "max_tokens": MAX_REPLY_TOKENS}
+
+# llama.cpp's server in Pipecat's venv, with the kernels sonicgate would load on this
+# CPU (engines/local/cpu.py, loaded by path: the rest of sonicgate is not installed there).
+SERVE_WITH_OUR_KERNELS = """
+import importlib.util, runpy, sys
+spec = importlib.util.spec_from_file_location("llama_kernels", sys.argv[1])
+cpu = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = cpu
+spec.loader.exec_module(cpu)
+print("llama.cpp kernels:", cpu.load_llama_kernels(), file=sys.stderr)
+sys.argv = ["llama_cpp.server", *sys.argv[2:]]
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
+
+
+def say(line: str) -> None:
+    print(f"peer_pipecat: {line}", file=sys.stderr, flush=True)
+
+
+def llama_wheel() -> Path:
+    """The llama-cpp-python wheel our venv was installed from (built once by setup)."""
+    script = HERE.parent / "scripts" / "llama_wheel.py"
+    found = subprocess.run(
+        [sys.executable, str(script), version("llama-cpp-python")],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return Path(found.stdout.strip().splitlines()[-1])
+
+
+def peer_python(venv: Path, wheel: Path) -> Path:
+    """Pipecat's venv, made from the lock and our llama.cpp wheel unless it already was."""
+    python = venv / "bin" / "python"
+    stamp = venv / "sonicgate-lock.sha256"
+    wanted = hashlib.sha256(LOCK.read_bytes() + str(wheel).encode()).hexdigest()
+    if python.exists() and stamp.is_file() and stamp.read_text() == wanted:
+        return python
+    shutil.rmtree(venv, ignore_errors=True)
+    say(f"creating Pipecat's venv in {venv} (once; about 500 MB)")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pins = sum(1 for line in LOCK.read_text().splitlines() if "==" in line)
+    say(f"installing {pins} pinned packages from {LOCK.name}, llama.cpp from {wheel.name}")
+    install = [
+        *(str(python), "-m", "pip", "install", "--disable-pip-version-check"),
+        *("--requirement", str(LOCK), "--no-deps"),
+        *("--only-binary", "llama-cpp-python", "--find-links", str(wheel.parent)),
+    ]
+    subprocess.run(install, check=True)
+    subprocess.run([str(python), "-m", "pip", "check"], check=True)
+    stamp.write_text(wanted)
+    return python
+
+
+@contextlib.contextmanager
+def llm_server(python: Path, model: Path, port: int) -> Iterator[str]:
+    """llama.cpp's OpenAI-compatible server on ``model``; yields its base URL once it answers."""
+    command = [
+        *(str(python), "-c", SERVE_WITH_OUR_KERNELS, str(CPU_MODULE)),
+        *("--model", str(model), "--model_alias", "local", *LLM_SERVER_OPTIONS),
+        *("--host", "127.0.0.1", "--port", str(port)),
+    ]
+    server = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/models", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("llama.cpp's server did not start") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def turn_settings(options: TurnOptions) -> dict[str, float]:
+    """Pipecat's VAD and smart-turn timings, matched to sonicgate's: the VAD's stop
+    (when smart-turn is asked) at our ask, its start at our onset, the fallback silence."""
+    return {
+        "vad_confidence": options.start_threshold,
+        "vad_start_secs": options.onset_ms / 1000,
+        "vad_stop_secs": options.ask_ms / 1000,
+        "fallback_secs": options.fallback_ms / 1000,
+    }
+
+
+def run_pipecat(
+    python: Path, paths: ModelPaths, llm_url: str, utterances: list[str], chunk_samples: int
+) -> dict[str, Any]:
+    voice = paths.tts
+    rate = json.loads(voice.with_suffix(".onnx.json").read_text())["audio"]["sample_rate"]
+    with tempfile.TemporaryDirectory(prefix="peer-pipecat-") as scratch:
+        speech_files = []
+        for index, text in enumerate(utterances):
+            path = Path(scratch) / f"turn{index:03d}.pcm"
+            path.write_bytes(natural(text))  # what run_turns sends us, sample for sample
+            speech_files.append(str(path))
+        settings = {
+            "speech_files": speech_files,
+            "chunk_samples": chunk_samples,
+            "whisper_dir": str(paths.stt),
+            "llm_url": llm_url,
+            "piper_dir": str(voice.parent),
+            "piper_voice": voice.stem,
+            "tts_rate": rate,
+            "system_prompt": EngineConfig().system_prompt,
+            "turn": turn_settings(TurnOptions()),
+            **SAMPLING,
+        }
+        settings_file = Path(scratch) / "settings.json"
+        settings_file.write_text(json.dumps(settings))
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        done = subprocess.run(
+            [str(python), str(PIPECAT_SIDE), str(settings_file)],
+            check=True,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def side(turns: list[dict[str, Any]]) -> dict[str, float]:
+    latencies = [turn["latency"] for turn in turns]
+    return {
+        "latency_p50": percentile(latencies, 50),
+        "latency_p95": percentile(latencies, 95),
+        "latency_mean": round(statistics.fmean(latencies), 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--turns", type=int, default=22, help="spoken turns, on each side")
+    parser.add_argument("--chunk-samples", type=int, default=1024, help="client chunk size")
+    parser.add_argument("--llm", help="the LLM of the catalog (default: sonicgate's default)")
+    parser.add_argument("--port", type=int, default=8765, help="sonicgate's port")
+    parser.add_argument("--llm-port", type=int, default=8766, help="llama.cpp server's port")
+    parser.add_argument("--peer-venv", type=Path, default=HERE / ".peer-venv")
+    args = parser.parse_args()
+
+    paths = locate(default_data_dir(), Selection(llm=args.llm, tts=PIPER_JOE.name))
+    wheel = llama_wheel()
+    python = peer_python(args.peer_venv, wheel)
+    utterances = [UTTERANCES[index % len(UTTERANCES)] for index in range(args.turns)]
+
+    options = ("--tts", PIPER_JOE.name, *(("--llm", args.llm) if args.llm else ()))
+    say(f"sonicgate: {args.turns} turns (serve {' '.join(options)})")
+    ours = measure(
+        None, args.port, lambda url: run_turns(url, args.turns, args.chunk_samples), *options
+    )
+    say(f"Pipecat: {args.turns} turns")
+    with llm_server(python, paths.llm, args.llm_port) as llm_url:
+        theirs = run_pipecat(python, paths, llm_url, utterances, args.chunk_samples)
+
+    sonicgate, pipecat = summarize(ours), side(theirs["turns"])
+    summary = {
+        "turns": args.turns,
+        "sonicgate": sonicgate,
+        "pipecat": pipecat,
+        "ratio_p50": round(sonicgate["latency_p50"] / pipecat["latency_p50"], 3),
+        "ratio_p95": round(sonicgate["latency_p95"] / pipecat["latency_p95"], 3),
+        "goal_ratio": GOAL,
+    }
+    write_results(
+        "peer_pipecat",
+        summary,
+        models={kind.value: name for kind, name in paths.names.items()},
+        llama_wheel=f"{wheel.parent.name}/{wheel.name}",
+        pipecat_libraries=theirs["libraries"],
+        settings={
+            "client_chunk_samples": args.chunk_samples,
+            "sonicgate_turn": {
+                key: getattr(TurnOptions(), key)
+                for key in ("ask_ms", "complete_threshold", "fallback_ms", "onset_ms")
+            },
+            "pipecat_turn": turn_settings(TurnOptions()),
+            "llm_server": " ".join(LLM_SERVER_OPTIONS),
+            "sampling": SAMPLING,
+        },
+        sonicgate_turns=ours,
+        pipecat_turns=theirs["turns"],
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""The Pipecat side of ``bench/peer_pipecat.py``: run in Pipecat's own venv, not ours.
+
+A Pipecat 1.14 pipeline as its docs build one (STT -> user aggregator with VAD and
+turn strategy -> LLM -> TTS -> assistant aggregator), on the models sonicgate uses:
+faster-whisper on the same CTranslate2 weights, the same GGUF behind llama.cpp's
+OpenAI-compatible server, Piper on the same voice file. The turns' speech comes in
+as 16 kHz pcm16 files, fed as ``InputAudioRawFrame``s at real-time pace in chunks
+of the same size as our client's; per turn, end of speech -> the first
+``TTSAudioRawFrame`` out of the TTS. JSON on stdout.
+
+    python bench/pipecat_side.py SETTINGS.json   # written by bench/peer_pipecat.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
+from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADParams
+from pipecat.frames.frames import (
+    EndFrame,
+    Frame,
+    InputAudioRawFrame,
+    LLMTextFrame,
+    TranscriptionFrame,
+    TTSAudioRawFrame,
+    TTSStoppedFrame,
+)
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.runner import PipelineRunner
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    LLMContextAggregatorPair,
+    LLMUserAggregatorParams,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.services.openai.llm import OpenAILLMService
+from pipecat.services.piper.tts import PiperTTSService
+from pipecat.services.whisper.stt import WhisperSTTService
+from pipecat.transcriptions.language import Language
+from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+RATE = 16_000
+BYTES_PER_SECOND = RATE * 2
+LIBRARIES = (
+    "pipecat-ai",
+    "faster-whisper",
+    "ctranslate2",
+    "onnxruntime",
+    "piper-tts",
+    "openai",
+    "llama-cpp-python",
+    "numpy",
+)
+
+
+class Probe(FrameProcessor):
+    """After the TTS: notes what the current turn heard, said, and when its audio began."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.turn: dict[str, Any] = {}
+        self.done = asyncio.Event()
+        self._reply: list[str] = []
+
+    def next_turn(self, turn: dict[str, Any]) -> None:
+        self.turn, self._reply = turn, []
+        self.done.clear()
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        now = time.perf_counter()
+        if isinstance(frame, TTSAudioRawFrame):
+            self.turn.setdefault("first_audio_clock", now)
+            seconds = len(frame.audio) / 2 / frame.sample_rate / frame.num_channels
+            self.turn["audio_seconds"] = self.turn.get("audio_seconds", 0.0) + seconds
+        elif isinstance(frame, TranscriptionFrame):
+            self.turn["transcript"] = frame.text.strip()
+        elif isinstance(frame, LLMTextFrame):
+            self._reply.append(frame.text)
+        elif isinstance(frame, TTSStoppedFrame) and "first_audio_clock" in self.turn:
+            self.turn["reply"] = "".join(self._reply).strip()
+            self.done.set()
+        await self.push_frame(frame, direction)
+
+
+def build(settings: dict[str, Any], probe: Probe) -> PipelineWorker:
+    turn = settings["turn"]
+    vad = SileroVADAnalyzer(
+        params=VADParams(
+            confidence=turn["vad_confidence"],
+            start_secs=turn["vad_start_secs"],
+            stop_secs=turn["vad_stop_secs"],
+        )
+    )
+    smart_turn = LocalSmartTurnAnalyzerV3(params=SmartTurnParams(stop_secs=turn["fallback_secs"]))
+    stt = WhisperSTTService(
+        device="cpu",
+        compute_type="int8",
+        settings=WhisperSTTService.Settings(model=settings["whisper_dir"], language=Language.EN),
+    )
+    llm = OpenAILLMService(
+        base_url=settings["llm_url"],
+        api_key="none",  # llama.cpp's server asks for none
+        settings=OpenAILLMService.Settings(
+            model="local",
+            temperature=settings["temperature"],
+            top_p=settings["top_p"],
+            max_tokens=settings["max_tokens"],
+        ),
+    )
+    tts = PiperTTSService(
+        download_dir=Path(settings["piper_dir"]),
+        settings=PiperTTSService.Settings(voice=settings["piper_voice"]),
+    )
+    context = LLMContext([{"role": "system", "content": settings["system_prompt"]}])
+    aggregators = LLMContextAggregatorPair(
+        context,
+        user_params=LLMUserAggregatorParams(
+            vad_analyzer=vad,
+            user_turn_strategies=UserTurnStrategies(
+                stop=[TurnAnalyzerUserTurnStopStrategy(turn_analyzer=smart_turn)]
+            ),
+        ),
+    )
+    pipeline = Pipeline([stt, aggregators.user(), llm, tts, probe, aggregators.assistant()])
+    params = PipelineParams(audio_in_sample_rate=RATE, audio_out_sample_rate=settings["tts_rate"])
+    return PipelineWorker(pipeline, params=params, enable_rtvi=False, idle_timeout_secs=None)
+
+
+async def ask(
+    worker: PipelineWorker, probe: Probe, speech: bytes, chunk_bytes: int
+) -> dict[str, Any]:
+    """As ``bench/local_latency.ask``: 0.3 s of silence, the speech, then silence at
+    real-time pace until the reply is complete; then the reply's playing time."""
+    audio = bytes(int(0.3 * BYTES_PER_SECOND)) + speech
+    speech_end = len(audio) / BYTES_PER_SECOND
+    turn: dict[str, Any] = {"speech_seconds": len(speech) / BYTES_PER_SECOND}
+    probe.next_turn(turn)
+    start = time.perf_counter()
+    sent = 0
+    while not probe.done.is_set():
+        chunk = audio[sent : sent + chunk_bytes] or bytes(chunk_bytes)
+        sent += chunk_bytes
+        await asyncio.sleep(max(0.0, start + sent / BYTES_PER_SECOND - time.perf_counter()))
+        await worker.queue_frame(InputAudioRawFrame(audio=chunk, sample_rate=RATE, num_channels=1))
+        if sent / BYTES_PER_SECOND > speech_end + 15:
+            raise RuntimeError(f"no reply to turn of {turn['speech_seconds']:.1f} s")
+    first_audio_at = turn.pop("first_audio_clock") - start
+    turn["latency"] = round(first_audio_at - speech_end, 4)
+    played = start + first_audio_at + turn["audio_seconds"]
+    await asyncio.sleep(max(0.0, played - time.perf_counter()) + 0.5)
+    return turn
+
+
+async def run(settings: dict[str, Any], speeches: list[bytes]) -> list[dict[str, Any]]:
+    probe = Probe()
+    worker = build(settings, probe)
+    started = asyncio.Event()
+
+    @worker.event_handler("on_pipeline_started")
+    async def on_started(_worker: PipelineWorker, _frame: Frame) -> None:
+        started.set()
+
+    runner = PipelineRunner(handle_sigint=False)
+    running = asyncio.create_task(runner.run(worker))
+    await asyncio.wait_for(started.wait(), 120)
+    turns: list[dict[str, Any]] = []
+    chunk_bytes = settings["chunk_samples"] * 2
+    for index, speech in enumerate(speeches):
+        turn = await ask(worker, probe, speech, chunk_bytes)
+        turns.append(turn)
+        print(
+            f"pipecat turn {index + 1:2d}: {turn['latency'] * 1000:6.0f} ms  "
+            f"{turn.get('transcript', '')!r} -> {turn.get('reply', '')[:60]!r}",
+            file=sys.stderr,
+        )
+    await worker.queue_frame(EndFrame())
+    await running
+    return turns
+
+
+def main() -> None:
+    settings = json.loads(Path(sys.argv[1]).read_text())
+    speeches = [Path(path).read_bytes() for path in settings["speech_files"]]
+    turns = asyncio.run(run(settings, speeches))
+    libraries = {name: version(name) for name in LIBRARIES}
+    json.dump({"turns": turns, "libraries": libraries}, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
