@@ -29,8 +29,6 @@ from pipecat.frames.frames import (
     EndFrame,
     Frame,
     InputAudioRawFrame,
-    LLMTextFrame,
-    TranscriptionFrame,
     TTSAudioRawFrame,
     TTSStoppedFrame,
 )
@@ -65,16 +63,15 @@ LIBRARIES = (
 
 
 class Probe(FrameProcessor):
-    """After the TTS: notes what the current turn heard, said, and when its audio began."""
+    """After the TTS: when the current turn's audio began, how long it is, when it ended."""
 
     def __init__(self) -> None:
         super().__init__()
         self.turn: dict[str, Any] = {}
         self.done = asyncio.Event()
-        self._reply: list[str] = []
 
     def next_turn(self, turn: dict[str, Any]) -> None:
-        self.turn, self._reply = turn, []
+        self.turn = turn
         self.done.clear()
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
@@ -84,17 +81,12 @@ class Probe(FrameProcessor):
             self.turn.setdefault("first_audio_clock", now)
             seconds = len(frame.audio) / 2 / frame.sample_rate / frame.num_channels
             self.turn["audio_seconds"] = self.turn.get("audio_seconds", 0.0) + seconds
-        elif isinstance(frame, TranscriptionFrame):
-            self.turn["transcript"] = frame.text.strip()
-        elif isinstance(frame, LLMTextFrame):
-            self._reply.append(frame.text)
         elif isinstance(frame, TTSStoppedFrame) and "first_audio_clock" in self.turn:
-            self.turn["reply"] = "".join(self._reply).strip()
             self.done.set()
         await self.push_frame(frame, direction)
 
 
-def build(settings: dict[str, Any], probe: Probe) -> PipelineWorker:
+def build(settings: dict[str, Any], probe: Probe) -> tuple[PipelineWorker, LLMContext]:
     turn = settings["turn"]
     vad = SileroVADAnalyzer(
         params=VADParams(
@@ -117,13 +109,14 @@ def build(settings: dict[str, Any], probe: Probe) -> PipelineWorker:
             temperature=settings["temperature"],
             top_p=settings["top_p"],
             max_tokens=settings["max_tokens"],
+            system_instruction=settings["system_prompt"],
         ),
     )
     tts = PiperTTSService(
         download_dir=Path(settings["piper_dir"]),
         settings=PiperTTSService.Settings(voice=settings["piper_voice"]),
     )
-    context = LLMContext([{"role": "system", "content": settings["system_prompt"]}])
+    context = LLMContext()
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
@@ -135,7 +128,8 @@ def build(settings: dict[str, Any], probe: Probe) -> PipelineWorker:
     )
     pipeline = Pipeline([stt, aggregators.user(), llm, tts, probe, aggregators.assistant()])
     params = PipelineParams(audio_in_sample_rate=RATE, audio_out_sample_rate=settings["tts_rate"])
-    return PipelineWorker(pipeline, params=params, enable_rtvi=False, idle_timeout_secs=None)
+    worker = PipelineWorker(pipeline, params=params, enable_rtvi=False, idle_timeout_secs=None)
+    return worker, context
 
 
 async def ask(
@@ -165,7 +159,7 @@ async def ask(
 
 async def run(settings: dict[str, Any], speeches: list[bytes]) -> list[dict[str, Any]]:
     probe = Probe()
-    worker = build(settings, probe)
+    worker, context = build(settings, probe)
     started = asyncio.Event()
 
     @worker.event_handler("on_pipeline_started")
@@ -179,10 +173,13 @@ async def run(settings: dict[str, Any], speeches: list[bytes]) -> list[dict[str,
     chunk_bytes = settings["chunk_samples"] * 2
     for index, speech in enumerate(speeches):
         turn = await ask(worker, probe, speech, chunk_bytes)
+        # What was heard and said, as the aggregators wrote it into the context.
+        said = {message["role"]: message["content"] for message in context.messages[-2:]}
+        turn["transcript"], turn["reply"] = said.get("user", ""), said.get("assistant", "")
         turns.append(turn)
         print(
             f"pipecat turn {index + 1:2d}: {turn['latency'] * 1000:6.0f} ms  "
-            f"{turn.get('transcript', '')!r} -> {turn.get('reply', '')[:60]!r}",
+            f"{turn['transcript']!r} -> {turn['reply'][:60]!r}",
             file=sys.stderr,
         )
     await worker.queue_frame(EndFrame())
