@@ -17,10 +17,12 @@ import asyncio
 import json
 import sys
 import time
+import urllib.request
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.silero import SileroVADAnalyzer
@@ -86,6 +88,25 @@ class Probe(FrameProcessor):
         await self.push_frame(frame, direction)
 
 
+def warm_up(
+    stt: WhisperSTTService, smart_turn: LocalSmartTurnAnalyzerV3, tts: PiperTTSService, llm_url: str
+) -> None:
+    """As sonicgate's ``LocalModels.warm_up`` at start-up: each model once (first calls
+    pay for allocation and caches). Through the services' models: Pipecat has no hook."""
+    quiet = np.zeros(RATE, dtype=np.float32)
+    list(stt._model.transcribe(quiet)[0])
+    smart_turn._predict_endpoint(quiet)
+    list(tts._voice.synthesize("Ready."))
+    hi = {"model": "local", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+    request = urllib.request.Request(
+        f"{llm_url}/chat/completions",
+        data=json.dumps(hi).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        response.read()
+
+
 def build(settings: dict[str, Any], probe: Probe) -> tuple[PipelineWorker, LLMContext]:
     turn = settings["turn"]
     vad = SileroVADAnalyzer(
@@ -116,6 +137,7 @@ def build(settings: dict[str, Any], probe: Probe) -> tuple[PipelineWorker, LLMCo
         download_dir=Path(settings["piper_dir"]),
         settings=PiperTTSService.Settings(voice=settings["piper_voice"]),
     )
+    warm_up(stt, smart_turn, tts, settings["llm_url"])
     context = LLMContext()
     aggregators = LLMContextAggregatorPair(
         context,
