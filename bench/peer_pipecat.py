@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -60,6 +61,7 @@ CPU_MODULE = HERE.parent / "src" / "sonicgate" / "engines" / "local" / "cpu.py"
 GOAL = 0.8  # sonicgate's latency as a ratio to Pipecat's, at most
 # As ChatModel: its context, one decode thread, the prompt read on two, its sampling.
 LLM_SERVER_OPTIONS = ("--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "2")
+QUIET_LLM_SERVER = ("--verbose", "false")
 SAMPLING = {"temperature": 0.6, "top_p": 0.9, "max_tokens": MAX_REPLY_TOKENS}
 
 # llama.cpp's server in Pipecat's venv, with the kernels sonicgate would load on this
@@ -74,6 +76,14 @@ print("llama.cpp kernels:", cpu.load_llama_kernels(), file=sys.stderr)
 sys.argv = ["llama_cpp.server", *sys.argv[2:]]
 runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
 """
+
+
+def free_port() -> int:
+    """A port nothing listens on now: other benchmarks may hold the usual ones."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def say(line: str) -> None:
@@ -121,6 +131,7 @@ def llm_server(python: Path, model: Path, port: int) -> Iterator[str]:
     command = [
         *(str(python), "-c", SERVE_WITH_OUR_KERNELS, str(CPU_MODULE)),
         *("--model", str(model), "--model_alias", "local", *LLM_SERVER_OPTIONS),
+        *QUIET_LLM_SERVER,
         *("--host", "127.0.0.1", "--port", str(port)),
     ]
     server = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -205,8 +216,6 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=22, help="spoken turns, on each side")
     parser.add_argument("--chunk-samples", type=int, default=1024, help="client chunk size")
     parser.add_argument("--llm", help="the LLM of the catalog (default: sonicgate's default)")
-    parser.add_argument("--port", type=int, default=8765, help="sonicgate's port")
-    parser.add_argument("--llm-port", type=int, default=8766, help="llama.cpp server's port")
     parser.add_argument("--peer-venv", type=Path, default=HERE / ".peer-venv")
     args = parser.parse_args()
 
@@ -218,10 +227,10 @@ def main() -> None:
     options = ("--tts", PIPER_JOE.name, *(("--llm", args.llm) if args.llm else ()))
     say(f"sonicgate: {args.turns} turns (serve {' '.join(options)})")
     ours = measure(
-        None, args.port, lambda url: run_turns(url, args.turns, args.chunk_samples), *options
+        None, free_port(), lambda url: run_turns(url, args.turns, args.chunk_samples), *options
     )
     say(f"Pipecat: {args.turns} turns")
-    with llm_server(python, paths.llm, args.llm_port) as llm_url:
+    with llm_server(python, paths.llm, free_port()) as llm_url:
         theirs = run_pipecat(python, paths, llm_url, utterances, args.chunk_samples)
 
     sonicgate, pipecat = summarize(ours), side(theirs["turns"])

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from loguru import logger
 from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.silero import SileroVADAnalyzer
@@ -210,6 +211,8 @@ async def run(settings: dict[str, Any], speeches: list[bytes]) -> list[dict[str,
 
 
 def main() -> None:
+    logger.remove()  # Pipecat logs every frame's journey at DEBUG
+    logger.add(sys.stderr, level="WARNING")
     settings = json.loads(Path(sys.argv[1]).read_text())
     speeches = [Path(path).read_bytes() for path in settings["speech_files"]]
     turns = asyncio.run(run(settings, speeches))
