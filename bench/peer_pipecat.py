@@ -195,14 +195,17 @@ def run_pipecat(
             stdout=subprocess.PIPE,
             text=True,
             env=env,
+            timeout=120 + 60 * len(utterances),  # a hung pipeline fails the run
         )
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 
 
 def side(turns: list[dict[str, Any]]) -> dict[str, float]:
-    latencies = [turn["latency"] for turn in turns]
+    """Pipecat's figures, over the turns it answered (``no_reply``: those it did not)."""
+    latencies = [turn["latency"] for turn in turns if turn["latency"] is not None]
     return {
+        "no_reply": len(turns) - len(latencies),
         "latency_p50": percentile(latencies, 50),
         "latency_p95": percentile(latencies, 95),
         "latency_mean": round(statistics.fmean(latencies), 4),
