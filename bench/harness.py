@@ -96,14 +96,11 @@ async def wait_ready(url: str, within: float = 120) -> None:
             await asyncio.sleep(0.5)
 
 
-def measure[T](
-    url: str | None, port: int, run: Callable[[str], Coroutine[Any, Any, T]], *options: str
-) -> T:
-    """``run`` against ``url``, or against a server of our own on ``port`` (started with
-    ``options``)."""
+def measure[T](url: str | None, port: int, run: Callable[[str], Coroutine[Any, Any, T]]) -> T:
+    """``run`` against ``url``, or against a server of our own on ``port``."""
     server = None
     if url is None:
-        server = start_server(port, *options)
+        server = start_server(port)
         url = f"ws://127.0.0.1:{port}/api/nova-sonic/stream"
     try:
         asyncio.run(wait_ready(url))

@@ -28,6 +28,7 @@ p50 and p95 as a ratio to Pipecat's, the machine and both sides' library version
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -45,8 +46,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench.harness import measure, percentile, write_results
-from bench.local_latency import UTTERANCES, run_turns, summarize
+from bench.harness import percentile, start_server, wait_ready, write_results
+from bench.local_latency import UTTERANCES, ask, conversation, summarize
 from bench.speech import natural
 from sonicgate.config import default_data_dir
 from sonicgate.engines.base import EngineConfig
@@ -163,42 +164,89 @@ def turn_settings(options: TurnOptions) -> dict[str, float]:
     }
 
 
-def run_pipecat(
-    python: Path, paths: ModelPaths, llm_url: str, utterances: list[str], chunk_samples: int
-) -> dict[str, Any]:
+def pipecat_settings(paths: ModelPaths, llm_url: str, chunk_samples: int) -> dict[str, Any]:
+    """What ``pipecat_side.py`` builds its pipeline from: our models' files and settings."""
     voice = paths.tts
     rate = json.loads(voice.with_suffix(".onnx.json").read_text())["audio"]["sample_rate"]
-    with tempfile.TemporaryDirectory(prefix="peer-pipecat-") as scratch:
-        speech_files = []
-        for index, text in enumerate(utterances):
-            path = Path(scratch) / f"turn{index:03d}.pcm"
-            path.write_bytes(natural(text))  # what run_turns sends us, sample for sample
-            speech_files.append(str(path))
-        settings = {
-            "speech_files": speech_files,
-            "chunk_samples": chunk_samples,
-            "whisper_dir": str(paths.stt),
-            "llm_url": llm_url,
-            "piper_dir": str(voice.parent),
-            "piper_voice": voice.stem,
-            "tts_rate": rate,
-            "system_prompt": EngineConfig().system_prompt,
-            "turn": turn_settings(TurnOptions()),
-            **SAMPLING,
-        }
-        settings_file = Path(scratch) / "settings.json"
-        settings_file.write_text(json.dumps(settings))
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        done = subprocess.run(
-            [str(python), str(PIPECAT_SIDE), str(settings_file)],
-            check=True,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-            timeout=120 + 60 * len(utterances),  # a hung pipeline fails the run
-        )
-    result: dict[str, Any] = json.loads(done.stdout)
-    return result
+    return {
+        "chunk_samples": chunk_samples,
+        "whisper_dir": str(paths.stt),
+        "llm_url": llm_url,
+        "piper_dir": str(voice.parent),
+        "piper_voice": voice.stem,
+        "tts_rate": rate,
+        "system_prompt": EngineConfig().system_prompt,
+        "turn": turn_settings(TurnOptions()),
+        **SAMPLING,
+    }
+
+
+@contextlib.contextmanager
+def sonicgate_server(*options: str) -> Iterator[str]:
+    """A sonicgate server of our own (as ``measure`` starts one); yields its stream URL."""
+    port = free_port()
+    server = start_server(port, *options)
+    url = f"ws://127.0.0.1:{port}/api/nova-sonic/stream"
+    try:
+        asyncio.run(wait_ready(url))
+        yield url
+    finally:
+        server.terminate()
+        server.wait()
+
+
+async def answer(child: asyncio.subprocess.Process, within: float) -> dict[str, Any]:
+    """The Pipecat side's next line of JSON (other lines on its stdout are not ours)."""
+    assert child.stdout is not None
+    while True:
+        line = await asyncio.wait_for(child.stdout.readline(), within)
+        if not line:
+            raise RuntimeError("Pipecat's side ended early: its errors are above")
+        if line.startswith(b"{"):
+            message: dict[str, Any] = json.loads(line)
+            return message
+
+
+async def take_turns(
+    url: str, pipecat: list[str], turns: list[tuple[str, Path]], chunk_samples: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str]]:
+    """Each utterance to sonicgate, then to Pipecat: a machine busier at one moment
+    than at another weighs on both sides alike. Returns both sides' turns and
+    Pipecat's library versions."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    child = await asyncio.create_subprocess_exec(
+        *pipecat, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env
+    )
+    assert child.stdin is not None
+    ours: list[dict[str, Any]] = []
+    theirs: list[dict[str, Any]] = []
+    try:
+        await answer(child, within=300)  # ready: models loaded and warmed up
+        async with conversation(url) as ws:
+            for index, (text, speech) in enumerate(turns):
+                ours.append(await ask(ws, text, chunk_samples * 2))
+                child.stdin.write(f"{speech}\n".encode())
+                await child.stdin.drain()
+                theirs.append(await answer(child, within=120))
+                report(index, ours[-1], theirs[-1])
+        child.stdin.close()
+        libraries: dict[str, str] = (await answer(child, within=60))["libraries"]
+        await child.wait()
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    return ours, theirs, libraries
+
+
+def report(index: int, ours: dict[str, Any], theirs: dict[str, Any]) -> None:
+    latency = "no reply" if theirs["latency"] is None else f"{theirs['latency'] * 1000:.0f} ms"
+    print(
+        f"turn {index + 1:2d}: sonicgate {ours['latency'] * 1000:5.0f} ms, Pipecat {latency:>8}"
+        f"  {ours.get('transcript', '')!r} -> {ours['reply'][:40]!r} | "
+        f"{theirs['transcript']!r} -> {theirs['reply'][:40]!r}",
+        file=sys.stderr,
+    )
 
 
 def side(turns: list[dict[str, Any]]) -> dict[str, float]:
@@ -228,15 +276,25 @@ def main() -> None:
     utterances = [UTTERANCES[index % len(UTTERANCES)] for index in range(args.turns)]
 
     options = ("--tts", PIPER_JOE.name, *(("--llm", args.llm) if args.llm else ()))
-    say(f"sonicgate: {args.turns} turns (serve {' '.join(options)})")
-    ours = measure(
-        None, free_port(), lambda url: run_turns(url, args.turns, args.chunk_samples), *options
-    )
-    say(f"Pipecat: {args.turns} turns")
-    with llm_server(python, paths.llm, free_port()) as llm_url:
-        theirs = run_pipecat(python, paths, llm_url, utterances, args.chunk_samples)
+    say(f"{args.turns} turns, each to sonicgate (serve {' '.join(options)}), then to Pipecat")
+    with (
+        tempfile.TemporaryDirectory(prefix="peer-pipecat-") as scratch,
+        sonicgate_server(*options) as url,
+        llm_server(python, paths.llm, free_port()) as llm_url,
+    ):
+        turns = []
+        for index, text in enumerate(utterances):
+            speech = Path(scratch) / f"turn{index:03d}.pcm"
+            speech.write_bytes(natural(text))  # what ``ask`` sends us, sample for sample
+            turns.append((text, speech))
+        settings = Path(scratch) / "settings.json"
+        settings.write_text(json.dumps(pipecat_settings(paths, llm_url, args.chunk_samples)))
+        pipecat = [str(python), str(PIPECAT_SIDE), str(settings)]
+        ours, theirs, pipecat_libraries = asyncio.run(
+            take_turns(url, pipecat, turns, args.chunk_samples)
+        )
 
-    sonicgate, pipecat = summarize(ours), side(theirs["turns"])
+    sonicgate, pipecat = summarize(ours), side(theirs)
     summary = {
         "turns": args.turns,
         "sonicgate": sonicgate,
@@ -250,7 +308,7 @@ def main() -> None:
         summary,
         models={kind.value: name for kind, name in paths.names.items()},
         llama_wheel=f"{wheel.parent.name}/{wheel.name}",
-        pipecat_libraries=theirs["libraries"],
+        pipecat_libraries=pipecat_libraries,
         settings={
             "client_chunk_samples": args.chunk_samples,
             "sonicgate_turn": {
@@ -262,7 +320,7 @@ def main() -> None:
             "sampling": SAMPLING,
         },
         sonicgate_turns=ours,
-        pipecat_turns=theirs["turns"],
+        pipecat_turns=theirs,
     )
 
 

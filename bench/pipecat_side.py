@@ -4,11 +4,13 @@ A Pipecat 1.14 pipeline as its docs build one (STT -> user aggregator with VAD a
 turn strategy -> LLM -> TTS -> assistant aggregator), on the models sonicgate uses:
 faster-whisper on the same CTranslate2 weights, the same GGUF behind llama.cpp's
 OpenAI-compatible server, Piper on the same voice file. The turns' speech comes in
-as 16 kHz pcm16 files, fed as ``InputAudioRawFrame``s at real-time pace in chunks
-of the same size as our client's; per turn, end of speech -> the first
-``TTSAudioRawFrame`` out of the TTS. JSON on stdout.
+as 16 kHz pcm16 files, one turn at a time on request (so that the two sides take
+turns), fed as ``InputAudioRawFrame``s at real-time pace in chunks of the same size
+as our client's; per turn, end of speech -> the first ``TTSAudioRawFrame`` out of
+the TTS.
 
     python bench/pipecat_side.py SETTINGS.json   # written by bench/peer_pipecat.py
+    # stdin: a speech file's path per line; stdout: a line of JSON per turn
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from pipecat.workers.runner import WorkerRunner
 
 RATE = 16_000
 BYTES_PER_SECOND = RATE * 2
-NO_REPLY_SECONDS = 15  # after the end of speech: the turn failed
+NO_REPLY_SECONDS = 30  # after the end of speech: the turn failed
 LIBRARIES = (
     "pipecat-ai",
     "faster-whisper",
@@ -93,17 +95,24 @@ class Probe(FrameProcessor):
 
 
 def warm_up(
-    stt: WhisperSTTService, smart_turn: LocalSmartTurnAnalyzerV3, tts: PiperTTSService, llm_url: str
+    stt: WhisperSTTService,
+    smart_turn: LocalSmartTurnAnalyzerV3,
+    tts: PiperTTSService,
+    settings: dict[str, Any],
 ) -> None:
     """As sonicgate's ``LocalModels.warm_up`` at start-up: each model once (first calls
-    pay for allocation and caches). Through the services' models: Pipecat has no hook."""
+    pay for allocation and caches). Through the services' models: Pipecat has no hook.
+    The LLM reads the system prompt here, and keeps it (llama.cpp reuses the longest
+    prefix of the last prompt), as sonicgate keeps it."""
     quiet = np.zeros(RATE, dtype=np.float32)
     list(stt._model.transcribe(quiet)[0])
     smart_turn._predict_endpoint(quiet)
     list(tts._voice.synthesize("Ready."))
-    hi = {"model": "local", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+    system = {"role": "system", "content": settings["system_prompt"]}
+    messages = [system, {"role": "user", "content": "Hi"}]
+    hi = {"model": "local", "messages": messages, "max_tokens": 1}
     request = urllib.request.Request(
-        f"{llm_url}/chat/completions",
+        f"{settings['llm_url']}/chat/completions",
         data=json.dumps(hi).encode(),
         headers={"Content-Type": "application/json"},
     )
@@ -141,7 +150,7 @@ def build(settings: dict[str, Any], probe: Probe) -> tuple[PipelineWorker, LLMCo
         download_dir=Path(settings["piper_dir"]),
         settings=PiperTTSService.Settings(voice=settings["piper_voice"]),
     )
-    warm_up(stt, smart_turn, tts, settings["llm_url"])
+    warm_up(stt, smart_turn, tts, settings)
     context = LLMContext()
     aggregators = LLMContextAggregatorPair(
         context,
@@ -187,7 +196,9 @@ async def ask(
     return turn
 
 
-async def run(settings: dict[str, Any], speeches: list[bytes]) -> list[dict[str, Any]]:
+async def run(settings: dict[str, Any]) -> None:
+    """Turns on request: a speech file's path per line of stdin, the turn's figures
+    as a line of JSON on stdout; at the end of stdin, the library versions."""
     probe = Probe()
     worker, context = build(settings, probe)
     started = asyncio.Event()
@@ -200,33 +211,28 @@ async def run(settings: dict[str, Any], speeches: list[bytes]) -> list[dict[str,
     await runner.add_workers(worker)
     running = asyncio.create_task(runner.run())
     await asyncio.wait_for(started.wait(), 120)
-    turns: list[dict[str, Any]] = []
+    reply({"ready": True})
     chunk_bytes = settings["chunk_samples"] * 2
-    for index, speech in enumerate(speeches):
+    while path := (await asyncio.to_thread(sys.stdin.readline)).strip():
+        speech = await asyncio.to_thread(Path(path).read_bytes)
         turn = await ask(worker, probe, speech, chunk_bytes)
         # What was heard and said, as the aggregators wrote it into the context.
         said = {message["role"]: message["content"] for message in context.messages[-2:]}
         turn["transcript"], turn["reply"] = said.get("user", ""), said.get("assistant", "")
-        turns.append(turn)
-        latency = "no reply" if turn["latency"] is None else f"{turn['latency'] * 1000:.0f} ms"
-        print(
-            f"pipecat turn {index + 1:2d}: {latency:>8}  "
-            f"{turn['transcript']!r} -> {turn['reply'][:60]!r}",
-            file=sys.stderr,
-        )
+        reply(turn)
     await worker.queue_frame(EndFrame())
     await asyncio.wait_for(running, 30)
-    return turns
+    reply({"libraries": {name: version(name) for name in LIBRARIES}})
+
+
+def reply(message: dict[str, Any]) -> None:
+    print(json.dumps(message), flush=True)
 
 
 def main() -> None:
     logger.remove()  # Pipecat logs every frame's journey at DEBUG
     logger.add(sys.stderr, level=os.environ.get("PEER_PIPECAT_LOG", "WARNING"))
-    settings = json.loads(Path(sys.argv[1]).read_text())
-    speeches = [Path(path).read_bytes() for path in settings["speech_files"]]
-    turns = asyncio.run(run(settings, speeches))
-    libraries = {name: version(name) for name in LIBRARIES}
-    json.dump({"turns": turns, "libraries": libraries}, sys.stdout)
+    asyncio.run(run(json.loads(Path(sys.argv[1]).read_text())))
 
 
 if __name__ == "__main__":
