@@ -1,11 +1,12 @@
 """Sonicgate beside Pipecat: the same spoken turns, in one run, on the same models.
 
-First sonicgate (a server of its own, as ``bench/local_latency.py`` measures it:
-end of speech -> first audio byte at a WebSocket client), then a Pipecat 1.14
-pipeline (``bench/pipecat_side.py``: end of speech -> first audio frame out of
-its TTS, no transport), one after the other so that neither slows the other.
-Both hear the same utterances in hibari's voice, at real-time pace, in chunks of
-the same size, and run the same models:
+Each utterance goes to sonicgate (a server of its own, measured as
+``bench/local_latency.py`` does: end of speech -> first audio byte at a WebSocket
+client), then to a Pipecat 1.14 pipeline (``bench/pipecat_side.py``: end of
+speech -> first audio frame out of its TTS, no transport): turn about, so that a
+shared machine's load weighs on both alike, and never both at once. Both hear the
+same utterances in hibari's voice, at real-time pace, in chunks of the same size,
+and run the same models:
 
 - Whisper: the same CTranslate2 weights (faster-whisper, int8);
 - the LLM: the same GGUF, in-process for sonicgate, behind llama.cpp's
@@ -111,7 +112,7 @@ def peer_python(venv: Path, wheel: Path) -> Path:
     if python.exists() and stamp.is_file() and stamp.read_text() == wanted:
         return python
     shutil.rmtree(venv, ignore_errors=True)
-    say(f"creating Pipecat's venv in {venv} (once; about 500 MB)")
+    say(f"creating Pipecat's venv in {venv} (once; about 930 MB)")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pins = sum(1 for line in LOCK.read_text().splitlines() if "==" in line)
     say(f"installing {pins} pinned packages from {LOCK.name}, llama.cpp from {wheel.name}")
@@ -252,6 +253,8 @@ def report(index: int, ours: dict[str, Any], theirs: dict[str, Any]) -> None:
 def side(turns: list[dict[str, Any]]) -> dict[str, float]:
     """Pipecat's figures, over the turns it answered (``no_reply``: those it did not)."""
     latencies = [turn["latency"] for turn in turns if turn["latency"] is not None]
+    if not latencies:
+        raise RuntimeError("Pipecat answered none of the turns")
     return {
         "no_reply": len(turns) - len(latencies),
         "latency_p50": percentile(latencies, 50),
@@ -260,40 +263,16 @@ def side(turns: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--turns", type=int, default=22, help="spoken turns, on each side")
-    parser.add_argument("--chunk-samples", type=int, default=1024, help="client chunk size")
-    parser.add_argument("--llm", help="the LLM of the catalog (default: sonicgate's default)")
-    parser.add_argument("--peer-venv", type=Path, default=HERE / ".peer-venv")
-    args = parser.parse_args()
-
-    paths = locate(default_data_dir(), Selection(llm=args.llm, tts=PIPER_JOE.name))
-    wheel = llama_wheel()
-    python = peer_python(args.peer_venv, wheel)
-    utterances = [UTTERANCES[index % len(UTTERANCES)] for index in range(args.turns)]
-
-    options = ("--tts", PIPER_JOE.name, *(("--llm", args.llm) if args.llm else ()))
-    say(f"{args.turns} turns, each to sonicgate (serve {' '.join(options)}), then to Pipecat")
-    with (
-        tempfile.TemporaryDirectory(prefix="peer-pipecat-") as scratch,
-        sonicgate_server(*options) as url,
-        llm_server(python, paths.llm, free_port()) as llm_url,
-    ):
-        turns = []
-        for index, text in enumerate(utterances):
-            speech = Path(scratch) / f"turn{index:03d}.pcm"
-            speech.write_bytes(natural(text))  # what ``ask`` sends us, sample for sample
-            turns.append((text, speech))
-        settings = Path(scratch) / "settings.json"
-        settings.write_text(json.dumps(pipecat_settings(paths, llm_url, args.chunk_samples)))
-        pipecat = [str(python), str(PIPECAT_SIDE), str(settings)]
-        ours, theirs, pipecat_libraries = asyncio.run(
-            take_turns(url, pipecat, turns, args.chunk_samples)
-        )
-
+def record(
+    args: argparse.Namespace,
+    paths: ModelPaths,
+    wheel: Path,
+    turns: tuple[list[dict[str, Any]], list[dict[str, Any]]],
+    pipecat_libraries: dict[str, str],
+    load: tuple[float, float],
+) -> None:
+    """``bench/results/peer_pipecat.json``: both sides' turns and figures, and the ratios."""
+    ours, theirs = turns
     sonicgate, pipecat = summarize(ours), side(theirs)
     summary = {
         "turns": args.turns,
@@ -302,6 +281,9 @@ def main() -> None:
         "ratio_p50": round(sonicgate["latency_p50"] / pipecat["latency_p50"], 3),
         "ratio_p95": round(sonicgate["latency_p95"] / pipecat["latency_p95"], 3),
         "goal_ratio": GOAL,
+        # How busy the machine was: 1-minute load average before the run, and at its end
+        # (which counts the run itself). On 2 cores, much above 2 makes the figures noise.
+        "load_average": {"start": round(load[0], 2), "end": round(load[1], 2)},
     }
     write_results(
         "peer_pipecat",
@@ -322,6 +304,44 @@ def main() -> None:
         sonicgate_turns=ours,
         pipecat_turns=theirs,
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--turns", type=int, default=22, help="spoken turns, on each side")
+    parser.add_argument("--chunk-samples", type=int, default=1024, help="client chunk size")
+    parser.add_argument("--llm", help="the LLM of the catalog (default: sonicgate's default)")
+    parser.add_argument("--peer-venv", type=Path, default=HERE / ".peer-venv")
+    args = parser.parse_args()
+
+    paths = locate(default_data_dir(), Selection(llm=args.llm, tts=PIPER_JOE.name))
+    wheel = llama_wheel()
+    python = peer_python(args.peer_venv, wheel)
+    utterances = [UTTERANCES[index % len(UTTERANCES)] for index in range(args.turns)]
+
+    load = os.getloadavg()[0]
+    options = ("--tts", PIPER_JOE.name, *(("--llm", args.llm) if args.llm else ()))
+    say(f"{args.turns} turns, each to sonicgate (serve {' '.join(options)}), then to Pipecat")
+    with (
+        tempfile.TemporaryDirectory(prefix="peer-pipecat-") as scratch,
+        sonicgate_server(*options) as url,
+        llm_server(python, paths.llm, free_port()) as llm_url,
+    ):
+        turns = []
+        for index, text in enumerate(utterances):
+            speech = Path(scratch) / f"turn{index:03d}.pcm"
+            speech.write_bytes(natural(text))  # what ``ask`` sends us, sample for sample
+            turns.append((text, speech))
+        settings = Path(scratch) / "settings.json"
+        settings.write_text(json.dumps(pipecat_settings(paths, llm_url, args.chunk_samples)))
+        pipecat = [str(python), str(PIPECAT_SIDE), str(settings)]
+        ours, theirs, pipecat_libraries = asyncio.run(
+            take_turns(url, pipecat, turns, args.chunk_samples)
+        )
+
+    record(args, paths, wheel, (ours, theirs), pipecat_libraries, (load, os.getloadavg()[0]))
 
 
 if __name__ == "__main__":
