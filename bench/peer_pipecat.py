@@ -61,8 +61,9 @@ LOCK = HERE / "peer_pipecat.lock"
 PIPECAT_SIDE = HERE / "pipecat_side.py"
 CPU_MODULE = HERE.parent / "src" / "sonicgate" / "engines" / "local" / "cpu.py"
 GOAL = 0.8  # sonicgate's latency as a ratio to Pipecat's, at most
-# As ChatModel: its context, one decode thread, the prompt read on two, its sampling.
-LLM_SERVER_OPTIONS = ("--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "2")
+# As ChatModel: one decode thread, the prompt read on two, its sampling. Twice its context:
+# Pipecat sends the whole history, where sonicgate trims its own to fit 2048 tokens.
+LLM_SERVER_OPTIONS = ("--n_ctx", "4096", "--n_threads", "1", "--n_threads_batch", "2")
 QUIET_LLM_SERVER = ("--verbose", "false")
 SAMPLING = {"temperature": 0.6, "top_p": 0.9, "max_tokens": MAX_REPLY_TOKENS}
 
