@@ -135,6 +135,7 @@ def summary() -> str:
             f"{s['first_level_that_broke']}",
             "",
         ]
+    lines += peer_pipecat()
     if cores is not None:
         lines.insert(2, f"Machine: {cores} cores, no GPU. Each section is from one run.\n")
     return "\n".join(lines)
@@ -157,6 +158,24 @@ def turn_taking() -> list[str]:
             f"{r['wait_p90'] * 1000:.0f} / {r['wait_mean'] * 1000:.0f} |"
             for label, r in s["rules"].items()
         ),
+        "",
+    ]
+
+
+def peer_pipecat() -> list[str]:
+    if not (run := load("peer_pipecat")):
+        return []
+    s = run["summary"]
+    ours, theirs = s["sonicgate"], s["pipecat"]
+    return [
+        "## Beside Pipecat 1.14 (same models, same turns, turn about)",
+        "",
+        f"{s['turns']} turns, end of speech → first audio: sonicgate p50 "
+        f"{ours['latency_p50']:.2f} s, p95 {ours['latency_p95']:.2f} s; Pipecat p50 "
+        f"{theirs['latency_p50']:.2f} s, p95 {theirs['latency_p95']:.2f} s "
+        f"({theirs['no_reply']} unanswered). Sonicgate's as a ratio to Pipecat's: **p50 "
+        f"{s['ratio_p50']:.2f}, p95 {s['ratio_p95']:.2f}** (goal ≤ {s['goal_ratio']}); load "
+        f"average {s['load_average']['start']} before the run.",
         "",
     ]
 
