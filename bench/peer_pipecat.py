@@ -52,6 +52,7 @@ from bench.local_latency import UTTERANCES, ask, conversation, summarize
 from bench.speech import natural
 from sonicgate.config import default_data_dir
 from sonicgate.engines.base import EngineConfig
+from sonicgate.engines.local.cpu import choose_variant, installed_variants, library_dir, read_cpu
 from sonicgate.engines.local.engine import MAX_REPLY_TOKENS
 from sonicgate.engines.local.turns import TurnOptions
 from sonicgate.models import PIPER_JOE, ModelPaths, Selection, locate
@@ -291,6 +292,8 @@ def record(
         summary,
         models={kind.value: name for kind, name in paths.names.items()},
         llama_wheel=f"{wheel.parent.name}/{wheel.name}",
+        # What both sides load on this CPU (unless SONICGATE_LLAMA_CPU picks by hand).
+        llama_kernels=choose_variant(installed_variants(library_dir()), read_cpu().flags),
         pipecat_libraries=pipecat_libraries,
         settings={
             "client_chunk_samples": args.chunk_samples,
