@@ -12,7 +12,8 @@ and run the same models:
 - the LLM: the same GGUF, in-process for sonicgate, behind llama.cpp's
   OpenAI-compatible server (``llama_cpp.server``) for Pipecat, both from the
   same llama-cpp-python wheel (setup's portable build) with the same kernels,
-  threads, context, sampling and system prompt;
+  threads, sampling and system prompt (and a larger context: Pipecat keeps the
+  whole history);
 - the voice: Piper's "joe" (sonicgate with ``--tts piper-joe``; Pipecat has no
   hibari service);
 - end of turn: smart-turn v3.2 on both sides, asked at the same silence, with
