@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -370,3 +374,37 @@ def test_the_conversation_transport_mirrors_the_sdks_own_init() -> None:
     ours, theirs = crt_transport(), AWSCRTHTTPClient()
     assert set(vars(ours)) == set(vars(theirs))
     assert crt_transport()._tls_ctx is ours._tls_ctx  # shared, not made per conversation
+
+
+async def test_the_streams_connection_sends_without_delay(emulator: NovaEmulator) -> None:
+    """Nagle's algorithm off on the CRT's socket: a first chunk waits on no delayed ACK."""
+    session = await nova(emulator).start(EngineConfig(credentials=CREDENTIALS))
+    port = urlsplit(emulator.endpoint).port
+    to_emulator = [sock for sock in _tcp_sockets() if _peer_port(sock) == port]
+    try:
+        assert to_emulator
+        assert all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in to_emulator)
+    finally:
+        for sock in to_emulator:
+            sock.close()
+        await session.close()
+
+
+def _tcp_sockets() -> list[socket.socket]:
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                sock = socket.socket(fileno=os.dup(int(fd)))
+                if sock.type == socket.SOCK_STREAM and sock.family == socket.AF_INET:
+                    found.append(sock)
+                else:
+                    sock.close()
+    return found
+
+
+def _peer_port(sock: socket.socket) -> int | None:
+    try:
+        return int(sock.getpeername()[1])
+    except OSError:
+        return None

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Coroutine, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -37,6 +38,7 @@ from sonicgate.engines.nova_sonic.client import (
     send_event,
 )
 from sonicgate.engines.nova_sonic.grammar import NovaEvent, OutputMapper, ToolUse
+from sonicgate.engines.nova_sonic.nodelay import disable_nagle
 from sonicgate.engines.nova_sonic.settings import (
     LANGUAGES,
     NOVA_SONIC,
@@ -193,6 +195,10 @@ class NovaSession(BaseEngineSession):
             with contextlib.suppress(NovaStreamError):
                 await close_stream(stream.raw)
             raise
+        # The connection exists once the service has answered: the stream's first
+        # audio then goes out at once (see nodelay).
+        endpoint = urlsplit(settings.endpoint_uri) if settings.endpoint_uri else None
+        disable_nagle(endpoint.port if endpoint and endpoint.port else 443)
         stream.reader = asyncio.create_task(self._read(stream), name="nova-reader")
         return stream
 
