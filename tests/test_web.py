@@ -82,6 +82,13 @@ async def page_state(page: Page) -> dict[str, Any]:
 
 
 @pytest.fixture
+async def server(make_uvicorn: ServerFactory, scripted: ScriptedEngine) -> RunningServer:
+    """A browser needs a real socket: uvicorn's, unlike the other modules' ``server``."""
+    result: RunningServer = await make_uvicorn({"scripted": scripted})
+    return result
+
+
+@pytest.fixture
 async def local(make_uvicorn: ServerFactory, local_models: LocalModels) -> RunningServer:
     server: RunningServer = await make_uvicorn({"local": LocalEngine(local_models)})
     return server
