@@ -1,9 +1,11 @@
-"""Shared fixtures: a real uvicorn server on a free port, and WebSocket clients."""
+"""Shared fixtures: the gateway in this process (or under uvicorn), and WebSocket clients."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -13,14 +15,20 @@ import zipfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
+import httpx
 import psycopg
 import pytest
 import redis
-import uvicorn
 import websockets
+from httpx_ws import AsyncWebSocketSession, aconnect_ws
+from httpx_ws.transport import ASGIWebSocketTransport
+from starlette.applications import Starlette
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.config import LOGGING_CONFIG
+from wsproto.events import BytesMessage, TextMessage
 
 from sonicgate import models
 from sonicgate.config import Settings, default_data_dir
@@ -33,22 +41,87 @@ from tests.scripted_engine import ScriptedEngine
 
 
 def free_port() -> int:
+    """A port nothing listens on now, for a child process that must be told its port
+    (Redis, PostgreSQL, an S3 server) or for a URL meant to find nobody. Another process
+    may take it before it is used: what can bind port 0 itself should."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
+class ManualClock:
+    """A clock that moves only when a test moves it, to stand for ``time.monotonic``."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def eventually(condition: Callable[[], bool], what: str, within: float = 5.0) -> None:
+    """Until ``condition()`` holds, for what happens in the background and says so to
+    nobody; fails naming ``what`` after ``within`` seconds."""
+    try:
+        async with asyncio.timeout(within):
+            while not condition():  # noqa: ASYNC110 (nothing signals it: polled)
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"not within {within} s: {what}") from None
+
+
+class Held[T]:
+    """An async context entered and left in a task of its own. pytest-asyncio sets a
+    fixture up and tears it down in two different tasks, and anyio (under httpx-ws and
+    Starlette's lifespan) must leave a scope in the task that entered it."""
+
+    def __init__(self, value: T, release: asyncio.Event, task: asyncio.Task[None]) -> None:
+        self.value = value
+        self._release = release
+        self._task = task
+
+    @classmethod
+    async def enter(cls, context: contextlib.AbstractAsyncContextManager[T]) -> Held[T]:
+        entered: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with context as value:
+                entered.set_result(value)
+                await release.wait()
+
+        task = asyncio.create_task(hold())
+        await asyncio.wait([entered, task], return_when=asyncio.FIRST_COMPLETED)
+        if not entered.done():
+            task.result()  # entering failed: its exception
+        return cls(entered.result(), release, task)
+
+    async def leave(self) -> None:
+        self._release.set()
+        await self._task
+
+
 @dataclass
 class RunningServer:
+    """The gateway's app, served in this process through ASGI (``uvicorn`` None) or by a
+    real uvicorn on a port of its own."""
+
     settings: Settings
+    app: Starlette
     url: str
-    server: uvicorn.Server
+    uvicorn: GracefulServer | None = None
 
     def ws(self, path: str = "/api/nova-sonic/stream") -> str:
         return self.url.replace("http", "ws") + path
 
+    def http(self) -> httpx.AsyncClient:
+        """An HTTP client of this server, wherever it runs."""
+        transport = None if self.uvicorn else httpx.ASGITransport(self.app)
+        return httpx.AsyncClient(transport=transport, base_url=self.url)
+
 
 async def start_server(settings: Settings, engines: dict[str, Engine]) -> RunningServer:
+    """A real uvicorn on the port of ``settings`` (0: one the kernel picks, read back)."""
     app = create_app(settings, engines)
     config = server_config(app, settings, log_level="warning", log_config=LOGGING_CONFIG)
     server = GracefulServer(config, app.state.manager)
@@ -56,17 +129,20 @@ async def start_server(settings: Settings, engines: dict[str, Engine]) -> Runnin
     while not server.started:
         if task.done():
             task.result()
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # uvicorn offers no event to wait on
     server_task[id(server)] = task
-    return RunningServer(settings, f"http://127.0.0.1:{settings.port}", server)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    settings = dataclasses.replace(settings, port=port)
+    return RunningServer(settings, app, f"http://127.0.0.1:{port}", server)
 
 
 server_task: dict[int, asyncio.Task[None]] = {}
 
 
 async def stop_server(running: RunningServer) -> None:
-    running.server.should_exit = True
-    await server_task.pop(id(running.server))
+    assert running.uvicorn is not None
+    running.uvicorn.should_exit = True
+    await server_task.pop(id(running.uvicorn))
 
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"  # the machine's own PostgreSQL
@@ -141,24 +217,74 @@ def scripted() -> ScriptedEngine:
 ServerFactory = Callable[..., Any]
 
 
+def settings_for(tmp_path: Path, engines: dict[str, Engine], overrides: dict[str, Any]) -> Settings:
+    defaults: dict[str, Any] = {"engine": next(iter(engines)), "data_dir": tmp_path / "data"}
+    return Settings(**(defaults | overrides))
+
+
+def with_denial_responses(app: Starlette) -> ASGIApp:
+    """httpx-ws answers a WebSocket refused with an HTTP response (the ASGI denial
+    response extension) but leaves the extension out of the scope: it is put in."""
+
+    async def announced(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            extensions = scope.get("extensions") or {}
+            scope = {**scope, "extensions": {**extensions, "websocket.http.response": {}}}
+        await app(scope, receive, send)
+
+    return announced
+
+
+class InProcessServers:
+    """Makes gateways served in this process, through ASGI: no socket, no port. Each
+    gets a host name of its own, by which ``connect`` finds its app."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.apps: dict[str, ASGIApp] = {}  # by ws:// origin
+        self.lifespans: list[Held[None]] = []
+
+    async def __call__(self, engines: dict[str, Engine], **overrides: Any) -> RunningServer:
+        settings = settings_for(self.tmp_path, engines, overrides)
+        app = create_app(settings, engines)
+        self.lifespans.append(await Held.enter(app.router.lifespan_context(app)))
+        server = RunningServer(settings, app, f"http://gateway-{len(self.lifespans)}.test")
+        self.apps[server.ws("")] = with_denial_responses(app)
+        return server
+
+    def app_of(self, url: str) -> ASGIApp | None:
+        origin = urlsplit(url)._replace(path="", query="").geturl()
+        return self.apps.get(origin)
+
+    async def stop(self) -> None:
+        for lifespan in reversed(self.lifespans):
+            await lifespan.leave()
+
+
 @pytest.fixture
 async def make_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
+    """Gateways in this process (see ``InProcessServers``); ``make_uvicorn`` for what
+    needs a real socket."""
+    servers = InProcessServers(tmp_path)
+    yield servers
+    await servers.stop()
+
+
+@pytest.fixture
+async def make_uvicorn(tmp_path: Path) -> AsyncIterator[ServerFactory]:
+    """Gateways served by uvicorn on ports the kernel picks, for what needs a real socket:
+    shutdown on a signal, proxy headers, frame size limits, slow readers, browsers."""
     running: list[RunningServer] = []
 
     async def factory(engines: dict[str, Engine], **overrides: Any) -> RunningServer:
-        defaults: dict[str, Any] = {
-            "port": free_port(),
-            "engine": next(iter(engines)),
-            "data_dir": tmp_path / "data",
-        }
-        settings = Settings(**(defaults | overrides))
+        settings = settings_for(tmp_path, engines, {"port": 0} | overrides)
         server = await start_server(settings, engines)
         running.append(server)
         return server
 
     yield factory
     for server in running:
-        if not server.server.should_exit:
+        if server.uvicorn is not None and not server.uvicorn.should_exit:
             await stop_server(server)
 
 
@@ -190,10 +316,77 @@ async def server(make_server: ServerFactory, scripted: ScriptedEngine) -> Runnin
     return result
 
 
+class Connection(Protocol):
+    """A WebSocket as ``Client`` uses it (a ``websockets`` client connection is one)."""
+
+    async def send(self, message: str | bytes) -> None: ...
+
+    async def recv(self) -> str | bytes: ...
+
+    async def close(self) -> None: ...
+
+
+def alone(error: BaseException) -> BaseException:
+    """The one exception inside nested groups of one (else the group)."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
+class AsgiConnection:
+    """A WebSocket to an app in this process, through httpx-ws."""
+
+    def __init__(self, held: Held[AsyncWebSocketSession]) -> None:
+        self._held = held
+        self._session = held.value
+
+    @classmethod
+    async def open(
+        cls, app: ASGIApp, url: str, headers: dict[str, str] | None = None
+    ) -> AsgiConnection:
+        @contextlib.asynccontextmanager
+        async def session() -> AsyncIterator[AsyncWebSocketSession]:
+            # The engines' start-up and a loaded CPU can take a while to accept.
+            transport = ASGIWebSocketTransport(app, initial_receive_timeout=30)
+            async with (
+                httpx.AsyncClient(transport=transport, headers=headers) as http,
+                aconnect_ws(
+                    url.replace("ws", "http", 1),
+                    http,
+                    max_message_size_bytes=MAX_MESSAGE_BYTES,
+                    keepalive_ping_interval_seconds=None,  # the transport takes no pings
+                ) as opened,
+            ):
+                yield opened
+
+        try:
+            return cls(await Held.enter(session()))
+        except BaseExceptionGroup as group:  # anyio's task groups wrap a refusal
+            raise alone(group) from None
+
+    async def send(self, message: str | bytes) -> None:
+        if isinstance(message, str):
+            await self._session.send_text(message)
+        else:
+            await self._session.send_bytes(message)
+
+    async def recv(self) -> str | bytes:
+        event = await self._session.receive()
+        if isinstance(event, TextMessage | BytesMessage):
+            return event.data
+        raise AssertionError(f"unexpected {event!r}")
+
+    async def close(self) -> None:
+        await self._held.leave()
+
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
 class Client:
     """A WebSocket client speaking JSON, with a timeout on every receive."""
 
-    def __init__(self, connection: websockets.ClientConnection) -> None:
+    def __init__(self, connection: Connection) -> None:
         self.connection = connection
 
     async def send(self, message: dict[str, Any] | str | bytes) -> None:
@@ -205,6 +398,9 @@ class Client:
         raw = await asyncio.wait_for(self.connection.recv(), within)
         result: dict[str, Any] = json.loads(raw)
         return result
+
+    async def close(self) -> None:
+        await self.connection.close()
 
     async def initialize(self, **fields: object) -> dict[str, Any]:
         """Start a session in the second seed's dialect; returns its ``initialized``."""
@@ -249,12 +445,23 @@ class Client:
                 seen.append(message)
 
 
-@pytest.fixture
-async def connect() -> AsyncIterator[Callable[[str], Any]]:
-    opened: list[websockets.ClientConnection] = []
+Connect = Callable[..., Any]
 
-    async def factory(url: str) -> Client:
-        connection = await websockets.connect(url, max_size=64 * 1024 * 1024)
+
+@pytest.fixture
+async def connect(make_server: InProcessServers) -> AsyncIterator[Connect]:
+    """``connect(url, headers=None)``: a ``Client`` of an app from ``make_server`` (in
+    this process) or of any real server. Closed after the test, before the apps stop."""
+    opened: list[Connection] = []
+
+    async def factory(url: str, headers: dict[str, str] | None = None) -> Client:
+        connection: Connection
+        if (app := make_server.app_of(url)) is not None:
+            connection = await AsgiConnection.open(app, url, headers)
+        else:
+            connection = await websockets.connect(
+                url, max_size=MAX_MESSAGE_BYTES, additional_headers=headers
+            )
         opened.append(connection)
         return Client(connection)
 

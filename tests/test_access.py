@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
 import pytest
-import websockets
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from websockets.exceptions import InvalidStatus
+from httpx_ws import WebSocketUpgradeError
 
 from sonicgate.audio.formats import wav_bytes
 from sonicgate.config import Settings
+from sonicgate.server import app as app_module
 from sonicgate.server.access import AccessMiddleware, AccessPolicy, RateLimiter
-from tests.conftest import Client, RunningServer
+from tests.conftest import Client, Connect, ManualClock, RunningServer
 from tests.scripted_engine import tone
 from tests.test_bad_input import B64, expect_error, still_works
 
@@ -35,20 +33,14 @@ STATUS = "/api/nova-sonic/status"
 CLEANUP = "/api/nova-sonic/cleanup"
 
 
-@asynccontextmanager
-async def opened(url: str, **options: Any) -> AsyncIterator[Client]:
-    """A WebSocket client with headers or an Origin, which ``connect`` cannot give."""
-    async with websockets.connect(url, **options) as connection:
-        yield Client(connection)
-
-
-async def refused(url: str, **options: Any) -> tuple[int, dict[str, Any]]:
+async def refused(
+    connect: Connect, url: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
     """Expect the handshake to be refused; its HTTP status and JSON body."""
-    with pytest.raises(InvalidStatus) as caught:
-        async with websockets.connect(url, **options):
-            pass
+    with pytest.raises(WebSocketUpgradeError) as caught:
+        await connect(url, headers)
     response = caught.value.response
-    return response.status_code, json.loads(response.body or b"{}")
+    return response.status_code, response.json()
 
 
 async def get(
@@ -59,7 +51,7 @@ async def get(
     headers: dict[str, str] | None = None,
 ) -> httpx.Response:
     auth = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx.AsyncClient(base_url=server.url) as http:
+    async with server.http() as http:
         return await http.request(method, path, headers={**auth, **(headers or {})})
 
 
@@ -91,13 +83,15 @@ async def keyed(make_server, scripted) -> RunningServer:
     return server
 
 
-async def test_without_a_credential_nothing_but_a_refusal(keyed: RunningServer, scripted) -> None:
+async def test_without_a_credential_nothing_but_a_refusal(
+    keyed: RunningServer, scripted, connect
+) -> None:
     for path in ("/api/nova-sonic/stream", "/api/events"):
-        status, body = await refused(keyed.ws(path))
+        status, body = await refused(connect, keyed.ws(path))
         assert status == 401
         assert body["code"] == "unauthorized"
         assert "Bearer" in body["error"]
-    status, body = await refused(keyed.ws() + "?token=wrong")
+    status, body = await refused(connect, keyed.ws() + "?token=wrong")
     assert (status, body["code"]) == (401, "unauthorized")
     for path, method in ((STATUS, "GET"), ("/metrics", "GET"), (CLEANUP, "GET"), (CLEANUP, "POST")):
         response = await get(keyed, path, method=method)
@@ -118,14 +112,12 @@ async def test_the_web_page_stays_public(keyed: RunningServer) -> None:
 
 
 async def test_api_key_in_the_header_or_the_query(keyed: RunningServer, connect) -> None:
-    headers = {"Authorization": f"Bearer {KEY}"}
-    async with opened(keyed.ws(), additional_headers=headers) as client:
-        assert (await initialize(client))["type"] == "initialized"
-        await still_works(client)
+    client = await connect(keyed.ws(), {"Authorization": f"Bearer {KEY}"})
+    assert (await initialize(client))["type"] == "initialized"
+    await still_works(client)
     client = await connect(keyed.ws() + f"?token={OTHER_KEY}")
     assert (await initialize(client))["type"] == "initialized"
-    async with opened(keyed.ws("/api/events") + f"?token={KEY}&sessionId=x"):
-        pass
+    await connect(keyed.ws("/api/events") + f"?token={KEY}&sessionId=x")
     assert (await get(keyed, STATUS, KEY)).json()["status"] == "ok"
     assert (await get(keyed, "/metrics", KEY)).status_code == 200
     cleanup = await get(keyed, CLEANUP, KEY, method="POST")
@@ -147,7 +139,7 @@ async def test_hs256_tokens(make_server, scripted, connect) -> None:
         response = await get(server, STATUS, token)
         assert response.status_code == 401
         assert problem in response.json()["error"]
-    status, body = await refused(server.ws() + f"?token={hs256(exp=time.time() - 5)}")
+    status, body = await refused(connect, server.ws() + f"?token={hs256(exp=time.time() - 5)}")
     assert status == 401
     assert "expired" in body["error"]
 
@@ -182,16 +174,16 @@ def test_settings_weaker_than_asked_for_are_refused() -> None:
         AccessPolicy.from_settings(Settings(api_keys=("",)))
 
 
-async def test_origin_allow_list(make_server, scripted) -> None:
+async def test_origin_allow_list(make_server, scripted, connect) -> None:
     server = await make_server({"scripted": scripted}, allowed_origins=("https://app.example",))
-    status, body = await refused(server.ws(), origin="https://evil.example")
+    status, body = await refused(connect, server.ws(), {"Origin": "https://evil.example"})
     assert (status, body["code"]) == (403, "forbidden_origin")
     response = await get(server, STATUS, headers={"Origin": "https://evil.example"})
     assert (response.status_code, response.json()["code"]) == (403, "forbidden_origin")
-    async with opened(server.ws(), origin="https://app.example") as client:
-        assert (await initialize(client))["type"] == "initialized"
-    async with opened(server.ws()) as client:  # not a browser: no Origin, no check
-        assert (await initialize(client))["type"] == "initialized"
+    client = await connect(server.ws(), {"Origin": "https://app.example"})
+    assert (await initialize(client))["type"] == "initialized"
+    client = await connect(server.ws())  # not a browser: no Origin, no check
+    assert (await initialize(client))["type"] == "initialized"
 
 
 async def test_http_rate_limit(make_server, scripted) -> None:
@@ -204,38 +196,41 @@ async def test_http_rate_limit(make_server, scripted) -> None:
     assert int(limited.headers["retry-after"]) >= 1
 
 
-async def test_failed_attempts_are_rate_limited_by_address(make_server, scripted) -> None:
+async def test_failed_attempts_are_rate_limited_by_address(make_server, scripted, connect) -> None:
     server = await make_server({"scripted": scripted}, api_keys=(KEY,), max_requests_per_second=1)
     codes = [(await get(server, STATUS, f"guess-{n}")).status_code for n in range(3)]
     assert codes == [401, 401, 429]
-    status, body = await refused(server.ws() + "?token=guess")
+    status, body = await refused(connect, server.ws() + "?token=guess")
     assert (status, body["code"]) == (429, "rate_limited")
 
 
-async def drain(client: Client, quiet: float = 0.5) -> list[dict[str, Any]]:
-    """Every message until the connection goes quiet."""
-    messages = []
-    try:
-        while True:
-            messages.append(await client.recv(quiet))
-    except TimeoutError:
-        return messages
+@pytest.fixture
+def message_clock(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
+    """The clock of the app's message rate limiter."""
+    clock = ManualClock()
+    monkeypatch.setattr(app_module, "RateLimiter", functools.partial(RateLimiter, clock=clock))
+    return clock
 
 
-async def test_a_message_flood_is_answered_in_the_typed_dialect(make_server, scripted, connect):
+async def test_a_message_flood_is_answered_in_the_typed_dialect(
+    make_server, scripted, connect, message_clock: ManualClock
+):
     server = await make_server({"scripted": scripted}, max_messages_per_second=5)
     client = await connect(server.ws())
     assert (await initialize(client))["type"] == "initialized"
     for _ in range(30):
         await client.send({"type": "audio_chunk", "audio": B64})
-    errors = [m for m in await drain(client) if m["type"] == "error"]
-    assert len(errors) >= 15
+    message_clock.now += 2  # the bucket refills; the session was never lost
+    await client.send({"type": "text_message", "text": "still there?"})
+    _, before = await client.until("text_response")
+    errors = [m for m in before if m["type"] == "error"]
+    assert len(errors) == 30 - 10  # all but a burst of 2 s at 5 a second
     assert {e["code"] for e in errors} == {"rate_limited"}
-    await asyncio.sleep(2)  # the bucket refills; the session was never lost
-    await still_works(client)
 
 
-async def test_a_message_flood_is_answered_in_the_action_dialect(make_server, scripted, connect):
+async def test_a_message_flood_is_answered_in_the_action_dialect(
+    make_server, scripted, connect, message_clock: ManualClock
+):
     server = await make_server({"scripted": scripted}, max_messages_per_second=5)
     client = await connect(server.ws())
     start = {"action": "voice_session_start", "data": {"audioFormat": "pcm16"}}
@@ -244,12 +239,12 @@ async def test_a_message_flood_is_answered_in_the_action_dialect(make_server, sc
     chunk = {"action": "voice_chunk", "sessionId": session_id, "data": {"audioData": B64}}
     for _ in range(30):
         await client.send(chunk)
-    errors = [m for m in await drain(client) if m["type"] == "voice_error"]
-    assert len(errors) >= 15
-    assert {e["data"]["code"] for e in errors} == {"rate_limited"}
-    await asyncio.sleep(2)
+    message_clock.now += 2
     await client.send({"action": "voice_session_end", "sessionId": session_id})
-    ended, _ = await client.until("voice_session_ended")
+    ended, before = await client.until("voice_session_ended")
+    errors = [m for m in before if m["type"] == "voice_error"]
+    assert len(errors) == 30 - 10
+    assert {e["data"]["code"] for e in errors} == {"rate_limited"}
     assert ended["data"]["status"] == "COMPLETED"
 
 

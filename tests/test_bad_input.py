@@ -7,7 +7,6 @@ import base64
 import json
 import socket
 
-import httpx
 import pytest
 import websockets
 
@@ -172,10 +171,11 @@ async def test_engine_failure_keeps_the_connection(
     await still_works(client)
 
 
-async def test_a_client_that_never_reads_is_cut_off(make_server, scripted: ScriptedEngine) -> None:
-    # No rate limit, and long replies: every message below gets one, to fill the outbox.
+async def test_a_client_that_never_reads_is_cut_off(make_uvicorn, scripted: ScriptedEngine) -> None:
+    # Through a real socket, whose buffers fill. No rate limit, and long replies: every
+    # message below gets one, to fill the outbox.
     scripted.reply = " ".join(["word"] * 300)
-    server = await make_server(
+    server = await make_uvicorn(
         {"scripted": scripted}, max_messages_per_second=0, outbox_messages=32
     )
     # A tiny receive window and max_queue=1: this client stops taking frames off
@@ -192,6 +192,6 @@ async def test_a_client_that_never_reads_is_cut_off(make_server, scripted: Scrip
             while True:  # drain what was sent before the server gave up
                 await asyncio.wait_for(reader_that_stalls.recv(), 30)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == stream.SLOW_CLIENT_CODE
-    async with httpx.AsyncClient() as http:
-        status = (await http.get(server.url + "/api/nova-sonic/status")).json()
+    async with server.http() as http:
+        status = (await http.get("/api/nova-sonic/status")).json()
     assert status["activeSessions"] == 0

@@ -32,7 +32,6 @@ from sonicgate.protocol.action import ACTIONS
 from sonicgate.protocol.typed import TYPES
 from sonicgate.server.app import create_app
 from sonicgate.store.sqlite import SqliteStore
-from tests.conftest import free_port
 from tests.scripted_engine import ScriptedEngine
 
 MAX_BYTES = 16 * 1024
@@ -212,7 +211,7 @@ class ThreadedServer:
 
     def __init__(self, data_dir: Path) -> None:
         self.settings = Settings(
-            port=free_port(),
+            port=0,  # the kernel picks; read back once listening
             engine="scripted",
             data_dir=data_dir,
             max_message_bytes=MAX_BYTES,
@@ -223,20 +222,19 @@ class ThreadedServer:
         )
         app = create_app(self.settings, {"scripted": ScriptedEngine()})
         config = uvicorn.Config(
-            app,
-            port=self.settings.port,
-            log_level="critical",
-            ws_max_size=self.settings.ws_max_size,
+            app, port=0, log_level="critical", ws_max_size=self.settings.ws_max_size
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{self.settings.port}"
+        self.url = ""
 
     def __enter__(self) -> ThreadedServer:
         self.thread.start()
         while not self.server.started:
             assert self.thread.is_alive(), "the server did not start"
-            time.sleep(0.01)
+            time.sleep(0.01)  # uvicorn offers no event to wait on
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -244,9 +242,10 @@ class ThreadedServer:
         self.thread.join(10)
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]:
-    with ThreadedServer(tmp_path_factory.mktemp("fuzz")) as server:
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[ThreadedServer]:
+    """A server of each test's own: none depends on what another left (or did not)."""
+    with ThreadedServer(tmp_path) as server:
         yield server
 
 
@@ -295,35 +294,41 @@ fuzz = settings(
     deadline=None,
     derandomize=True,  # the same cases on every run: CI stays reproducible
     database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.too_slow],
 )
 
 
-@fuzz
-@given(conversation=typed_conversations)
-def test_typed_dialect_survives_anything(
-    live: ThreadedServer, conversation: tuple[dict[str, Any], list[str | bytes]]
+def survives(
+    live: ThreadedServer,
+    dialect: Dialect,
+    conversations: st.SearchStrategy[tuple[dict[str, Any], list[str | bytes]]],
 ) -> None:
-    converse(live, TYPED, *conversation)
+    """Every generated conversation gets its answers; then the server and the store are
+    sound."""
+
+    @fuzz
+    @given(conversation=conversations)
+    def conversation_answered(conversation: tuple[dict[str, Any], list[str | bytes]]) -> None:
+        converse(live, dialect, *conversation)
+
+    conversation_answered()
+    assert_sound(live)
 
 
-@fuzz
-@given(conversation=action_conversations)
-def test_action_dialect_survives_anything(
-    live: ThreadedServer, conversation: tuple[dict[str, Any], list[str | bytes]]
-) -> None:
-    converse(live, ACTION, *conversation)
+def test_typed_dialect_survives_anything(live: ThreadedServer) -> None:
+    survives(live, TYPED, typed_conversations)
 
 
-@fuzz
-@given(conversation=realtime_conversations)
-def test_realtime_dialect_survives_anything(
-    live: ThreadedServer, conversation: tuple[dict[str, Any], list[str | bytes]]
-) -> None:
-    converse(live, REALTIME, *conversation)
+def test_action_dialect_survives_anything(live: ThreadedServer) -> None:
+    survives(live, ACTION, action_conversations)
 
 
-def test_after_the_fuzzing_the_server_and_store_are_sound(live: ThreadedServer) -> None:
+def test_realtime_dialect_survives_anything(live: ThreadedServer) -> None:
+    survives(live, REALTIME, realtime_conversations)
+
+
+def assert_sound(live: ThreadedServer) -> None:
+    """No session is left open, and each stored session is whole and consistent."""
     status = httpx.get(live.url + "/api/nova-sonic/status").json()
     assert status["status"] == "ok"
     assert status["activeSessions"] == 0

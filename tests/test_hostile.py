@@ -525,12 +525,12 @@ async def test_connections_per_node_are_capped(gateway: Gateway) -> None:
             await client.connection.close()
 
 
-async def test_forwarded_for_from_loopback_is_not_believed(make_server, scripted) -> None:
-    server = await make_server(
+async def test_forwarded_for_from_loopback_is_not_believed(make_uvicorn, scripted) -> None:
+    server = await make_uvicorn(  # uvicorn reads the proxy headers
         {"scripted": scripted}, api_keys=("right-key-0123456789",), max_requests_per_second=5
     )
     statuses = []
-    async with httpx.AsyncClient(base_url=server.url) as http:
+    async with server.http() as http:
         for n in range(30):  # a fresh address each time, as a rotating attacker claims
             headers = {"X-Forwarded-For": f"10.0.{n}.1", "Authorization": "Bearer wrong"}
             statuses.append((await http.get("/api/nova-sonic/status", headers=headers)).status_code)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import RunningServer
@@ -13,7 +12,7 @@ from tests.test_seed_typed import initialize
 
 
 async def scrape(server: RunningServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    async with httpx.AsyncClient(base_url=server.url) as http:
+    async with server.http() as http:
         response = await http.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")

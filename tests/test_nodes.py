@@ -9,7 +9,6 @@ import asyncio
 import base64
 import wave
 
-import httpx
 import psycopg
 import pytest
 
@@ -36,7 +35,7 @@ async def test_a_conversation_resumes_on_another_node_with_its_history(
     session_id = (await first.initialize())["sessionId"]
     await first.complete_turn(bytes(16_000))
     await first.final_reply()
-    await first.connection.close()  # the client lost node A
+    await first.close()  # the client lost node A
 
     second = await connect(node_b.ws())
     ready = await second.initialize(sessionId=session_id)
@@ -65,7 +64,7 @@ async def test_status_on_any_node_counts_the_connections_of_every_node(
         for _ in range(clients):
             await (await connect(node.ws())).initialize()
     for node in (node_a, node_b):
-        async with httpx.AsyncClient(base_url=node.url) as http:
+        async with node.http() as http:
             status = (await http.get("/api/nova-sonic/status")).json()
         assert status["connectionsByNode"] == {"a": 1, "b": 2}
         assert (status["status"], status["store"], status["registry"]) == ("ok", "ok", "ok")
@@ -153,7 +152,7 @@ async def test_audio_acknowledged_before_a_node_is_lost_is_heard_on_the_next(
     partial, _ = await first.until("voice_transcription_partial")
     acknowledged = partial["data"]["sequenceNumber"]
     assert acknowledged is not None and acknowledged >= 1
-    await first.connection.close()  # node A is lost with the turn under way
+    await first.close()  # node A is lost with the turn under way
 
     moved = await connect(node_b.ws())
     await moved.send({**start, "sessionId": session_id})

@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,6 +21,7 @@ from sonicgate.domain import History, Message, Role
 from sonicgate.engines.aws import AwsCredentials
 from sonicgate.engines.base import EngineConfig, EngineError
 from sonicgate.engines.fallback import FallbackEngine
+from sonicgate.engines.nova_sonic import engine as nova_engine
 from sonicgate.engines.nova_sonic import grammar
 from sonicgate.engines.nova_sonic.client import (
     NovaStreamError,
@@ -43,6 +45,7 @@ from sonicgate.events import (
     Usage,
 )
 from sonicgate.tools import CURRENT_TIME
+from tests.conftest import ManualClock
 from tests.emulators.nova_sonic import Failure, NovaEmulator, ToolCall, Turn
 from tests.scripted_engine import ScriptedEngine
 
@@ -193,14 +196,16 @@ async def test_a_typed_turn_in_text_only_mode_gets_words_and_no_audio(
 
 
 async def test_the_stream_rotates_with_the_history_and_nothing_is_said_twice(
-    emulator: NovaEmulator,
+    emulator: NovaEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     emulator.script = [Turn("First question", "First answer."), Turn("Second", "Second answer.")]
+    clock = ManualClock()
+    monkeypatch.setattr(nova_engine, "time", SimpleNamespace(monotonic=clock))
     session = await nova(emulator, rotate_after=0.5).start(EngineConfig(credentials=CREDENTIALS))
     events = session.events()
     await say(session, speech() + quiet(0.6))
     first = await until(events, TurnEnded)
-    await asyncio.sleep(0.6)
+    clock.now += 0.6  # the stream is old enough to rotate
     await say(session, quiet(0.6) + speech() + quiet(0.6))  # quiet first: rotation happens here
     second = await until(events, TurnEnded)
     await session.close()

@@ -48,9 +48,9 @@ async def collect(connection: Any, until: str, limit: float = 60.0) -> list[Any]
 
 
 async def test_the_sdk_talks_to_a_sonicgate_engine(
-    make_server: ServerFactory, scripted: ScriptedEngine
+    make_uvicorn: ServerFactory, scripted: ScriptedEngine
 ) -> None:
-    server = await make_server({"scripted": scripted})
+    server = await make_uvicorn({"scripted": scripted})
     async with sdk(server).realtime.connect(model="scripted") as connection:
         created = await collect(connection, "session.created", 10)
         assert created[-1].session.model == "scripted"
@@ -92,9 +92,9 @@ async def test_the_sdk_talks_to_a_sonicgate_engine(
 
 
 async def test_unknown_events_get_an_error_event_and_the_session_goes_on(
-    make_server: ServerFactory, scripted: ScriptedEngine
+    make_uvicorn: ServerFactory, scripted: ScriptedEngine
 ) -> None:
-    server = await make_server({"scripted": scripted})
+    server = await make_uvicorn({"scripted": scripted})
     async with sdk(server).realtime.connect(model="scripted") as connection:
         await collect(connection, "session.created", 10)
         await connection.send({"type": "input_audio_buffer.append", "audio": "%%%"})
@@ -115,9 +115,9 @@ async def test_unknown_events_get_an_error_event_and_the_session_goes_on(
 
 @pytest.mark.models
 async def test_a_voice_conversation_with_the_local_engine_and_an_interruption(
-    make_server: ServerFactory, local_models: LocalModels
+    make_uvicorn: ServerFactory, local_models: LocalModels
 ) -> None:
-    server = await make_server({"local": LocalEngine(local_models)})
+    server = await make_uvicorn({"local": LocalEngine(local_models)})
     async with sdk(server).realtime.connect(model="gpt-realtime") as connection:
         await collect(connection, "session.created", 10)
         # 2 s of silence after each: past the turn detector's fallback (1.5 s), which

@@ -15,10 +15,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sonicgate.bus import open_bus
+from sonicgate.bus import redis as redis_bus
 from sonicgate.bus.base import RESPONSE_EVENT, SESSION_EVENT, TRANSCRIPTION_EVENT, BusEvent, Filter
 from sonicgate.bus.memory import MemoryBus
 from sonicgate.bus.redis import RedisBus
-from tests.conftest import Client, free_port
+from tests.conftest import Client, eventually, free_port
 from tests.scripted_engine import tone
 
 
@@ -27,12 +28,7 @@ def event(n: int) -> BusEvent:
 
 
 async def logged(caplog: pytest.LogCaptureFixture, text: str) -> None:
-    """Until ``text`` is in the log, for at most 5 s."""
-    for _ in range(500):
-        if text in caplog.text:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{text!r} was not logged within 5 s")
+    await eventually(lambda: text in caplog.text, f"{text!r} logged")
 
 
 def test_the_bus_is_picked_by_url(redis_url: str) -> None:
@@ -43,14 +39,30 @@ def test_the_bus_is_picked_by_url(redis_url: str) -> None:
             open_bus(bad, "p")
 
 
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis tried again every 20 ms rather than every second."""
+    monkeypatch.setattr(redis_bus, "RETRY_SECONDS", 0.02)
+    monkeypatch.setattr(redis_bus, "RESUBSCRIBED_SECONDS", 1.5 * 0.02)
+
+
 async def test_publishing_never_waits_on_an_unreachable_redis_and_warns_once(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, quick_retries: None
 ) -> None:
     bus = RedisBus(f"redis://127.0.0.1:{free_port()}/0", "unreachable")
+    pings = 0
+    ping = bus._redis.ping
+
+    async def counted_ping() -> object:  # after the first failure, each attempt pings
+        nonlocal pings
+        pings += 1
+        return await ping()
+
+    monkeypatch.setattr(bus._redis, "ping", counted_ping)
     for n in range(3):
         await asyncio.wait_for(bus.publish(event(n)), 0.05)
     await logged(caplog, "unreachable")  # the outbox's sender finds Redis gone
-    await asyncio.sleep(2.5)  # two more attempts fail, without another warning
+    await eventually(lambda: pings >= 2, "two more attempts")  # without another warning
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "keeping events" in warnings[0].getMessage()
     await asyncio.wait_for(bus.aclose(), 5)  # gives up flushing after a while
@@ -112,7 +124,7 @@ async def own_redis(tmp_path: Path) -> AsyncIterator[OwnRedis]:
 
 
 async def test_events_published_during_an_outage_reach_every_node_once_redis_is_back(
-    own_redis: OwnRedis, bus_prefix: str, caplog: pytest.LogCaptureFixture
+    own_redis: OwnRedis, bus_prefix: str, caplog: pytest.LogCaptureFixture, quick_retries: None
 ) -> None:
     caplog.set_level(logging.INFO, "sonicgate.bus.redis")
     here, there = RedisBus(own_redis.url, bus_prefix), RedisBus(own_redis.url, bus_prefix)

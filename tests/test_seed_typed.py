@@ -8,7 +8,6 @@ import logging
 import sqlite3
 import wave
 
-import httpx
 import pytest
 
 from tests.conftest import Client, RunningServer
@@ -121,7 +120,7 @@ async def test_credentials_are_never_stored_or_logged(
 async def test_status_and_cleanup(server: RunningServer, connect) -> None:
     client = await connect(server.ws())
     await initialize(client)
-    async with httpx.AsyncClient(base_url=server.url) as http:
+    async with server.http() as http:
         status = (await http.get("/api/nova-sonic/status")).json()
         assert status["status"] == "ok"
         assert status["activeSessions"] == 1

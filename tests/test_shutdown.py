@@ -9,9 +9,9 @@ from tests.test_seed_typed import initialize
 
 
 async def test_a_clean_stop_ends_every_session_and_tells_its_client(
-    make_server, scripted, connect
+    make_uvicorn, scripted, connect
 ) -> None:
-    server = await make_server({"scripted": scripted})
+    server = await make_uvicorn({"scripted": scripted})  # stopped as on SIGTERM
     typed = await connect(server.ws())
     typed_id = (await initialize(typed))["sessionId"]
     action = await connect(server.ws())

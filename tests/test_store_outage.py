@@ -12,7 +12,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import Client, ServerFactory, free_port
@@ -108,8 +107,8 @@ async def test_conversations_outlive_a_postgres_outage(
     await newcomer.send({"type": "initialize"})
     refused = await newcomer.recv()
     assert refused["type"] == "error" and refused["code"] == "store_unavailable", refused
-    async with httpx.AsyncClient() as http:
-        status = (await http.get(server.url + "/api/nova-sonic/status")).json()
+    async with server.http() as http:
+        status = (await http.get("/api/nova-sonic/status")).json()
     assert (status["status"], status["store"]) == ("degraded", "unavailable")
 
     await asyncio.to_thread(postgres.start)

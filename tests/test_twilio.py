@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import av
-import httpx
 import numpy as np
 import pytest
 import websockets
@@ -395,13 +394,13 @@ def talking() -> TalkingEngine:
 
 
 @pytest.fixture
-async def phone_server(make_server: ServerFactory, talking: TalkingEngine) -> RunningServer:
-    server: RunningServer = await make_server({"talking": talking, "echo": EchoEngine()})
+async def phone_server(make_uvicorn: ServerFactory, talking: TalkingEngine) -> RunningServer:
+    server: RunningServer = await make_uvicorn({"talking": talking, "echo": EchoEngine()})
     return server
 
 
 def store_of(server: RunningServer) -> Store:
-    store: Store = server.server.config.app.state.manager.services.store
+    store: Store = server.app.state.manager.services.store
     return store
 
 
@@ -426,7 +425,7 @@ def media_times(phone: Phone) -> list[float]:
 async def test_the_webhook_streams_the_call_to_the_public_url(make_server, talking) -> None:
     server = await make_server({"talking": talking}, public_url="https://voice.example.com/gw")
     query = "?engine=talking&voice=tone&language=en-GB&systemPrompt=Be+brief.&other=x"
-    async with httpx.AsyncClient(base_url=server.url) as http:
+    async with server.http() as http:
         answer = await http.post(f"/twilio/voice{query}", data={"CallSid": "CA1"})
         direct = await http.post("/twilio/voice", data={}, headers={"Host": "gw.example.org"})
     assert answer.status_code == 200
@@ -441,7 +440,7 @@ async def test_the_webhook_streams_the_call_to_the_public_url(make_server, talki
     }
     assert read_twiml(direct.text)[0] == "wss://voice.example.com/gw/twilio/media"
     plain = await make_server({"talking": talking})
-    async with httpx.AsyncClient(base_url=plain.url) as http:
+    async with plain.http() as http:
         answer = await http.post("/twilio/voice", headers={"Host": "gw.example.org:8080"})
     assert read_twiml(answer.text) == ("ws://gw.example.org:8080/twilio/media", {})
 
@@ -601,9 +600,9 @@ async def test_a_call_whose_session_cannot_open_is_hung_up(phone_server) -> None
     assert phone.received == []
 
 
-async def test_with_a_twilio_auth_token_only_twilio_gets_through(make_server, talking) -> None:
+async def test_with_a_twilio_auth_token_only_twilio_gets_through(make_uvicorn, talking) -> None:
     token, public = "twilio-auth-token-0123456789abcdef", "https://voice.example.com"
-    server = await make_server(
+    server = await make_uvicorn(
         {"talking": talking}, twilio_auth_token=token, public_url=public, api_keys=("k" * 20,)
     )
     phone = await Phone.ring(server.url, auth_token=token, public_url=public)
@@ -614,7 +613,7 @@ async def test_with_a_twilio_auth_token_only_twilio_gets_through(make_server, ta
     record = await store_of(server).get_session(phone.call_sid)
     assert record is not None and record.owner == f"twilio:{ACCOUNT_SID}"
 
-    async with httpx.AsyncClient(base_url=server.url) as http:
+    async with server.http() as http:
         form = {"CallSid": "CA9", "AccountSid": ACCOUNT_SID}
         unsigned = await http.post("/twilio/voice", data=form)
         forged = await http.post(
@@ -649,11 +648,11 @@ async def test_with_a_twilio_auth_token_only_twilio_gets_through(make_server, ta
 
 
 async def test_with_access_control_the_webhook_hands_its_key_to_the_stream(
-    make_server, talking
+    make_uvicorn, talking
 ) -> None:
     key = "phone-api-key-0123456789"
-    server = await make_server({"talking": talking}, api_keys=(key,))
-    async with httpx.AsyncClient(base_url=server.url) as http:
+    server = await make_uvicorn({"talking": talking}, api_keys=(key,))
+    async with server.http() as http:
         assert (await http.post("/twilio/voice")).status_code == 401
     phone = await Phone.ring(server.url, query=f"?token={key}&engine=talking")
     assert phone.parameters == {"engine": "talking", "token": key}
@@ -669,9 +668,9 @@ async def test_with_access_control_the_webhook_hands_its_key_to_the_stream(
 
 @pytest.mark.models
 async def test_a_phone_call_to_the_local_engine(
-    make_server: ServerFactory, local_models: LocalModels
+    make_uvicorn: ServerFactory, local_models: LocalModels
 ) -> None:
-    server = await make_server({"local": LocalEngine(local_models)})
+    server = await make_uvicorn({"local": LocalEngine(local_models)})
     phone = await Phone.ring(server.url)
     said = silence(0.5) + speak("What is the capital of France?")
     phone.say(said)

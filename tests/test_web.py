@@ -19,7 +19,7 @@ from playwright.async_api import Browser, Page, async_playwright
 
 from bench.speech import silence, speak
 from sonicgate.engines.local import LocalEngine, LocalModels
-from tests.conftest import RunningServer, ServerFactory, free_port
+from tests.conftest import RunningServer, ServerFactory
 from tests.scripted_engine import ScriptedEngine
 
 pytestmark = pytest.mark.browser
@@ -82,8 +82,15 @@ async def page_state(page: Page) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def local(make_server: ServerFactory, local_models: LocalModels) -> RunningServer:
-    server: RunningServer = await make_server({"local": LocalEngine(local_models)})
+async def server(make_uvicorn: ServerFactory, scripted: ScriptedEngine) -> RunningServer:
+    """A browser needs a real socket: uvicorn's, unlike the other modules' ``server``."""
+    result: RunningServer = await make_uvicorn({"scripted": scripted})
+    return result
+
+
+@pytest.fixture
+async def local(make_uvicorn: ServerFactory, local_models: LocalModels) -> RunningServer:
+    server: RunningServer = await make_uvicorn({"local": LocalEngine(local_models)})
     return server
 
 
@@ -254,9 +261,9 @@ async def test_an_engine_failure_is_shown_and_the_page_stays_connected(
 
 
 async def test_with_access_control_the_page_passes_its_token_on(
-    make_server: ServerFactory, scripted: ScriptedEngine
+    make_uvicorn: ServerFactory, scripted: ScriptedEngine
 ) -> None:
-    server = await make_server({"scripted": scripted}, api_keys=("page-key",))
+    server = await make_uvicorn({"scripted": scripted}, api_keys=("page-key",))
     async with chromium() as browser:
         page = await browser.new_page()
         await page.goto(server.url + "/")
@@ -268,7 +275,7 @@ async def test_with_access_control_the_page_passes_its_token_on(
 
 
 async def test_the_page_reconnects_and_resumes_its_session(server: RunningServer) -> None:
-    network = Relay(int(server.url.rsplit(":", 1)[1]))
+    network = Relay(server.settings.port)
     await network.open()
     try:
         async with chromium() as browser:
@@ -431,7 +438,7 @@ class Relay:
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
-        self.port = free_port()
+        self.port = 0  # the kernel picks at the first open; the same one after a cut
         self.listener: asyncio.Server | None = None
         self.links: list[asyncio.StreamWriter] = []
 
@@ -441,6 +448,7 @@ class Relay:
 
     async def open(self) -> None:
         self.listener = await asyncio.start_server(self._link, "127.0.0.1", self.port)
+        self.port = self.listener.sockets[0].getsockname()[1]
 
     async def cut(self) -> None:
         if self.listener is not None:
