@@ -1,0 +1,227 @@
+"""Every engine through every check of the contract (``tests/contract.py``): the local
+one on its real models, the cloud ones through their real SDKs against the emulators."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bench.speech import silence
+from bench.speech import speak as espeak
+from sonicgate.engines.base import Engine, EngineConfig, EngineSession
+from sonicgate.engines.bedrock import bedrock_cascade
+from sonicgate.engines.bedrock_settings import BedrockSettings
+from sonicgate.engines.echo import EchoEngine
+from sonicgate.engines.local import LocalEngine, LocalModels
+from sonicgate.engines.local.llm import Chat
+from sonicgate.engines.local.turns import TurnOptions
+from sonicgate.engines.openai.cascade import openai_cascade
+from sonicgate.engines.openai.client import OpenAISettings
+from sonicgate.engines.openai.realtime import OpenAIRealtimeEngine
+from tests.contract import CHECKS, Subject
+from tests.emulators.bedrock_converse import BedrockEmulator
+from tests.emulators.nova_sonic import Failure, NovaEmulator, Turn
+from tests.emulators.openai_api import OpenAIEmulator
+from tests.test_nova_sonic import CREDENTIALS, nova
+
+STORYTELLER = "You are a storyteller. Tell long, detailed stories."
+BRIEF = 40  # tokens at most in a local reply: seconds, with its speech
+LONG_REPLY = " ".join(["And then the dragon flew on over the hills."] * 6)
+
+# What an engine cannot do, by its nature, and why: those checks are skipped, saying so.
+NO_TURNS = "echo answers each chunk as it comes: it has no turns to take or interrupt"
+LACKS: dict[str, dict[str, str]] = {
+    "echo": {
+        "spoken turn": NO_TURNS,
+        "text during a reply": NO_TURNS,
+        "barge-in": NO_TURNS,
+        "stop during a reply": NO_TURNS,
+        "close during a reply": NO_TURNS,
+        "provider failure": "echo has no provider behind it",
+    },
+}
+ON_MODELS = {"local", "bedrock", "openai"}  # they hear through the local models
+
+
+def espoken(text: str) -> bytes:
+    """espeak-ng's speech, which the local VAD hears, then the silence that ends the turn."""
+    return silence(0.3) + espeak(text) + silence(0.8)
+
+
+class Breakable:
+    """A chat model whose replies are kept short (the suite's time), and that, once
+    broken, dies after its first words (then works again)."""
+
+    def __init__(self, chat: Chat) -> None:
+        self.chat = chat
+        self.n_ctx = chat.n_ctx
+        self.broken = False
+
+    def count_tokens(self, text: str) -> int:
+        return self.chat.count_tokens(text)
+
+    def stream(
+        self, messages: list[dict[str, str]], cancel: threading.Event, max_tokens: int = 160
+    ) -> Iterator[str]:
+        broken, self.broken = self.broken, False
+        for delta in self.chat.stream(messages, cancel, min(max_tokens, BRIEF)):
+            yield delta
+            if broken:
+                raise RuntimeError("the model's process died")
+
+
+@dataclass
+class EngineSubject:
+    """``engine``'s sessions; the long replies and the failure are ``prolong``'s and
+    ``breaks``'s doing (an emulator's knobs, or the session's config)."""
+
+    engine: Engine
+    utterance: Callable[[str], bytes] = espoken
+    config: EngineConfig = field(default_factory=EngineConfig)
+    prolong: Callable[[], None] = lambda: None
+    breaks: Callable[[], None] = lambda: None
+    long_config: EngineConfig | None = None
+
+    async def open(self, *, long_replies: bool = False) -> EngineSession:
+        if long_replies:
+            self.prolong()
+        config = self.long_config if long_replies and self.long_config else self.config
+        return await self.engine.start(config)
+
+    def break_provider(self) -> None:
+        self.breaks()
+
+
+def tone(text: str) -> bytes:
+    """Loud enough for the Nova emulator, which hears speech by its energy; as long as
+    the words would take, then the silence that ends the turn."""
+    t = np.arange(int(0.06 * len(text) * 16_000)) / 16_000
+    return (np.sin(2 * np.pi * 220 * t) * 9000).astype("<i2").tobytes() + silence(0.8)
+
+
+@pytest.fixture(scope="module")
+def local(local_models: LocalModels) -> LocalEngine:
+    """One local engine for the suite: its chat model breakable, turns ending after a
+    fixed silence (no turn detector to wait for)."""
+    models = replace(local_models, llm=Breakable(local_models.llm))
+    return LocalEngine(models, TurnOptions(semantic=False))
+
+
+async def local_subject(request: pytest.FixtureRequest, _: AsyncExitStack) -> Subject:
+    engine: LocalEngine = request.getfixturevalue("local")
+    chat = engine.models.llm
+    assert isinstance(chat, Breakable)
+    return EngineSubject(
+        engine,
+        long_config=EngineConfig(system_prompt=STORYTELLER),
+        breaks=lambda: setattr(chat, "broken", True),
+    )
+
+
+async def echo_subject(_: pytest.FixtureRequest, __: AsyncExitStack) -> Subject:
+    return EngineSubject(EchoEngine())
+
+
+async def nova_subject(_: pytest.FixtureRequest, stack: AsyncExitStack) -> Subject:
+    emulator = await stack.enter_async_context(NovaEmulator())
+
+    def prolong() -> None:
+        emulator.realtime_output = True  # audio at the pace of speech, as the service sends it
+        emulator.script, emulator.default_turn = [], Turn("Tell me more", LONG_REPLY)
+
+    def breaks() -> None:
+        emulator.script = [Turn("(typed)", LONG_REPLY, fail=Failure(drop_after_chunks=1))]
+
+    emulator.script = [Turn("What is the capital of France?", "Paris.")]
+    return EngineSubject(
+        nova(emulator), tone, EngineConfig(credentials=CREDENTIALS), prolong, breaks
+    )
+
+
+async def bedrock_subject(request: pytest.FixtureRequest, stack: AsyncExitStack) -> Subject:
+    emulator = await stack.enter_async_context(BedrockEmulator())
+    local: LocalEngine = request.getfixturevalue("local")
+    engine = bedrock_cascade(BedrockSettings(endpoint_url=emulator.endpoint), local)
+    stack.push_async_callback(engine.aclose)
+    keys = {"aws_access_key_id": "AKIDEXAMPLE", "aws_secret_access_key": "not-a-secret"}
+
+    def prolong() -> None:
+        emulator.words_per_frame, emulator.frame_delay = 1, 0.1
+
+    def breaks() -> None:
+        emulator.drop_after_frames = 1
+
+    return EngineSubject(
+        engine, config=EngineConfig(credentials=keys), prolong=prolong, breaks=breaks
+    )
+
+
+def openai_settings(emulator: OpenAIEmulator) -> OpenAISettings:
+    return OpenAISettings(base_url=emulator.base_url, api_key=emulator.api_key)
+
+
+def prolonged(emulator: OpenAIEmulator) -> Callable[[], None]:
+    def prolong() -> None:
+        emulator.reply, emulator.word_delay = LONG_REPLY, 0.03
+
+    return prolong
+
+
+async def openai_subject(request: pytest.FixtureRequest, stack: AsyncExitStack) -> Subject:
+    emulator = await stack.enter_async_context(OpenAIEmulator())
+    models: LocalModels = request.getfixturevalue("local_models")
+    engine = openai_cascade(openai_settings(emulator), models.vad)
+    stack.push_async_callback(engine.aclose)
+
+    def breaks() -> None:
+        emulator.drop_reply_after_words = 2
+
+    return EngineSubject(engine, prolong=prolonged(emulator), breaks=breaks)
+
+
+async def realtime_subject(_: pytest.FixtureRequest, stack: AsyncExitStack) -> Subject:
+    emulator = await stack.enter_async_context(OpenAIEmulator())
+
+    def breaks() -> None:
+        emulator.drop_realtime_after_deltas = 2
+
+    engine = OpenAIRealtimeEngine(openai_settings(emulator))
+    return EngineSubject(engine, prolong=prolonged(emulator), breaks=breaks)
+
+
+SUBJECTS = {
+    "echo": echo_subject,
+    "local": local_subject,
+    "nova-sonic": nova_subject,
+    "bedrock": bedrock_subject,
+    "openai": openai_subject,
+    "openai-realtime": realtime_subject,
+}
+
+
+def cases() -> list[Any]:
+    found = []
+    for engine in SUBJECTS:
+        for check in CHECKS:
+            marks = [pytest.mark.models] if engine in ON_MODELS else []
+            if (reason := LACKS.get(engine, {}).get(check)) is not None:
+                marks.append(pytest.mark.skip(reason=reason))
+            found.append(pytest.param(engine, check, marks=marks, id=f"{engine}: {check}"))
+    return found
+
+
+@pytest.fixture
+async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
+    async with AsyncExitStack() as stack:
+        yield await SUBJECTS[request.param](request, stack)
+
+
+@pytest.mark.parametrize(("subject", "check"), cases(), indirect=["subject"])
+async def test_engine_keeps_the_contract(subject: Subject, check: str) -> None:
+    await CHECKS[check](subject)
