@@ -14,6 +14,7 @@ import pytest
 
 from bench.speech import silence
 from bench.speech import speak as espeak
+from sonicgate.domain import ErrorCode
 from sonicgate.engines.base import Engine, EngineConfig, EngineSession
 from sonicgate.engines.bedrock import bedrock_cascade
 from sonicgate.engines.bedrock_settings import BedrockSettings
@@ -24,7 +25,20 @@ from sonicgate.engines.local.turns import TurnOptions
 from sonicgate.engines.openai.cascade import openai_cascade
 from sonicgate.engines.openai.client import OpenAISettings
 from sonicgate.engines.openai.realtime import OpenAIRealtimeEngine
-from tests.contract import CHECKS, Subject
+from sonicgate.events import (
+    AudioOut,
+    EngineEvent,
+    Error,
+    Interrupted,
+    ResponseTextDelta,
+    ResponseTextFinal,
+    SpeechStarted,
+    TranscriptFinal,
+    TriggerReason,
+    TurnEnded,
+    Usage,
+)
+from tests.contract import CHECKS, ContractViolation, Subject, check_grammar
 from tests.emulators.bedrock_converse import BedrockEmulator
 from tests.emulators.nova_sonic import Failure, NovaEmulator, Turn
 from tests.emulators.openai_api import OpenAIEmulator
@@ -35,14 +49,14 @@ BRIEF = 40  # tokens at most in a local reply: seconds, with its speech
 LONG_REPLY = " ".join(["And then the dragon flew on over the hills."] * 6)
 
 # What an engine cannot do, by its nature, and why: those checks are skipped, saying so.
-NO_TURNS = "echo answers each chunk as it comes: it has no turns to take or interrupt"
+NEVER_UNDER_WAY = "echo's replies are whole the moment they start: none is ever under way"
 LACKS: dict[str, dict[str, str]] = {
     "echo": {
-        "spoken turn": NO_TURNS,
-        "text during a reply": NO_TURNS,
-        "barge-in": NO_TURNS,
-        "stop during a reply": NO_TURNS,
-        "close during a reply": NO_TURNS,
+        "spoken turn": "echo sends each chunk back as it comes, outside any turn",
+        "text during a reply": NEVER_UNDER_WAY,
+        "barge-in": NEVER_UNDER_WAY,
+        "stop during a reply": NEVER_UNDER_WAY,
+        "close during a reply": NEVER_UNDER_WAY,
         "provider failure": "echo has no provider behind it",
     },
 }
@@ -225,3 +239,45 @@ async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
 @pytest.mark.parametrize(("subject", "check"), cases(), indirect=["subject"])
 async def test_engine_keeps_the_contract(subject: Subject, check: str) -> None:
     await CHECKS[check](subject)
+
+
+AUDIO = AudioOut(b"\0\0", 24_000)
+HEARD = TranscriptFinal("hi", 1.0, TriggerReason.SILENCE)
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        [AUDIO],  # a reply with no turn
+        [HEARD, HEARD],  # a second turn over the first
+        [HEARD, AUDIO, TurnEnded()],  # no final text
+        [HEARD, AUDIO, Interrupted(), ResponseTextFinal(""), TurnEnded()],  # not marked cut
+        [HEARD, AUDIO, ResponseTextFinal("Hi"), TurnEnded(interrupted=True)],  # nothing cut it
+        [HEARD, AUDIO, ResponseTextFinal("Hi"), AUDIO, TurnEnded()],  # audio after the end
+        [HEARD, AUDIO, ResponseTextFinal("Hi")],  # never ended
+    ],
+)
+def test_the_grammar_refuses_what_the_contract_forbids(events: list[EngineEvent]) -> None:
+    with pytest.raises(ContractViolation):
+        check_grammar(events)
+
+
+def test_the_grammar_takes_what_the_contract_allows() -> None:
+    check_grammar(
+        [
+            SpeechStarted(),
+            HEARD,
+            AUDIO,
+            Interrupted(),
+            ResponseTextFinal(""),
+            TurnEnded(interrupted=True),
+            TranscriptFinal("", 1.0, TriggerReason.SILENCE),
+            TurnEnded(),  # nothing to answer
+            HEARD,
+            ResponseTextDelta("Hi"),
+            Error(ErrorCode.PROVIDER_ERROR, "gone"),
+            TurnEnded(),  # cut short by the error
+            Usage(1, 1),
+            Interrupted(),  # the last reply still plays
+        ]
+    )
