@@ -45,7 +45,7 @@ from tests.emulators.openai_api import OpenAIEmulator
 from tests.test_nova_sonic import CREDENTIALS, nova
 
 STORYTELLER = "You are a storyteller. Tell long, detailed stories."
-BRIEF = 40  # tokens at most in a local reply: seconds, with its speech
+BRIEF = 24  # tokens at most in a local reply: a few seconds, with its speech
 LONG_REPLY = " ".join(["And then the dragon flew on over the hills."] * 6)
 
 # What an engine cannot do, by its nature, and why: those checks are skipped, saying so.
@@ -166,7 +166,7 @@ async def bedrock_subject(request: pytest.FixtureRequest, stack: AsyncExitStack)
     keys = {"aws_access_key_id": "AKIDEXAMPLE", "aws_secret_access_key": "not-a-secret"}
 
     def prolong() -> None:
-        emulator.words_per_frame, emulator.frame_delay = 1, 0.1
+        emulator.words_per_frame, emulator.frame_delay = 1, 0.05
 
     def breaks() -> None:
         emulator.drop_after_frames = 1
@@ -182,7 +182,7 @@ def openai_settings(emulator: OpenAIEmulator) -> OpenAISettings:
 
 def prolonged(emulator: OpenAIEmulator) -> Callable[[], None]:
     def prolong() -> None:
-        emulator.reply, emulator.word_delay = LONG_REPLY, 0.03
+        emulator.reply, emulator.word_delay = LONG_REPLY, 0.02
 
     return prolong
 
