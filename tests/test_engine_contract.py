@@ -9,7 +9,6 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
 import pytest
 
 from bench.speech import silence
@@ -42,7 +41,7 @@ from tests.contract import CHECKS, ContractViolation, Subject, check_grammar
 from tests.emulators.bedrock_converse import BedrockEmulator
 from tests.emulators.nova_sonic import Failure, NovaEmulator, Turn
 from tests.emulators.openai_api import OpenAIEmulator
-from tests.test_nova_sonic import CREDENTIALS, nova
+from tests.test_nova_sonic import CREDENTIALS, nova, quiet, speech
 
 STORYTELLER = "You are a storyteller. Tell long, detailed stories."
 BRIEF = 24  # tokens at most in a local reply: a few seconds, with its speech
@@ -113,10 +112,9 @@ class EngineSubject:
 
 
 def tone(text: str) -> bytes:
-    """Loud enough for the Nova emulator, which hears speech by its energy; as long as
-    the words would take, then the silence that ends the turn."""
-    t = np.arange(int(0.06 * len(text) * 16_000)) / 16_000
-    return (np.sin(2 * np.pi * 220 * t) * 9000).astype("<i2").tobytes() + silence(0.8)
+    """A tone for the Nova emulator, which hears speech by its energy, as long as the
+    words would take; then the silence that ends the turn."""
+    return speech(0.06 * len(text)) + quiet(0.8)
 
 
 @pytest.fixture(scope="module")
