@@ -91,8 +91,8 @@ class Breakable:
 
 @dataclass
 class EngineSubject:
-    """``engine``'s sessions; the long replies and the failure are ``prolong``'s and
-    ``breaks``'s doing (an emulator's knobs, or the session's config)."""
+    """``engine``'s sessions. Long replies are ``prolong``'s doing (an emulator's knobs)
+    or ``long_config``'s (a storyteller's prompt), the failure ``breaks``'s."""
 
     engine: Engine
     utterance: Callable[[str], bytes] = espoken
@@ -161,7 +161,6 @@ async def bedrock_subject(request: pytest.FixtureRequest, stack: AsyncExitStack)
     local: LocalEngine = request.getfixturevalue("local")
     engine = bedrock_cascade(BedrockSettings(endpoint_url=emulator.endpoint), local)
     stack.push_async_callback(engine.aclose)
-    keys = {"aws_access_key_id": "AKIDEXAMPLE", "aws_secret_access_key": "not-a-secret"}
 
     def prolong() -> None:
         emulator.words_per_frame, emulator.frame_delay = 1, 0.05
@@ -170,7 +169,7 @@ async def bedrock_subject(request: pytest.FixtureRequest, stack: AsyncExitStack)
         emulator.drop_after_frames = 1
 
     return EngineSubject(
-        engine, config=EngineConfig(credentials=keys), prolong=prolong, breaks=breaks
+        engine, config=EngineConfig(credentials=CREDENTIALS), prolong=prolong, breaks=breaks
     )
 
 
