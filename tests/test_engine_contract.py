@@ -18,6 +18,7 @@ from sonicgate.engines.base import Engine, EngineConfig, EngineSession
 from sonicgate.engines.bedrock import bedrock_cascade
 from sonicgate.engines.bedrock_settings import BedrockSettings
 from sonicgate.engines.echo import EchoEngine
+from sonicgate.engines.fallback import FallbackEngine
 from sonicgate.engines.local import LocalEngine, LocalModels
 from sonicgate.engines.local.llm import Chat
 from sonicgate.engines.local.turns import TurnOptions
@@ -156,6 +157,15 @@ async def nova_subject(_: pytest.FixtureRequest, stack: AsyncExitStack) -> Subje
     )
 
 
+async def nova_falling_back_subject(
+    request: pytest.FixtureRequest, stack: AsyncExitStack
+) -> Subject:
+    """Nova Sonic as served by default: another engine takes over when it fails."""
+    nova_sonic = await nova_subject(request, stack)
+    assert isinstance(nova_sonic, EngineSubject)
+    return replace(nova_sonic, engine=FallbackEngine(nova_sonic.engine, EchoEngine()))
+
+
 async def bedrock_subject(request: pytest.FixtureRequest, stack: AsyncExitStack) -> Subject:
     emulator = await stack.enter_async_context(BedrockEmulator())
     local: LocalEngine = request.getfixturevalue("local")
@@ -210,6 +220,7 @@ SUBJECTS = {
     "echo": echo_subject,
     "local": local_subject,
     "nova-sonic": nova_subject,
+    "nova-sonic, falling back": nova_falling_back_subject,
     "bedrock": bedrock_subject,
     "openai": openai_subject,
     "openai-realtime": realtime_subject,
