@@ -37,7 +37,6 @@ from sonicgate.events import (
     AudioOut,
     EngineEvent,
     Error,
-    Interrupted,
     ResponseTextDelta,
     ResponseTextFinal,
     TranscriptFinal,
@@ -163,20 +162,6 @@ async def test_a_tool_runs_and_its_result_goes_back(emulator: NovaEmulator) -> N
     assert json.loads(reply.removeprefix("Here: "))["timezone"] == "Europe/Paris"
     [result] = [e for e in emulator.streams[0].received if "toolResult" in e]
     assert "Europe/Paris" in result["toolResult"]["content"]
-
-
-async def test_speaking_over_the_reply_interrupts_it(emulator: NovaEmulator) -> None:
-    emulator.realtime_output = True
-    emulator.script = [Turn("Tell me a story", "Once upon a time " * 20)]
-    session = await nova(emulator).start(EngineConfig(credentials=CREDENTIALS))
-    events = session.events()
-    await say(session, speech() + quiet(0.6))
-    await until(events, AudioOut)
-    await say(session, speech(0.3))
-    cut = await until(events, TurnEnded)
-    await session.close()
-    assert any(isinstance(e, Interrupted) for e in cut)
-    assert isinstance(cut[-1], TurnEnded) and cut[-1].interrupted
 
 
 async def test_a_typed_turn_in_text_only_mode_gets_words_and_no_audio(

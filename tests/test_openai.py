@@ -78,20 +78,6 @@ async def test_typed_text_and_text_only_replies(
     assert "speech" not in [path for path, _ in emulator.requests]
 
 
-async def test_speech_during_the_reply_interrupts_it(
-    emulator: OpenAIEmulator, local_models: LocalModels, make_server: ServerFactory, connect
-) -> None:
-    emulator.reply = " ".join(["This sentence goes on and on for a while."] * 12)
-    emulator.word_delay = 0.08
-    server = await make_server({"openai": cascade(emulator, local_models)})
-    client = await start(connect, server)
-    await talk(client, "Tell me a long story.")
-    await client.until("audio_response", within=30)
-    await talk(client, "Stop, please.")
-    interrupted, _ = await client.until("interrupted", within=30)
-    assert interrupted["sessionId"]
-
-
 async def test_a_refused_key_is_a_clear_error_and_the_session_stays(
     emulator: OpenAIEmulator, local_models: LocalModels, make_server: ServerFactory, connect
 ) -> None:

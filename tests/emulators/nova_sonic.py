@@ -10,7 +10,8 @@ history limits) and answers a violation with a ``validationException``. It
 hears the end of a user turn from the audio energy (or an audio contentEnd,
 or an interactive text turn), then answers from a script: USER transcript,
 ASSISTANT speculative text, audio, final text, usage; with tool use, barge-in,
-exceptions, a dropped connection and a stream time limit on demand.
+exceptions, a dropped connection and a stream time limit on demand. Typed text
+during a reply interrupts it as speech does, and is answered next.
 """
 
 from __future__ import annotations
@@ -280,11 +281,15 @@ class NovaStream:
 
     def _answer(self, typed: str | None) -> None:
         self.speech = self.silence = 0.0
+        previous = None
         if self._replying():
-            return
+            if typed is None:
+                return
+            # A typed turn over the reply interrupts it, as speech does; then it is answered.
+            self.barge_in.set()
+            previous = self.answering
         turn = self.emulator.next_turn()
-        self.barge_in.clear()
-        self.answering = asyncio.create_task(self._reply(turn, typed))
+        self.answering = asyncio.create_task(self._reply(turn, typed, previous))
 
     async def emit(self, event: dict[str, Any]) -> None:
         await self.send(chunk_frame(event), False)
@@ -308,7 +313,10 @@ class NovaStream:
         await self.emit({"textOutput": {"contentId": content_id, "role": role, "content": text}})
         await self.emit({"contentEnd": {"contentId": content_id, "stopReason": reason}})
 
-    async def _reply(self, turn: Turn, typed: str | None) -> None:
+    async def _reply(self, turn: Turn, typed: str | None, after: asyncio.Task[None] | None) -> None:
+        if after is not None:
+            await after
+        self.barge_in.clear()
         if not self.completion_started:
             self.completion_started = True
             await self.emit({"completionStart": {}})

@@ -11,8 +11,9 @@ dropped connection in the middle of a streamed reply.
 ``/v1/realtime`` speaks the GA Realtime protocol: session.created/updated,
 server VAD by loudness on the 24 kHz input (speech_started, then 500 ms of
 quiet ends the turn), the scripted transcript, a reply streamed as transcript
-and audio deltas, barge-in (speech during a reply cancels it), cancel and
-truncate, and a scripted drop of the socket mid-reply.
+and audio deltas, barge-in (speech during a reply cancels it), cancel (of the
+reply under way, or only of the one named) and truncate, and a scripted drop
+of the socket mid-reply.
 """
 
 from __future__ import annotations
@@ -212,10 +213,12 @@ class _RealtimeSession:
             case "response.create":
                 self.start_reply()
             case "response.cancel":
-                if self.reply is None or self.reply.done():
+                named = event.get("response_id", self.reply_id)
+                if self.reply is None or self.reply.done() or named != self.reply_id:
                     error = {"type": "invalid_request_error", "code": "response_cancel_not_active"}
                     await self.emit("error", error={**error, "message": "no active response"})
-                await self.cancel_reply()
+                else:
+                    await self.cancel_reply()
             case "conversation.item.truncate":
                 await self.emit("conversation.item.truncated", item_id=event["item_id"])
 

@@ -4,20 +4,26 @@ An ``Engine`` is a process-wide plugin (models loaded once, clients pooled);
 ``Engine.start`` opens one ``EngineSession`` per conversation. Sessions take
 16 kHz mono pcm16 audio and text in, and yield internal events out.
 
-The contract (``tests/test_engine_contract.py`` holds every engine to it):
+The contract (``tests/contract.py`` checks it, ``tests/test_engine_contract.py``
+holds every engine to it):
 
 - A turn is ``[SpeechStarted] TranscriptPartial* TranscriptFinal`` then the reply,
-  ``(ResponseTextDelta | AudioOut)* ResponseTextFinal [Metrics] [Usage]``, then
-  ``TurnEnded``. ``TranscriptFinal`` opens a turn and ``TurnEnded`` always ends it;
-  a turn with nothing to answer (empty transcript) has no reply in between.
+  ``(ResponseTextDelta | AudioOut)* ResponseTextFinal``, then ``TurnEnded``.
+  ``TranscriptFinal`` opens a turn and ``TurnEnded`` always ends it; a turn with
+  nothing to answer (empty transcript) has no reply in between.
 - A typed turn (``push_text``) is its own ``TranscriptFinal`` (reason TEXT).
 - Speech or text while a reply is under way is a barge-in: the reply ends first,
   ``Interrupted``, ``ResponseTextFinal`` with what the user received, and
   ``TurnEnded(interrupted=True)``; the new turn follows. ``interrupt`` (the
-  client pressed stop) ends a reply the same way.
-- ``SpeechStarted`` and ``TranscriptPartial`` may come while a reply plays.
-- ``Error`` may come at any time; ``fatal`` means the session cannot go on (a
-  ``FallbackEngine`` moves the conversation to another engine).
+  client pressed stop) ends a reply the same way. A reply sent whole but still
+  playing is stopped by an ``Interrupted`` alone, between turns.
+- ``SpeechStarted`` and ``TranscriptPartial`` may come while a reply plays;
+  ``Metrics`` (a turn's timings) and ``Usage`` (the conversation's running
+  token count) whenever they are known.
+- ``Error`` may come at any time; after one, ``TurnEnded`` may end a reply cut
+  short without its final text. ``fatal`` means the session cannot go on (a
+  ``FallbackEngine`` moves the conversation to another engine): the events may
+  stop there, mid-turn.
 - After ``close`` the events end: a reply under way is cut, nothing follows.
 """
 

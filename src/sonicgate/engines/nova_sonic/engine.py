@@ -18,6 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Coroutine, Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -50,8 +51,11 @@ from sonicgate.events import (
     EngineEvent,
     Error,
     Interrupted,
+    ResponseTextDelta,
+    ResponseTextFinal,
     TranscriptFinal,
     TriggerReason,
+    TurnEnded,
 )
 from sonicgate.tools import Tool
 
@@ -66,6 +70,9 @@ CLOSE_TIMEOUT = 5.0  # seconds for a stream to end politely before it is dropped
 QUIET_BEFORE_ROTATION = 0.5  # seconds of user quiet before a stream may rotate
 ROTATION_GRACE = 45.0  # seconds past rotate_after before rotating mid-speech anyway
 LOUD = 1000  # pcm16 peak (about -30 dBFS): above this the user is probably speaking
+# What is left of a reply ended here: dropped, as the user has moved on.
+REPLY_EVENTS = ("audio_out", "response_text_delta", "interrupted", "response_text_final",
+                "turn_ended")  # fmt: skip
 
 
 class NovaSonicEngine:
@@ -135,7 +142,10 @@ class NovaSession(BaseEngineSession):
         self._pending = bytearray()  # audio not yet sent
         self._audio_waiting = asyncio.Event()
         self._heard = False  # speech since the last transcript: an answer is due
-        self._muted = False  # the client pressed stop: drop the rest of this reply
+        # The reply was ended here (stop, or typed over): the rest of it is dropped.
+        self._muted = False
+        self._received: list[str] = []  # the reply's text as the client got it
+        self._typed: list[str] = []  # typed turns whose transcript Nova has yet to send
 
     # Setup -------------------------------------------------------------------
 
@@ -221,9 +231,10 @@ class NovaSession(BaseEngineSession):
 
     async def push_text(self, text: str) -> None:
         """A typed turn: an interactive text content (Nova 2 Sonic)."""
+        self._cut_reply()
         async with self._send_lock:
             stream = await self._flush_audio()
-            self._muted = False
+            self._typed.append(text.strip())
             for event in grammar.text_content(
                 stream.prompt, str(uuid.uuid4()), "USER", text, interactive=True
             ):
@@ -243,11 +254,17 @@ class NovaSession(BaseEngineSession):
         await self.end_turn(reason)
 
     async def interrupt(self) -> None:
-        # Nova has no "stop" event: the rest of this reply is simply not passed on.
+        self._cut_reply()
+
+    def _cut_reply(self) -> None:
+        """End the reply under way, by the contract. Nova has no "stop" event: the rest
+        of the reply, as Nova goes on with it, is not passed on."""
         stream = self._stream
         if stream is not None and stream.mapper.replying and not self._muted:
             self._muted = True
             self.emit(Interrupted())
+            self.emit(ResponseTextFinal(" ".join(self._received)))
+            self.emit(TurnEnded(interrupted=True))
 
     async def close(self) -> None:
         if self.closed:
@@ -368,9 +385,15 @@ class NovaSession(BaseEngineSession):
 
     async def _deliver(self, event: EngineEvent) -> None:
         match event:
-            case TranscriptFinal():
+            case TranscriptFinal(text=text):
                 self._muted = self._heard = False
-        if self._muted and event.type in ("audio_out", "response_text_delta"):
+                self._received.clear()
+                if self._typed and text == self._typed[0]:
+                    del self._typed[0]
+                    event = replace(event, reason=TriggerReason.TEXT)
+            case ResponseTextDelta(text=text) if not self._muted and text.strip():
+                self._received.append(text.strip())
+        if self._muted and event.type in REPLY_EVENTS:
             return
         if self.config.text_only and isinstance(event, AudioOut):
             return  # Nova always speaks; a text-only client gets the words alone

@@ -204,11 +204,12 @@ class OpenAIRealtimeSession(BaseEngineSession):
     async def _cut_reply(self) -> None:
         """End the reply under way now, by the contract: the service is asked to stop
         and to forget what the user never heard; what it still sends of it is dropped."""
-        if self._response is None:
+        response, self._response = self._response, None
+        if response is None:
             return
-        self._cut.add(self._response)
-        self._response = None
-        await self._send(self._connection.response.cancel())
+        self._cut.add(response)
+        # This response by name: audio sent in a burst may have started the next by now.
+        await self._send(self._connection.response.cancel(response_id=response))
         await self._truncate()
         self.emit(Interrupted())
         self.emit(ResponseTextFinal(self._reply_text))
