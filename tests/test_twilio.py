@@ -8,6 +8,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -49,7 +50,7 @@ from sonicgate.protocol.base import JsonObject, ProtocolError, SessionView
 from sonicgate.protocol.twilio import PLAYOUT_LEAD, CallStart, Playout, TwilioDialect
 from sonicgate.server.twilio import call_grant, signed, twilio_signature
 from sonicgate.store.base import Store
-from tests.conftest import RunningServer, ServerFactory
+from tests.conftest import RunningServer, ServerFactory, eventually
 from tests.emulators.twilio_phone import ACCOUNT_SID, Phone, read_twiml, telephone_quality
 from tests.scripted_engine import tone
 from tests.test_metrics import scrape
@@ -681,7 +682,13 @@ async def test_a_phone_call_to_the_local_engine(
     latency = media_times(phone)[0] - spoken_until
     print(f"end of speech -> first reply audio on the call: {latency * 1000:.0f} ms")
     await phone.until(lambda: len(phone.played) > 8000 and not phone.messages("clear"), within=30)
-    await asyncio.sleep(1.0)
+    # The reply heard to its end (however slow a busy machine makes it): the history
+    # keeps what the caller heard, and a reply cut after one word may keep none.
+    await eventually(
+        lambda: not phone.playing and time.perf_counter() - media_times(phone)[-1] > 1.0,
+        "the reply played out",
+        within=60,
+    )
     await phone.hang_up()
     await ended(server, phone.call_sid, within=30)
     said = await history(server, phone.call_sid)
