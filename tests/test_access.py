@@ -23,7 +23,8 @@ from websockets.exceptions import InvalidStatus
 
 from sonicgate.audio.formats import wav_bytes
 from sonicgate.config import Settings
-from sonicgate.server.access import AccessMiddleware, AccessPolicy, RateLimiter
+from sonicgate.server.access import AccessMiddleware, AccessPolicy
+from sonicgate.server.ratelimit import Counters, RateLimiter
 from tests.conftest import Client, RunningServer
 from tests.scripted_engine import tone
 from tests.test_bad_input import B64, expect_error, still_works
@@ -342,12 +343,29 @@ async def test_a_server_without_denial_responses_gets_a_policy_close() -> None:
     assert sent[0]["reason"].startswith("unauthorized")
 
 
-def test_rate_limiter_refills_at_its_rate() -> None:
-    now = [0.0]
-    limiter = RateLimiter(2, clock=lambda: now[0])
-    assert [limiter.take("a") for _ in range(4)] == [0, 0, 0, 0]  # a burst of two seconds
-    assert limiter.take("a") == pytest.approx(0.5)
-    assert limiter.take("b") == 0  # clients have buckets of their own
-    now[0] += 0.5
-    assert limiter.take("a") == 0
-    assert RateLimiter(0).take("a") == 0  # 0: unlimited
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The wall clock the limits library reads (it has no clock of its own to give)."""
+    now = [1_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    return now
+
+
+async def test_rate_limiter_allows_twice_its_rate_at_once(clock: list[float]) -> None:
+    limiter = RateLimiter(2, "test", Counters())
+    assert [await limiter.take("a") for _ in range(4)] == [None] * 4  # two seconds' worth
+    assert await limiter.take("a") == pytest.approx(2.0)  # until the first hit leaves
+    assert await limiter.take("b") is None  # clients are counted apart
+    clock[0] += 1.0
+    assert await limiter.take("a") == pytest.approx(1.0)  # refused hits do not count
+    clock[0] += 1.01
+    assert [await limiter.take("a") for _ in range(5)] == [None] * 4 + [pytest.approx(2.0)]
+    assert await RateLimiter(0, "test", Counters()).take("a") is None  # 0: unlimited
+
+
+async def test_a_rate_under_one_per_window_allows_one_hit_per_period(clock: list[float]) -> None:
+    limiter = RateLimiter(0.1, "test", Counters())
+    assert await limiter.take("a") is None
+    assert await limiter.take("a") == pytest.approx(10.0)
+    clock[0] += 10.01
+    assert await limiter.take("a") is None

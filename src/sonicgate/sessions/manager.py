@@ -7,9 +7,8 @@ import logging
 import re
 import time
 import uuid
-from collections import Counter
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from sonicgate import logs
@@ -33,6 +32,7 @@ from sonicgate.protocol.base import Dialect, SessionView
 from sonicgate.sessions.input import KEPT_SEQUENCE_NUMBERS
 from sonicgate.sessions.session import LiveSession, Services
 from sonicgate.sessions.sinks import Send
+from sonicgate.sessions.slots import LocalSlots, SessionSlots
 from sonicgate.store.base import SessionExists, StoreUnavailable, saved
 from sonicgate.store.registry import new_connection_id, node_of
 
@@ -69,7 +69,9 @@ class SessionManager:
         services: Services,
         limits: Limits,
         node_id: str,
+        slots: SessionSlots | None = None,
     ) -> None:
+        """``slots``: where each client's sessions are counted (else on this node)."""
         if default_engine not in engines:
             raise ValueError(f"default engine '{default_engine}' is not loaded")
         self.engines = engines
@@ -79,7 +81,7 @@ class SessionManager:
         self.node_id = check_node_id(node_id)
         self.live: dict[str, LiveSession] = {}
         self.stopping = False  # a clean stop is under way: no new sessions
-        self._opening: Counter[str] = Counter()  # sessions each client has starting
+        self.slots = slots or LocalSlots(limits.max_sessions_per_client)
 
     async def open(
         self, start: Start, connection_id: str, dialect: Dialect, send: Send, principal: Principal
@@ -89,26 +91,26 @@ class SessionManager:
             raise SessionError(
                 ErrorCode.SERVER_STOPPING, "the server is stopping; reconnect shortly"
             )
-        limit = self.limits.max_sessions_per_client
-        client = principal.id
-        held = self._opening[client] + sum(
-            1
-            for live in self.live.values()
-            if live.client == client and live.session_id != start.session_id  # resumes don't add
-        )
-        if limit and held >= limit:
+        # A new session is named now: a client's sessions are counted by name.
+        session_id = str(uuid.uuid4()) if start.session_id is None else start.session_id
+        if not SESSION_ID.fullmatch(session_id):
+            raise SessionError(
+                ErrorCode.INVALID_FIELD,
+                "'sessionId' must be 1-128 letters, digits, '_', '-', '.', ':'",
+            )
+        start, client = replace(start, session_id=session_id), principal.id
+        # Counted from here, so that simultaneous starts cannot slip past the limit.
+        if (held := await self.slots.claim(client, session_id)) is not None:
+            limit = self.limits.max_sessions_per_client
             raise SessionError(
                 ErrorCode.TOO_MANY_SESSIONS,
                 f"this client already has {held} sessions; the limit is {limit}",
             )
-        # Counted while it opens, so that simultaneous starts cannot slip past the limit.
-        self._opening[client] += 1
         try:
             return await self._open(start, connection_id, dialect, send, principal)
-        finally:
-            self._opening[client] -= 1
-            if not self._opening[client]:
-                del self._opening[client]
+        except BaseException:
+            await self.slots.release(client, session_id)
+            raise
 
     async def _open(
         self, start: Start, connection_id: str, dialect: Dialect, send: Send, principal: Principal
@@ -181,11 +183,6 @@ class SessionManager:
             InputDecoder(start.audio_format).close()
         except AudioFormatError as exc:
             raise SessionError(ErrorCode.AUDIO_FORMAT, str(exc)) from exc
-        if start.session_id is not None and not SESSION_ID.fullmatch(start.session_id):
-            raise SessionError(
-                ErrorCode.INVALID_FIELD,
-                "'sessionId' must be 1-128 letters, digits, '_', '-', '.', ':'",
-            )
         return name, engine
 
     async def _find_record(
@@ -264,6 +261,7 @@ class SessionManager:
     async def close(self, live: LiveSession, status: SessionStatus | None) -> None:
         if self.live.get(live.session_id) is live:
             del self.live[live.session_id]
+            await self.slots.release(live.client, live.session_id)
         await live.close(status)
 
     async def close_all(self) -> None:
@@ -293,6 +291,7 @@ class SessionManager:
             # Whatever fails, the loop goes on: a node that stops beating is taken
             # for dead by the others, its connections with it.
             await _logged(self.services.registry.renew(), "connection registry not renewed")
+            await _logged(self.slots.renew(), "sessions per client not renewed")
             await _logged(self._heartbeat(), "heartbeat not saved")
             await asyncio.sleep(self.limits.heartbeat_seconds)
 
