@@ -232,7 +232,7 @@ async def test_a_message_flood_is_answered_in_the_typed_dialect(make_server, scr
     errors = [m for m in await drain(client) if m["type"] == "error"]
     assert len(errors) >= 15
     assert {e["code"] for e in errors} == {"rate_limited"}
-    await asyncio.sleep(2)  # the bucket refills; the session was never lost
+    await asyncio.sleep(2)  # the window empties; the session was never lost
     await still_works(client)
 
 
