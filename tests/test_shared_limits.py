@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from sonicgate.server.ratelimit import Counters, RateLimiter
 from sonicgate.sessions.slots import LocalSlots, RedisSlots, open_slots
-from sonicgate.shared_redis import connect
+from sonicgate.shared_redis import RETRY_SECONDS, Outages, connect
 from tests.conftest import free_port
 from tests.test_bad_input import expect_error
 
@@ -52,6 +52,21 @@ async def test_rates_count_on_each_node_while_redis_is_unreachable(
     assert results[:2] == [None, None] and results[2] is not None  # the node's own count
     assert len(warnings(caplog)) == 1  # once per outage, and Redis is left alone a while
     assert "counting on this node alone" in warnings(caplog)[0]
+
+
+def test_redis_is_left_alone_a_while_after_a_failure(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "sonicgate.shared_redis")
+    now = [0.0]
+    outages = Outages("test", clock=lambda: now[0])
+    assert outages.worth_trying()
+    for _ in range(2):
+        outages.failed(ConnectionError("refused"))
+    assert not outages.worth_trying()  # a silent Redis would cost every call its timeout
+    now[0] += RETRY_SECONDS
+    assert outages.worth_trying()
+    outages.succeeded()
+    assert len(warnings(caplog)) == 1
+    assert "test: Redis reachable again" in caplog.text
 
 
 async def test_nodes_sharing_redis_share_a_clients_session_cap(
