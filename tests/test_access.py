@@ -21,7 +21,8 @@ from httpx_ws import WebSocketUpgradeError
 from sonicgate.audio.formats import wav_bytes
 from sonicgate.config import Settings
 from sonicgate.server import app as app_module
-from sonicgate.server.access import AccessMiddleware, AccessPolicy, RateLimiter
+from sonicgate.server.access import AccessMiddleware, AccessPolicy
+from sonicgate.server.ratelimit import Counters, RateLimiter
 from tests.conftest import Client, Connect, ManualClock, RunningServer
 from tests.scripted_engine import tone
 from tests.test_bad_input import B64, expect_error, still_works
@@ -206,9 +207,9 @@ async def test_failed_attempts_are_rate_limited_by_address(make_server, scripted
 
 @pytest.fixture
 def message_clock(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
-    """The clock of the app's message rate limiter."""
+    """The clock of the app's rate limits."""
     clock = ManualClock()
-    monkeypatch.setattr(app_module, "RateLimiter", functools.partial(RateLimiter, clock=clock))
+    monkeypatch.setattr(app_module, "Counters", functools.partial(Counters, clock=clock))
     return clock
 
 
@@ -337,12 +338,23 @@ async def test_a_server_without_denial_responses_gets_a_policy_close() -> None:
     assert sent[0]["reason"].startswith("unauthorized")
 
 
-def test_rate_limiter_refills_at_its_rate() -> None:
-    now = [0.0]
-    limiter = RateLimiter(2, clock=lambda: now[0])
-    assert [limiter.take("a") for _ in range(4)] == [0, 0, 0, 0]  # a burst of two seconds
-    assert limiter.take("a") == pytest.approx(0.5)
-    assert limiter.take("b") == 0  # clients have buckets of their own
-    now[0] += 0.5
-    assert limiter.take("a") == 0
-    assert RateLimiter(0).take("a") == 0  # 0: unlimited
+async def test_rate_limiter_allows_twice_its_rate_at_once() -> None:
+    clock = ManualClock()
+    limiter = RateLimiter(2, "test", Counters(clock=clock))
+    assert [await limiter.take("a") for _ in range(4)] == [None] * 4  # two seconds' worth
+    assert await limiter.take("a") == pytest.approx(2.0)  # until the first hit leaves
+    assert await limiter.take("b") is None  # clients are counted apart
+    clock.now += 1.0
+    assert await limiter.take("a") == pytest.approx(1.0)  # refused hits do not count
+    clock.now += 1.01
+    assert [await limiter.take("a") for _ in range(5)] == [None] * 4 + [pytest.approx(2.0)]
+    assert await RateLimiter(0, "test", Counters()).take("a") is None  # 0: unlimited
+
+
+async def test_a_rate_under_one_per_window_allows_one_hit_per_period() -> None:
+    clock = ManualClock()
+    limiter = RateLimiter(0.1, "test", Counters(clock=clock))
+    assert await limiter.take("a") is None
+    assert await limiter.take("a") == pytest.approx(10.0)
+    clock.now += 10.01
+    assert await limiter.take("a") is None

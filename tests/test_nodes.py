@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import wave
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -16,6 +19,8 @@ from sonicgate.domain import Connection, SessionStatus, VoiceSession
 from sonicgate.store.postgres import PostgresStore
 from tests.conftest import Client, RunningServer, ServerFactory
 from tests.scripted_engine import ScriptedEngine, tone
+from tests.test_access import refused
+from tests.test_bad_input import B64, expect_error
 
 
 async def two_nodes(
@@ -166,3 +171,80 @@ async def test_audio_acknowledged_before_a_node_is_lost_is_heard_on_the_next(
     recording = node_b.settings.audio_dir / session_id / "00001-user.wav"
     with wave.open(str(recording)) as wav:
         assert wav.getnframes() == 5 * 16_000  # all five seconds: none lost, none twice
+
+
+NodePair = Callable[..., Awaitable[tuple[RunningServer, RunningServer]]]
+
+
+@pytest.fixture
+def sharing_redis(
+    make_server: ServerFactory,
+    scripted: ScriptedEngine,
+    redis_url: str,
+    bus_prefix: str,
+    tmp_path: Path,
+) -> NodePair:
+    async def start(**limits: float) -> tuple[RunningServer, RunningServer]:
+        """Nodes 'a' and 'b' sharing a Redis bus (each with a store of its own)."""
+        node_a, node_b = [
+            await make_server(
+                {"scripted": scripted},
+                node_id=name,
+                data_dir=tmp_path / name,
+                bus=redis_url,
+                bus_prefix=bus_prefix,
+                **limits,
+            )
+            for name in ("a", "b")
+        ]
+        return node_a, node_b
+
+    return start
+
+
+async def test_a_clients_handshake_rate_holds_across_nodes(
+    sharing_redis: NodePair, connect
+) -> None:
+    node_a, node_b = await sharing_redis(max_requests_per_second=1)  # 2 in any 2 seconds
+    for node in (node_a, node_b):
+        await connect(node.ws())
+    for node in (node_a, node_b):  # node A alone would have let a second one in
+        status, body = await refused(connect, node.ws())
+        assert (status, body["code"]) == (429, "rate_limited")
+
+
+async def test_a_clients_message_rate_holds_across_nodes(sharing_redis: NodePair, connect) -> None:
+    node_a, node_b = await sharing_redis(max_messages_per_second=5)  # 10 in any 2 seconds
+    clients = [await connect(node.ws()) for node in (node_a, node_b)]
+    for client in clients:
+        await client.initialize()
+    for _ in range(6):
+        for client in clients:
+            await client.send({"type": "audio_chunk", "audio": B64})
+    errors = [m for client in clients for m in await drain(client) if m["type"] == "error"]
+    # 14 messages: each node alone would have taken its 7.
+    assert [error["code"] for error in errors] == ["rate_limited"] * 4
+
+
+async def test_a_clients_session_cap_holds_across_nodes(sharing_redis: NodePair, connect) -> None:
+    node_a, node_b = await sharing_redis(max_sessions_per_client=2)
+    first = await connect(node_a.ws())
+    await first.initialize()
+    await (await connect(node_b.ws())).initialize()
+    for node in (node_a, node_b):  # node A alone holds one session
+        extra = await connect(node.ws())
+        await extra.send({"type": "initialize"})
+        await expect_error(extra, "too_many_sessions")
+    await first.send({"type": "end_conversation"})
+    await first.until("conversation_ended")
+    await (await connect(node_b.ws())).initialize()  # one left: another may start
+
+
+async def drain(client: Client, quiet: float = 0.5) -> list[dict[str, Any]]:
+    """Every message until the connection goes quiet."""
+    messages = []
+    try:
+        while True:
+            messages.append(await client.recv(quiet))
+    except TimeoutError:
+        return messages

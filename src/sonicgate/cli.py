@@ -286,8 +286,8 @@ def _add_phone_options(parser: argparse.ArgumentParser) -> None:
 def _add_limit_options(parser: argparse.ArgumentParser) -> None:
     limits = parser.add_argument_group(
         "limits",
-        "Per client (the token's 'sub', the API key, or the remote address) or per node; "
-        "0 means no limit.",
+        "Per client (the token's 'sub', the API key, or the remote address; on all the "
+        "nodes sharing a Redis bus together) or per node; 0 means no limit.",
     )
     defaults = Settings()
     limits.add_argument(

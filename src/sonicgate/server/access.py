@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode
 
@@ -27,6 +25,7 @@ from starlette.websockets import WebSocket
 
 from sonicgate.config import Settings
 from sonicgate.domain import ErrorCode, Principal
+from sonicgate.server.ratelimit import Counters, RateLimiter
 
 # The scope key under which the middleware leaves the client's identity for the routes.
 CLIENT = "sonicgate.client"
@@ -34,9 +33,7 @@ CLIENT = "sonicgate.client"
 # webhook gives it to the call's stream, which cannot be sent a header).
 CREDENTIAL = "sonicgate.credential"
 GUARDED = ("/api", "/metrics", "/v1", "/twilio")
-BURST_SECONDS = 2.0  # a client may spend this many seconds' worth of its rate at once
 MIN_HS256_SECRET = 32  # bytes: RFC 7518 wants an HS256 key as long as the hash
-PRUNE_EVERY = 60.0  # seconds between sweeps of idle clients' buckets
 
 
 class Refused(Exception):
@@ -149,40 +146,6 @@ class AccessPolicy:
         raise _unauthorized(problem)
 
 
-class RateLimiter:
-    """A token bucket per client: ``rate`` a second, ``BURST_SECONDS`` of it at once."""
-
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self._burst = max(1.0, rate * BURST_SECONDS)
-        self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, when)
-        self._pruned = clock()
-
-    def take(self, client: str) -> float:
-        """0 when the client may go ahead, else the seconds until it may."""
-        if self.rate <= 0:
-            return 0.0
-        now = self._clock()
-        tokens = self._tokens(client, now)
-        if tokens < 1:
-            return (1 - tokens) / self.rate
-        self._buckets[client] = (tokens - 1, now)
-        if now - self._pruned > PRUNE_EVERY:
-            self._prune(now)
-        return 0.0
-
-    def _tokens(self, client: str, now: float) -> float:
-        tokens, then = self._buckets.get(client, (self._burst, now))
-        return min(self._burst, tokens + (now - then) * self.rate)
-
-    def _prune(self, now: float) -> None:
-        """Forget clients whose bucket has refilled: they are as good as new."""
-        self._pruned = now
-        for client in [c for c in self._buckets if self._tokens(c, now) >= self._burst]:
-            del self._buckets[client]
-
-
 class AccessMiddleware:
     def __init__(
         self,
@@ -190,13 +153,15 @@ class AccessMiddleware:
         policy: AccessPolicy,
         max_connections: int = 0,
         self_checked: frozenset[str] = frozenset(),
+        counters: Counters | None = None,
     ) -> None:
         """``max_connections``: WebSockets open at once on this node (0: no limit).
         ``self_checked``: paths whose routes check their callers themselves; they stand
-        for their remote address until then, and the limits hold as anywhere."""
+        for their remote address until then, and the limits hold as anywhere.
+        ``counters``: where the request rate is counted (else in this process)."""
         self.app = app
         self.policy = policy
-        self.requests = RateLimiter(policy.requests_per_second)
+        self.requests = RateLimiter(policy.requests_per_second, "requests", counters or Counters())
         self.max_connections = max_connections
         self.self_checked = self_checked
         self.connections = 0
@@ -218,8 +183,8 @@ class AccessMiddleware:
             if _path(scope) in self.self_checked:
                 principal = Principal(_remote(scope))
             else:
-                principal = self._identify(token, _remote(scope))
-            self._throttle(principal.id)
+                principal = await self._identify(token, _remote(scope))
+            await self._throttle(principal.id)
             if scope["type"] == "websocket" and 0 < self.max_connections <= self.connections:
                 raise Refused(
                     503, ErrorCode.SERVER_FULL, "too many connections; try again shortly", 1
@@ -239,15 +204,16 @@ class AccessMiddleware:
         finally:
             self.connections -= 1
 
-    def _identify(self, token: str | None, address: str) -> Principal:
+    async def _identify(self, token: str | None, address: str) -> Principal:
         try:
             return self.policy.identify(token, address)
         except Refused:
-            self._throttle(address)  # failed attempts count against the address: no fast guessing
+            # Failed attempts count against the address: no fast guessing.
+            await self._throttle(address)
             raise
 
-    def _throttle(self, client: str) -> None:
-        if (wait := self.requests.take(client)) > 0:
+    async def _throttle(self, client: str) -> None:
+        if (wait := await self.requests.take(client)) is not None:
             raise Refused(429, ErrorCode.RATE_LIMITED, "too many requests; slow down", wait)
 
 

@@ -26,11 +26,14 @@ from sonicgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sonicgate.metrics import GatewayMetrics
 from sonicgate.protocol.base import to_json
 from sonicgate.protocol.realtime import RealtimeDialect
-from sonicgate.server.access import AccessMiddleware, AccessPolicy, RateLimiter, principal_of
+from sonicgate.server.access import AccessMiddleware, AccessPolicy, principal_of
+from sonicgate.server.ratelimit import Counters, RateLimiter
 from sonicgate.server.stream import ClientConnection, ConnectionLimits
 from sonicgate.server.twilio import TwilioRoutes
 from sonicgate.sessions.manager import Limits, SessionManager
 from sonicgate.sessions.session import Services
+from sonicgate.sessions.slots import open_slots
+from sonicgate.shared_redis import connect
 from sonicgate.store import make_audio_store, make_store
 from sonicgate.store.base import StoreUnavailable
 from sonicgate.store.registry import node_of, open_registry
@@ -56,6 +59,7 @@ def create_app(settings: Settings, engines: Mapping[str, Engine]) -> Starlette:
                 policy=policy,
                 max_connections=settings.max_connections,
                 self_checked=twilio.self_checked,
+                counters=gateway.counters,
             )
         ],
         lifespan=gateway.lifespan,
@@ -103,10 +107,19 @@ class Gateway:
             audio=make_audio_store(settings),
             metrics=self.metrics,
         )
-        self.manager = SessionManager(
-            engines, settings.engine, self.services, limits, settings.node_id
+        # Limits count in the Redis the nodes share, if they do, so they hold across them.
+        self.shared = None if settings.bus == "memory" else connect(settings.bus)
+        self.counters = Counters(self.shared, f"{settings.bus_prefix}:limits")
+        slots = open_slots(
+            limits.max_sessions_per_client,
+            self.shared,
+            settings.bus_prefix,
+            limits.node_silence_seconds,
         )
-        self.messages = RateLimiter(settings.max_messages_per_second)
+        self.manager = SessionManager(
+            engines, settings.engine, self.services, limits, settings.node_id, slots
+        )
+        self.messages = RateLimiter(settings.max_messages_per_second, "messages", self.counters)
         self.connection_limits = connection_limits(settings)
         self.started = time.monotonic()
 
@@ -134,6 +147,8 @@ class Gateway:
             await self.manager.close_all()
             await self.services.bus.aclose()  # after close_all, whose session events it carries
             await self.registry.aclose()
+            if self.shared is not None:
+                await self.shared.aclose()
             for engine in self.engines.values():
                 await engine.aclose()
             await self.store.close()

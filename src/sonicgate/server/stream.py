@@ -17,7 +17,8 @@ from sonicgate.engines.base import EngineError
 from sonicgate.events import End, Start
 from sonicgate.protocol import Dialect, ProtocolError, detect
 from sonicgate.protocol.base import JsonObject, parse_json, to_json
-from sonicgate.server.access import RateLimiter, principal_of
+from sonicgate.server.access import principal_of
+from sonicgate.server.ratelimit import RateLimiter
 from sonicgate.sessions.manager import SessionManager
 from sonicgate.sessions.session import LiveSession
 from sonicgate.store.base import StoreUnavailable, saved
@@ -49,9 +50,9 @@ class ClientConnection:
         opening: Start | None = None,
     ) -> None:
         """``messages``: the message rate limiter, shared by all of a client's
-        connections. ``dialect``: fixed by the route (else the first message tells);
-        ``opening``: a session to start as soon as the socket opens (the Realtime
-        API's way)."""
+        connections (see ``_budget``). ``dialect``: fixed by the route (else the first
+        message tells); ``opening``: a session to start as soon as the socket opens (the
+        Realtime API's way)."""
         self.id = manager.new_connection_id()
         self._ws = websocket
         self._manager = manager
@@ -172,8 +173,13 @@ class ClientConnection:
                 log.warning("%s: %s", self.id, exc)
                 await self._error(ErrorCode.STORE_UNAVAILABLE, f"sessions are unavailable: {exc}")
 
+    @property
+    def _budget(self) -> str:
+        """Whose message budget this connection's messages count against: its client's."""
+        return self._principal.id
+
     async def _handle(self, text: str | None, data: bytes | None) -> None:
-        if self._messages.take(self._principal.id) > 0:
+        if await self._messages.take(self._budget) is not None:
             raise SessionError(
                 ErrorCode.RATE_LIMITED,
                 f"more than {self._messages.rate:g} messages a second: this one was dropped",

@@ -62,12 +62,12 @@ from sonicgate.server.access import (
     CLIENT,
     CREDENTIAL,
     AccessPolicy,
-    RateLimiter,
     Refused,
     deny,
     principal_of,
     refusal_response,
 )
+from sonicgate.server.ratelimit import Counters, RateLimiter
 from sonicgate.server.stream import ClientConnection, ConnectionLimits
 from sonicgate.sessions.manager import SessionManager
 
@@ -144,6 +144,10 @@ class CallConnection(ClientConnection):
     error on a call that has no session (it could not open, or it ended) hangs up:
     Twilio then goes on with the TwiML after ``<Connect>``, if any."""
 
+    @property
+    def _budget(self) -> str:
+        return self.id  # every call has a budget of its own
+
     async def send(self, message: JsonObject) -> None:
         kind = message.get("event")
         if kind in OUTBOUND:
@@ -179,7 +183,9 @@ class TwilioRoutes:
         self._manager = manager
         self._limits = limits
         rate = settings.max_messages_per_second  # 0: no limit, for calls too
-        self._message_rate = max(rate, CALL_MESSAGES_PER_SECOND) if rate > 0 else 0.0
+        call_rate = max(rate, CALL_MESSAGES_PER_SECOND) if rate > 0 else 0.0
+        # A call's budget is its own, so it is counted where the call is: in memory.
+        self._messages = RateLimiter(call_rate, "call-messages", Counters())
 
     @property
     def self_checked(self) -> frozenset[str]:
@@ -237,12 +243,11 @@ class TwilioRoutes:
             return
         playout = Playout(call.stream_sid)
         dialect = TwilioDialect(call, playout)
-        messages = RateLimiter(self._message_rate)
         connection = CallConnection(
             websocket,
             self._manager,
             self._limits,
-            messages,
+            self._messages,
             dialect=dialect,
             opening=dialect.opening(),
         )

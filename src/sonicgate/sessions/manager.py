@@ -7,7 +7,6 @@ import logging
 import re
 import time
 import uuid
-from collections import Counter
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ from sonicgate.protocol.base import Dialect, SessionView
 from sonicgate.sessions.input import KEPT_SEQUENCE_NUMBERS
 from sonicgate.sessions.session import LiveSession, Services
 from sonicgate.sessions.sinks import Send
+from sonicgate.sessions.slots import LocalSlots, SessionSlots
 from sonicgate.store.base import SessionExists, StoreUnavailable, saved
 from sonicgate.store.registry import new_connection_id, node_of
 
@@ -69,7 +69,9 @@ class SessionManager:
         services: Services,
         limits: Limits,
         node_id: str,
+        slots: SessionSlots | None = None,
     ) -> None:
+        """``slots``: where each client's sessions are counted (else on this node)."""
         if default_engine not in engines:
             raise ValueError(f"default engine '{default_engine}' is not loaded")
         self.engines = engines
@@ -79,7 +81,7 @@ class SessionManager:
         self.node_id = check_node_id(node_id)
         self.live: dict[str, LiveSession] = {}
         self.stopping = False  # a clean stop is under way: no new sessions
-        self._opening: Counter[str] = Counter()  # sessions each client has starting
+        self.slots = slots or LocalSlots(limits.max_sessions_per_client)
 
     async def open(
         self, start: Start, connection_id: str, dialect: Dialect, send: Send, principal: Principal
@@ -89,32 +91,40 @@ class SessionManager:
             raise SessionError(
                 ErrorCode.SERVER_STOPPING, "the server is stopping; reconnect shortly"
             )
-        limit = self.limits.max_sessions_per_client
+        # A new session is named now: a client's sessions are counted by name.
+        session_id = str(uuid.uuid4()) if start.session_id is None else start.session_id
+        if not SESSION_ID.fullmatch(session_id):
+            raise SessionError(
+                ErrorCode.INVALID_FIELD,
+                "'sessionId' must be 1-128 letters, digits, '_', '-', '.', ':'",
+            )
         client = principal.id
-        held = self._opening[client] + sum(
-            1
-            for live in self.live.values()
-            if live.client == client and live.session_id != start.session_id  # resumes don't add
-        )
-        if limit and held >= limit:
+        # Counted from here, so that simultaneous starts cannot slip past the limit.
+        if (held := await self.slots.claim(client, session_id)) is not None:
+            limit = self.limits.max_sessions_per_client
             raise SessionError(
                 ErrorCode.TOO_MANY_SESSIONS,
                 f"this client already has {held} sessions; the limit is {limit}",
             )
-        # Counted while it opens, so that simultaneous starts cannot slip past the limit.
-        self._opening[client] += 1
         try:
-            return await self._open(start, connection_id, dialect, send, principal)
-        finally:
-            self._opening[client] -= 1
-            if not self._opening[client]:
-                del self._opening[client]
+            return await self._open(start, session_id, connection_id, dialect, send, principal)
+        except BaseException:
+            await self.slots.release(client, session_id)
+            raise
 
     async def _open(
-        self, start: Start, connection_id: str, dialect: Dialect, send: Send, principal: Principal
+        self,
+        start: Start,
+        session_id: str,
+        connection_id: str,
+        dialect: Dialect,
+        send: Send,
+        principal: Principal,
     ) -> LiveSession:
         name, engine = self._engine_for(start)
-        record, history, resumed = await self._find_record(start, connection_id, principal)
+        record, history, resumed = await self._find_record(
+            session_id, start, connection_id, principal
+        )
         logs.session_id.set(record.sessionId)  # the session's tasks inherit it
         config = EngineConfig(
             language=start.language,
@@ -181,23 +191,18 @@ class SessionManager:
             InputDecoder(start.audio_format).close()
         except AudioFormatError as exc:
             raise SessionError(ErrorCode.AUDIO_FORMAT, str(exc)) from exc
-        if start.session_id is not None and not SESSION_ID.fullmatch(start.session_id):
-            raise SessionError(
-                ErrorCode.INVALID_FIELD,
-                "'sessionId' must be 1-128 letters, digits, '_', '-', '.', ':'",
-            )
         return name, engine
 
     async def _find_record(
-        self, start: Start, connection_id: str, principal: Principal
+        self, session_id: str, start: Start, connection_id: str, principal: Principal
     ) -> tuple[VoiceSession, History, bool]:
         """The session to resume, if its owner asks, or a new one: with its history,
         and whether it was resumed."""
         store = self.services.store
-        record = await store.get_session(start.session_id) if start.session_id else None
+        record = await store.get_session(session_id)
         if record is None:
             new = VoiceSession(
-                sessionId=start.session_id or str(uuid.uuid4()),
+                sessionId=session_id,
                 novaSonicSessionId=f"ns-{uuid.uuid4()}",
                 connectionId=connection_id,
                 userId=start.user_id,
@@ -264,6 +269,7 @@ class SessionManager:
     async def close(self, live: LiveSession, status: SessionStatus | None) -> None:
         if self.live.get(live.session_id) is live:
             del self.live[live.session_id]
+            await self.slots.release(live.client, live.session_id)
         await live.close(status)
 
     async def close_all(self) -> None:
@@ -293,6 +299,7 @@ class SessionManager:
             # Whatever fails, the loop goes on: a node that stops beating is taken
             # for dead by the others, its connections with it.
             await _logged(self.services.registry.renew(), "connection registry not renewed")
+            await _logged(self.slots.renew(), "sessions per client not renewed")
             await _logged(self._heartbeat(), "heartbeat not saved")
             await asyncio.sleep(self.limits.heartbeat_seconds)
 
