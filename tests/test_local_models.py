@@ -237,6 +237,41 @@ def test_chat_model_stops_at_once_when_cancelled(llm: ChatModel) -> None:
 
 
 @pytest.mark.models
+def test_the_next_turn_reads_only_what_is_new(
+    llm: ChatModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """llama.cpp keeps the last prompt's cache: the next turn, which begins with the
+    same system prompt and history, is read from where they end."""
+    read: list[int] = []  # tokens per evaluation: the prompt first, then one a token
+    evaluate = llm._llama.eval
+    monkeypatch.setattr(
+        llm._llama, "eval", lambda tokens: (read.append(len(tokens)), evaluate(tokens))
+    )
+    system = (
+        EngineConfig().system_prompt
+        + " "
+        + " ".join(
+            f"Rule {n}: stay friendly, short and clear when you answer question {n}."
+            for n in range(12)
+        )
+    )
+    first = [{"role": "system", "content": system}, {"role": "user", "content": "Hi there!"}]
+    llm._llama.reset()  # nothing cached from the tests before
+    reply = "".join(llm.stream(first, threading.Event(), max_tokens=8))
+    assert read[0] >= llm.count_tokens(system)
+    read.clear()
+    question = "What is the capital of France?"
+    second = [
+        *first,
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": question},
+    ]
+    assert list(llm.stream(second, threading.Event(), max_tokens=2))
+    # The reply as text may tokenize apart from what was generated: it may be read again.
+    assert read[0] <= llm.count_tokens(reply) + llm.count_tokens(question) + 16, read
+
+
+@pytest.mark.models
 def test_synthesizer_speaks_clearly_at_a_normal_level(
     tts: HibariSynthesizer, stt: Transcriber
 ) -> None:

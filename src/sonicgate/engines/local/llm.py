@@ -77,12 +77,12 @@ class ChatModel:
         best = Speed(decode=0.0, prompt=0.0)
         try:
             for _ in range(2):
-                self._llama.reset()
+                self._llama.reset()  # type: ignore[no-untyped-call]
                 prompt = _rate(len(tokens), self._llama.eval, tokens)
                 decode = _rate(DECODE_PROBE_TOKENS, self._decode_one_by_one, tokens)
                 best = Speed(max(best.decode, decode), max(best.prompt, prompt))
         finally:
-            self._llama.reset()
+            self._llama.reset()  # type: ignore[no-untyped-call]
             self.use_threads(kept)
         return best
 

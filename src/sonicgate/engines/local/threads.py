@@ -61,14 +61,15 @@ class ThreadChoice:
 def choose(speeds: dict[int, Speed]) -> Threads:
     """The thread counts for the measured ``speeds`` (measured with the TTS idle).
 
-    A prompt is read between the transcript and the first token, when nothing else
-    runs: the fastest count reads it. Decoding runs on while the TTS speaks the first
-    clauses on a core of its own, so a second decode thread competes with it for a
-    core on a 2-core machine: worth it only when it nearly doubles the rate, as two
-    real cores do (the first clause, which decides when audio starts, is decoded
-    before the TTS has work, and that gain outweighs the sharing after it). Two
-    hyperthreads of one core share its memory bandwidth and gain ~10-30 %: then
-    one thread, and the TTS keeps the other.
+    A prompt is read between the transcript and the first token, with the other
+    models idle: the fastest count reads it. Decoding goes on while the TTS speaks
+    the pieces already cut, but hibari synthesizes ~100x faster than real time: it
+    needs a core for tens of milliseconds a piece, and the first piece, which
+    decides when audio starts, is decoded before the TTS has any work. So a second
+    decode thread is worth its short clashes with the TTS when it clearly helps:
+    by ``DECODE_SPEEDUP``, as two real cores do (~2x). Two hyperthreads of one core
+    share its caches and memory bandwidth (10-30 % more), and on a busy machine a
+    second thread stalls every step, which waits for the slowest thread: one then.
     """
     prompt = max(speeds, key=lambda n: speeds[n].prompt)
     single = speeds[1].decode
