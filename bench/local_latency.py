@@ -161,7 +161,7 @@ def llm_figures() -> dict[str, Any]:
     model = locate(default_data_dir()).llm
     choice = threads.known(model)
     return {
-        "model": model.name,
+        "model": model.parent.name,
         "llama_cpp_python": version("llama-cpp-python"),
         "kernels": load_llama_kernels(),
         **(choice.describe() if choice else {"threads": "not measured"}),

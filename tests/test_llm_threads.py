@@ -25,6 +25,13 @@ def test_the_prompt_goes_to_the_fastest_count() -> None:
     assert choose(speeds) == Threads(decode=1, prompt=1)
 
 
+def test_a_busy_machine_is_told_by_its_prompt_speeds() -> None:
+    quiet = {1: Speed(decode=13.4, prompt=150), 2: Speed(decode=24.0, prompt=280)}
+    shared = {1: Speed(decode=13.5, prompt=49), 2: Speed(decode=1.0, prompt=5)}  # measured so
+    assert not threads.busy(quiet) and threads.busy(shared)
+    assert choose(shared) == Threads(decode=1, prompt=1)
+
+
 def test_counts_timed_are_one_two_and_all() -> None:
     assert threads.counts(1) == [1]
     assert threads.counts(2) == [1, 2]
@@ -61,6 +68,15 @@ def test_measured_once_then_read_from_the_cache(cache: Path) -> None:
     assert model.timed == [1, 2]  # not measured again
     threads.tune(model, Path("other.gguf"))  # another model is measured for itself
     assert model.timed == [1, 2, 1, 2]
+
+
+def test_figures_from_a_busy_machine_are_not_kept(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = Clock()
+    monkeypatch.setattr(model, "speed", lambda n: Speed(decode=10.0 / n, prompt=100.0 / n))
+    assert threads.tune(model, Path("model.gguf")).threads == Threads(1, 1)
+    assert not cache.exists()
 
 
 def test_a_damaged_cache_is_measured_again(cache: Path) -> None:

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 OVERRIDE = "SONICGATE_LLM_THREADS"
 # Decoding on more threads must beat one by this much to be chosen: see ``choose``.
 DECODE_SPEEDUP = 1.5
+QUIET_RATIO = 0.8  # see ``busy``
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,13 @@ def choose(speeds: dict[int, Speed]) -> Threads:
     return Threads(decode, prompt)
 
 
+def busy(speeds: dict[int, Speed]) -> bool:
+    """Whether other work ran during the measurement: on a quiet CPU more threads read
+    a prompt (batched, compute-bound) at least about as fast as one; when they wait
+    for cores taken by other processes, they read it several times slower."""
+    return any(speed.prompt < speeds[1].prompt * QUIET_RATIO for speed in speeds.values())
+
+
 def counts(cores: int) -> list[int]:
     """The thread counts worth timing: one, two and all cores."""
     return sorted({1, min(2, cores), cores})
@@ -102,7 +110,7 @@ def cache_key(model: Path) -> str:
     """What the figures depend on: CPU, cores given to us, llama.cpp build and kernels, model."""
     cpu = read_cpu()
     build = f"llama-cpp-python {version('llama-cpp-python')} {load_llama_kernels()}"
-    return f"{cpu.model} | {cpu.cores} cores | {build} | {model.name}"
+    return f"{cpu.model} | {cpu.cores} cores | {build} | {model.parent.name}/{model.name}"
 
 
 def cached(model: Path) -> ThreadChoice | None:
@@ -144,7 +152,10 @@ def tune(model: Timed, path: Path) -> ThreadChoice:
     if choice is None:
         speeds = {n: model.speed(n) for n in counts(read_cpu().cores)}
         choice = ThreadChoice(choose(speeds), speeds, "measured")
-        _keep(path, choice)
+        if busy(speeds):
+            log.warning("llm threads: other work slowed the timing; timed again at the next start")
+        else:
+            _keep(path, choice)
     rates = ", ".join(
         f"{n} thread{'s' * (n > 1)}: decode {s.decode:.1f} tok/s, prompt {s.prompt:.0f} tok/s"
         for n, s in choice.speeds.items()
