@@ -8,6 +8,7 @@ import pytest
 
 from sonicgate.engines.local import threads
 from sonicgate.engines.local.threads import Speed, Threads, choose
+from sonicgate.models import ModelError
 
 
 def test_two_real_cores_decode_on_both() -> None:
@@ -95,5 +96,5 @@ def test_set_by_hand_measures_nothing(cache: Path, monkeypatch: pytest.MonkeyPat
 
 @pytest.mark.parametrize("value", ["2", "a,b", "0,2", "1,2,3"])
 def test_a_wrong_setting_is_named(value: str) -> None:
-    with pytest.raises(ValueError, match=threads.OVERRIDE):
+    with pytest.raises(ModelError, match=threads.OVERRIDE):
         threads.by_hand(value)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sonicgate.engines.local.cpu import load_llama_kernels, read_cpu
+from sonicgate.models import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +96,9 @@ def by_hand(value: str) -> Threads:
     try:
         decode, prompt = (int(part) for part in value.split(","))
     except ValueError:
-        raise ValueError(f"{OVERRIDE}={value!r}: expected two counts, e.g. '1,2'") from None
+        raise ModelError(f"{OVERRIDE}={value!r}: expected two counts, e.g. '1,2'") from None
     if decode < 1 or prompt < 1:
-        raise ValueError(f"{OVERRIDE}={value!r}: thread counts start at 1")
+        raise ModelError(f"{OVERRIDE}={value!r}: thread counts start at 1")
     return Threads(decode, prompt)
 
 
