@@ -33,6 +33,7 @@ from bench.speech import natural, silence
 from sonicgate.config import default_data_dir
 from sonicgate.engines.local import threads
 from sonicgate.engines.local.cpu import load_llama_kernels
+from sonicgate.engines.local.llm import ChatModel
 from sonicgate.models import locate
 
 UTTERANCES = [
@@ -155,16 +156,16 @@ def summarize(turns: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def llm_figures() -> dict[str, Any]:
-    """The default LLM's build, kernels, thread counts and speeds on this machine: the
-    server timed it at its first start here (on 1 and 2 threads, with the TTS idle)
-    and kept the figures, which are read back here."""
+    """The default LLM's build, kernels, thread counts and speeds on this machine, as
+    the server timed them (on 1 and 2 threads, with the TTS idle) and kept them; timed
+    here, the server stopped, if it could not keep them (other work slowed it)."""
     model = locate(default_data_dir()).llm
-    choice = threads.known(model)
+    choice = threads.known(model) or threads.tune(ChatModel(model), model)
     return {
         "model": model.parent.name,
         "llama_cpp_python": version("llama-cpp-python"),
         "kernels": load_llama_kernels(),
-        **(choice.describe() if choice else {"threads": "not measured"}),
+        **choice.describe(),
     }
 
 

@@ -144,7 +144,7 @@ def summary() -> str:
 
 def llm_line(llm: dict[str, Any] | None) -> list[str]:
     """The LLM's build and thread counts, and its speed on one and two threads."""
-    if not llm or not isinstance(llm.get("threads"), dict):
+    if not llm:
         return []
     speeds = "; ".join(
         f"{n} thread{'s' if n != '1' else ''}: decode {speed['decode']:.1f} tok/s, "

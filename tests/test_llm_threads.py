@@ -76,7 +76,8 @@ def test_figures_from_a_busy_machine_are_not_kept(
 ) -> None:
     model = Clock()
     monkeypatch.setattr(model, "speed", lambda n: Speed(decode=10.0 / n, prompt=100.0 / n))
-    assert threads.tune(model, Path("model.gguf")).threads == Threads(1, 1)
+    choice = threads.tune(model, Path("model.gguf"))
+    assert choice.threads == Threads(1, 1) and choice.source == "measured on a busy machine"
     assert not cache.exists()
 
 

@@ -49,7 +49,7 @@ class Timed(Protocol):
 class ThreadChoice:
     threads: Threads
     speeds: dict[int, Speed]  # by thread count; empty when set by hand
-    source: str  # "measured", "cached" or "set by hand"
+    source: str  # "measured" (on a busy machine), "cached" or "set by hand"
 
     def describe(self) -> dict[str, Any]:
         """For logs and benchmark files."""
@@ -152,10 +152,11 @@ def tune(model: Timed, path: Path) -> ThreadChoice:
     choice = known(path)
     if choice is None:
         speeds = {n: model.speed(n) for n in counts(read_cpu().cores)}
-        choice = ThreadChoice(choose(speeds), speeds, "measured")
         if busy(speeds):
             log.warning("llm threads: other work slowed the timing; timed again at the next start")
+            choice = ThreadChoice(choose(speeds), speeds, "measured on a busy machine")
         else:
+            choice = ThreadChoice(choose(speeds), speeds, "measured")
             _keep(path, choice)
     rates = ", ".join(
         f"{n} thread{'s' * (n > 1)}: decode {s.decode:.1f} tok/s, prompt {s.prompt:.0f} tok/s"
