@@ -68,23 +68,19 @@ class ChatModel:
         self.threads = threads
 
     def speed(self, threads: int) -> Speed:
-        """Tokens per second on ``threads`` threads, reading a prompt and decoding;
-        the best of two rounds (the first also pays for warming caches). Leaves the
-        cache empty and the thread counts as they were."""
+        """Tokens per second on ``threads`` threads, reading a prompt and decoding.
+        Leaves the cache empty and the thread counts as they were."""
         kept = self.threads
         tokens = self._llama.tokenize(PROBE.encode("utf-8"))
         self.use_threads(Threads(threads, threads))
-        best = Speed(decode=0.0, prompt=0.0)
+        self._llama.reset()  # type: ignore[no-untyped-call]
         try:
-            for _ in range(2):
-                self._llama.reset()  # type: ignore[no-untyped-call]
-                prompt = _rate(len(tokens), self._llama.eval, tokens)
-                decode = _rate(DECODE_PROBE_TOKENS, self._decode_one_by_one, tokens)
-                best = Speed(max(best.decode, decode), max(best.prompt, prompt))
+            prompt = _rate(len(tokens), self._llama.eval, tokens)
+            decode = _rate(DECODE_PROBE_TOKENS, self._decode_one_by_one, tokens)
         finally:
             self._llama.reset()  # type: ignore[no-untyped-call]
             self.use_threads(kept)
-        return best
+        return Speed(decode=decode, prompt=prompt)
 
     def _decode_one_by_one(self, tokens: list[int]) -> None:
         for token in tokens[:DECODE_PROBE_TOKENS]:

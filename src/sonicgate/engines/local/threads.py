@@ -1,7 +1,7 @@
 """How many threads llama.cpp gets, measured on the CPU at hand.
 
-The first start on a machine times the model on one thread and on more (a second
-or two); the figures are kept in the user's cache per CPU, llama.cpp build and
+The first start on a machine times the model on one thread and on more (a few
+seconds); the figures are kept in the user's cache per CPU, llama.cpp build and
 model, so later starts read them instead. ``SONICGATE_LLM_THREADS=decode,prompt``
 (e.g. ``1,2``) sets the counts by hand and measures nothing.
 """
@@ -25,6 +25,7 @@ OVERRIDE = "SONICGATE_LLM_THREADS"
 # Decoding on more threads must beat one by this much to be chosen: see ``choose``.
 DECODE_SPEEDUP = 1.5
 QUIET_RATIO = 0.8  # see ``busy``
+ROUNDS = 3  # timings of each thread count, the best kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,20 @@ def choose(speeds: dict[int, Speed]) -> Threads:
     faster = [n for n in speeds if speeds[n].decode >= single * DECODE_SPEEDUP]
     decode = max(faster, key=lambda n: speeds[n].decode, default=1)
     return Threads(decode, prompt)
+
+
+def fastest(model: Timed, thread_counts: list[int]) -> dict[int, Speed]:
+    """Each count's best of ``ROUNDS``, the counts taking turns: a burst of other work
+    slows one round, not all of one count's (the first also warms caches). A busy
+    machine gets one round: it is slow there, and its figures are not kept anyway."""
+    best = {n: Speed(decode=0.0, prompt=0.0) for n in thread_counts}
+    for _ in range(ROUNDS):
+        for n in thread_counts:
+            speed = model.speed(n)
+            best[n] = Speed(max(best[n].decode, speed.decode), max(best[n].prompt, speed.prompt))
+        if busy(best):
+            break
+    return best
 
 
 def busy(speeds: dict[int, Speed]) -> bool:
@@ -151,7 +166,7 @@ def tune(model: Timed, path: Path) -> ThreadChoice:
     """The thread counts for ``model`` (loaded from ``path``), logged."""
     choice = known(path)
     if choice is None:
-        speeds = {n: model.speed(n) for n in counts(read_cpu().cores)}
+        speeds = fastest(model, counts(read_cpu().cores))
         if busy(speeds):
             log.warning("llm threads: other work slowed the timing; timed again at the next start")
             choice = ThreadChoice(choose(speeds), speeds, "measured on a busy machine")
