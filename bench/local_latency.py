@@ -23,12 +23,18 @@ import statistics
 import sys
 import time
 from collections.abc import AsyncIterator
+from importlib.metadata import version
 from typing import Any
 
 import websockets
 
 from bench.harness import measure, percentile, write_results
 from bench.speech import natural, silence
+from sonicgate.config import default_data_dir
+from sonicgate.engines.local import threads
+from sonicgate.engines.local.cpu import load_llama_kernels
+from sonicgate.engines.local.llm import ChatModel
+from sonicgate.models import locate
 
 UTTERANCES = [
     "What is the capital of France?",
@@ -149,6 +155,20 @@ def summarize(turns: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def llm_figures() -> dict[str, Any]:
+    """The default LLM's build, kernels, thread counts and speeds on this machine, as
+    the server timed them (on 1 and 2 threads, with the TTS idle) and kept them; timed
+    here, the server stopped, if it could not keep them (other work slowed it)."""
+    model = locate(default_data_dir()).llm
+    choice = threads.known(model) or threads.tune(ChatModel(model), model)
+    return {
+        "model": model.parent.name,
+        "llama_cpp_python": version("llama-cpp-python"),
+        "kernels": load_llama_kernels(),
+        **choice.describe(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -162,6 +182,7 @@ def main() -> None:
     write_results(
         "local_latency",
         summarize(turns),
+        llm=llm_figures(),
         client_chunk_samples=args.chunk_samples,
         turns=turns,
     )

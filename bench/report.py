@@ -77,6 +77,7 @@ def summary() -> str:
             "|---|---|",
             *(f"| {stage} | {value:.3f} |" for stage, value in s["stages_p50"].items()),
             "",
+            *llm_line(latency.get("llm")),
             f"![latency waterfall]({PLOT})",
             "",
         ]
@@ -139,6 +140,23 @@ def summary() -> str:
     if cores is not None:
         lines.insert(2, f"Machine: {cores} cores, no GPU. Each section is from one run.\n")
     return "\n".join(lines)
+
+
+def llm_line(llm: dict[str, Any] | None) -> list[str]:
+    """The LLM's build and thread counts, and its speed on one and two threads."""
+    if not llm:
+        return []
+    speeds = "; ".join(
+        f"{n} thread{'s' if n != '1' else ''}: decode {speed['decode']:.1f} tok/s, "
+        f"prompt {speed['prompt']:.0f} tok/s"
+        for n, speed in llm["tokens_per_second"].items()
+    )
+    return [
+        f"LLM {llm['model']} on llama-cpp-python {llm['llama_cpp_python']} "
+        f"({llm['kernels']} kernels): {llm['threads']['decode']} thread(s) decoding, "
+        f"{llm['threads']['prompt']} reading the prompt ({llm['source']}). {speeds}.",
+        "",
+    ]
 
 
 def turn_taking() -> list[str]:

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
+from itertools import pairwise
 
 import numpy as np
 import pytest
 
 from bench.speech import natural, paused, silence, speak
 from sonicgate.config import default_data_dir
+from sonicgate.domain import Message, Role
 from sonicgate.engines.base import EngineConfig, EngineError, supports_language
 from sonicgate.engines.local import LocalEngine, LocalModels
+from sonicgate.engines.local.engine import HISTORY_STEP, chat_prompt
 from sonicgate.engines.local.turns import TurnOptions
 from sonicgate.events import (
     AudioOut,
@@ -270,3 +274,36 @@ async def test_a_pause_inside_a_sentence_does_not_end_the_turn(listening: LocalE
     finals = [e for e in events if isinstance(e, TranscriptFinal)]
     assert len(finals) == 1
     assert heard(finals[0].text, "so the problem is my laptop won't turn on"), finals[0].text
+
+
+class WordCounter:
+    """A chat model of 400 tokens where every word is one: only its budget matters here."""
+
+    n_ctx = 400
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def stream(
+        self, messages: list[dict[str, str]], cancel: threading.Event, max_tokens: int = 160
+    ) -> Iterator[str]:
+        raise NotImplementedError
+
+
+def test_the_prompt_keeps_its_start_while_history_grows() -> None:
+    """llama.cpp reuses the cache for the start a prompt shares with the last one:
+    history is dropped in steps, not one message a turn."""
+    llm = WordCounter()
+    history: list[Message] = []
+    starts: list[tuple[str, ...]] = []
+    for turn in range(40):
+        messages = chat_prompt(llm, "Be brief.", tuple(history), f"question {turn}")
+        assert messages[0] == {"role": "system", "content": "Be brief."}
+        assert messages[-1] == {"role": "user", "content": f"question {turn}"}
+        kept = [m["content"] for m in messages[1:-1]]
+        assert kept or not history  # a step is smaller than the budget: some history stays
+        assert sum(len(text.split()) + 8 for text in kept) <= 400 - 160 - 64
+        starts.append(tuple(kept[:1]))
+        history += [Message(Role.USER, f"question {turn}"), Message(Role.ASSISTANT, "an answer")]
+    changes = sum(a != b for a, b in pairwise(starts))
+    assert 0 < changes <= 40 // (HISTORY_STEP // 2)  # the start moves a step at a time

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soxr
+from numpy.typing import NDArray
 
 from bench.speech import silence, speak
 from sonicgate import models
@@ -236,6 +237,41 @@ def test_chat_model_stops_at_once_when_cancelled(llm: ChatModel) -> None:
 
 
 @pytest.mark.models
+def test_the_next_turn_reads_only_what_is_new(
+    llm: ChatModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """llama.cpp keeps the last prompt's cache: the next turn, which begins with the
+    same system prompt and history, is read from where they end."""
+    read: list[int] = []  # tokens per evaluation: the prompt first, then one a token
+    evaluate = llm._llama.eval
+    monkeypatch.setattr(
+        llm._llama, "eval", lambda tokens: (read.append(len(tokens)), evaluate(tokens))
+    )
+    system = (
+        EngineConfig().system_prompt
+        + " "
+        + " ".join(
+            f"Rule {n}: stay friendly, short and clear when you answer question {n}."
+            for n in range(12)
+        )
+    )
+    first = [{"role": "system", "content": system}, {"role": "user", "content": "Hi there!"}]
+    llm._llama.reset()  # nothing cached from the tests before
+    reply = "".join(llm.stream(first, threading.Event(), max_tokens=8))
+    assert read[0] >= llm.count_tokens(system)
+    read.clear()
+    question = "What is the capital of France?"
+    second = [
+        *first,
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": question},
+    ]
+    assert list(llm.stream(second, threading.Event(), max_tokens=2))
+    # The reply as text may tokenize apart from what was generated: it may be read again.
+    assert read[0] <= llm.count_tokens(reply) + llm.count_tokens(question) + 16, read
+
+
+@pytest.mark.models
 def test_synthesizer_speaks_clearly_at_a_normal_level(
     tts: HibariSynthesizer, stt: Transcriber
 ) -> None:
@@ -349,3 +385,73 @@ def test_a_reply_ends_where_code_begins() -> None:
     assert before_code("Use this:", " print(1)") == (" print(1)", False)
     assert before_code("Use this:", " ```python\nprint(1)") == (" ", True)
     assert before_code("Use this: `", "``python") == ("", True)  # a fence split over deltas
+
+
+# A reply spoken piece by piece ----------------------------------------------------
+
+FRAME = 0.01  # seconds: the loudness of speech is read in frames this long
+PAUSE_DB = -45.0  # a frame quieter than this is a pause
+CLICK = 0.01  # a step between two samples at a join (-40 dBFS): below it, no click
+
+
+def samples(pcm: bytes) -> NDArray[np.float32]:
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768
+
+
+def frame_db(audio: NDArray[np.float32], rate: int) -> NDArray[np.float64]:
+    size = int(FRAME * rate)
+    frames = audio[: len(audio) // size * size].reshape(-1, size).astype(np.float64)
+    return 20 * np.log10(np.sqrt(np.mean(np.square(frames), axis=1)) + 1e-9)
+
+
+def pause_at(audio: NDArray[np.float32], rate: int, sample: int) -> float:
+    """Seconds of pause around ``sample``: the quiet frames on both sides of it."""
+    quiet = frame_db(audio, rate) < PAUSE_DB
+    at = sample // int(FRAME * rate)
+    before = next((n for n in range(at) if not quiet[at - 1 - n]), at)
+    after = next((n for n in range(len(quiet) - at) if not quiet[at + n]), len(quiet) - at)
+    return (before + after) * FRAME
+
+
+def longest_inner_pause(audio: NDArray[np.float32], rate: int) -> float:
+    """The longest pause between the first sound and the last."""
+    quiet = frame_db(audio, rate) < PAUSE_DB
+    sound = np.flatnonzero(~quiet)
+    longest = run = 0
+    for frame_quiet in quiet[sound[0] : sound[-1]]:
+        run = run + 1 if frame_quiet else 0
+        longest = max(longest, run)
+    return longest * FRAME
+
+
+def digital_silence(audio: NDArray[np.float32], rate: int) -> float:
+    """Seconds of the longest run of exact zeros."""
+    zero = np.concatenate(([0], (audio == 0).astype(np.int8), [0]))
+    edges = np.flatnonzero(np.diff(zero))
+    return float(np.max(edges[1::2] - edges[::2], initial=0)) / rate
+
+
+@pytest.mark.models
+def test_a_reply_spoken_in_pieces_joins_without_seams(tts: HibariSynthesizer) -> None:
+    """Pieces cut as the engine cuts them, played back to back, pause at the joins
+    about as long as the voice pauses at a comma when it speaks the whole sentence,
+    with no hole of digital silence and no click."""
+    sentence = "Sure, the capital of France is Paris, a lovely old city, and it is busy."
+    reply = f"{sentence} It is famous for the Eiffel Tower, which was built in 1889."
+    splitter = SentenceSplitter()
+    pieces = [piece for word in reply.split() for piece in splitter.push(word + " ")]
+    pieces += splitter.flush()
+    assert len(pieces) >= 4, pieces
+    rate = tts.sample_rate
+    natural = longest_inner_pause(samples(tts.synthesize(sentence)), rate)
+    assert 0.1 < natural < 0.5  # the voice's pause at a comma
+    audio = [samples(tts.synthesize(piece)) for piece in pieces]
+    joined = np.concatenate(audio)
+    joins = np.cumsum([len(part) for part in audio])[:-1]
+    for piece, join in zip(pieces, joins, strict=False):
+        pause = pause_at(joined, rate, int(join))
+        assert 0.08 < pause <= natural + 0.15, (piece, pause, natural)  # a sentence: +0.15 s
+        assert abs(float(joined[join]) - float(joined[join - 1])) < CLICK, piece
+    assert digital_silence(joined, rate) < natural
+    first_sound = np.flatnonzero(frame_db(audio[0], rate) >= PAUSE_DB)[0] * FRAME
+    assert first_sound < 0.1  # the first word starts at once, not after the voice's silence

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from sonicgate.domain import Capabilities, ErrorCode, Message
 from sonicgate.engines.base import BaseEngineSession, EngineConfig, EngineError
+from sonicgate.engines.local import threads
 from sonicgate.engines.local.llm import Chat, ChatModel, RunCheck
 from sonicgate.engines.local.smart_turn import SmartTurn, TurnDetector
 from sonicgate.engines.local.stt import Recognizer, Transcriber
@@ -53,6 +54,7 @@ PREROLL_BYTES = 16_000 * 2 * 3 // 10  # 300 ms kept before the speech onset
 # speaks English only: answering in English would be the silent fallback we refuse.
 LANGUAGES = ("en-US", "en-GB")
 MAX_REPLY_TOKENS = 160
+HISTORY_STEP = 8  # messages dropped at once when the history outgrows the context
 BARGE_IN_WAIT = 0.15  # seconds to wait for the LLM worker to stop after a barge-in
 
 
@@ -74,7 +76,10 @@ class LocalModels:
         self.stt.transcribe(bytes(32_000))
         if self.turn is not None:
             self.turn.probability(bytes(32_000))
-        for _ in self.llm.stream([{"role": "user", "content": "Hi"}], threading.Event(), 1):
+        # With the default system prompt: the first turn finds it in the model's cache.
+        system = {"role": "system", "content": EngineConfig().system_prompt}
+        greeting = [system, {"role": "user", "content": "Hi"}]
+        for _ in self.llm.stream(greeting, threading.Event(), 1):
             pass
         self.tts.synthesize("Ready.")
 
@@ -125,10 +130,12 @@ class LocalEngine:
         vad, stt = SileroVad(paths.vad), Transcriber(paths.stt)
         tts = load_synthesizer(paths.names[Kind.TTS], paths.tts)
         llm_runs.result()
+        llm = ChatModel(paths.llm)
+        llm.use_threads(threads.tune(llm, paths.llm).threads)
         models = LocalModels(
             vad=vad,
             stt=stt,
-            llm=ChatModel(paths.llm),
+            llm=llm,
             tts=tts,
             names=chosen,
             turn=SmartTurn(paths.turn),
@@ -160,6 +167,28 @@ class LocalEngine:
     async def aclose(self) -> None:
         for pool in self._pools:
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+def chat_prompt(
+    llm: Chat, system: str, history: tuple[Message, ...], text: str
+) -> list[dict[str, str]]:
+    """System prompt, then as much recent history as fits the context.
+
+    Nothing in front of the history changes from turn to turn, and history is
+    dropped from the front ``HISTORY_STEP`` messages at a time, so the prompt
+    mostly begins as the last one did: llama.cpp then reads only what is new.
+    """
+    budget = llm.n_ctx - MAX_REPLY_TOKENS - 64  # 64: chat-template overhead
+    budget -= llm.count_tokens(system) + llm.count_tokens(text)
+    costs = [llm.count_tokens(message.text) + 8 for message in history]
+    start = 0
+    while start < len(history) and sum(costs[start:]) > budget:
+        start += HISTORY_STEP
+    return [
+        {"role": "system", "content": system},
+        *({"role": message.role.value, "content": message.text} for message in history[start:]),
+        {"role": "user", "content": text},
+    ]
 
 
 def _since(moment: float) -> float:
@@ -484,19 +513,7 @@ class LocalSession(BaseEngineSession):
             cancel.set()  # stops the worker at its next token if we left early
 
     def _prompt(self, history: tuple[Message, ...], text: str) -> list[dict[str, str]]:
-        """System prompt, then as much recent history as fits the context."""
-        llm = self._models.llm
-        system = {"role": "system", "content": self.config.system_prompt}
-        user = {"role": "user", "content": text}
-        budget = llm.n_ctx - MAX_REPLY_TOKENS - 64  # 64: chat-template overhead
-        budget -= llm.count_tokens(system["content"]) + llm.count_tokens(text)
-        kept: list[dict[str, str]] = []
-        for message in reversed(history):
-            budget -= llm.count_tokens(message.text) + 8
-            if budget < 0:
-                break
-            kept.append({"role": message.role.value, "content": message.text})
-        return [system, *reversed(kept), user]
+        return chat_prompt(self._models.llm, self.config.system_prompt, history, text)
 
     async def _transcribe_partial(self) -> None:
         pcm = bytes(self._utterance)

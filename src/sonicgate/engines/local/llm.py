@@ -6,18 +6,27 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from llama_cpp import Llama
+from llama_cpp import Llama, llama_set_n_threads
 
 from sonicgate.engines.local.cpu import CpuError, load_llama_kernels, read_cpu
+from sonicgate.engines.local.threads import Speed, Threads
 from sonicgate.models import ModelError
 
 PORTABLE_FIX = "reinstall it with the portable build: `rm -rf .venv && make run`"
 
 CHARS_PER_TOKEN = 4  # about, in English: remote models' tokenizers are not here
+# Text for timing the model (~60 tokens): its first tokens are decoded one by one.
+PROBE = (
+    "The quick brown fox jumps over the lazy dog near the river bank, while "
+    "seven small birds sing in the old oak tree and a farmer walks his cows "
+    "home across the green hills before the evening rain begins to fall."
+)
+DECODE_PROBE_TOKENS = 12
 
 
 def estimate_tokens(text: str) -> int:
@@ -40,18 +49,42 @@ class Chat(Protocol):
 class ChatModel:
     """One caller at a time (llama.cpp is not re-entrant): give it one worker thread."""
 
-    def __init__(self, path: Path, n_ctx: int = 2048, threads: int = 1) -> None:
+    def __init__(self, path: Path, n_ctx: int = 2048, threads: Threads | None = None) -> None:
+        """``threads``: by default one to decode, all cores for the prompt (until
+        ``use_threads`` sets measured ones: ``threads.tune``)."""
         load_llama_kernels()
-        # Decoding on one thread beat two: TTS needs the other core at the same time.
-        # The prompt is read on both: nothing else runs between transcript and first token.
+        self.threads = threads or Threads(decode=1, prompt=read_cpu().cores)
         self._llama = Llama(
             model_path=str(path),
             n_ctx=n_ctx,
-            n_threads=threads,
-            n_threads_batch=2,
+            n_threads=self.threads.decode,
+            n_threads_batch=self.threads.prompt,
             verbose=False,
         )
         self.n_ctx = n_ctx
+
+    def use_threads(self, threads: Threads) -> None:
+        llama_set_n_threads(self._llama.ctx, threads.decode, threads.prompt)
+        self.threads = threads
+
+    def speed(self, threads: int) -> Speed:
+        """Tokens per second on ``threads`` threads, reading a prompt and decoding.
+        Leaves the cache empty and the thread counts as they were."""
+        kept = self.threads
+        tokens = self._llama.tokenize(PROBE.encode("utf-8"))
+        self.use_threads(Threads(threads, threads))
+        self._llama.reset()  # type: ignore[no-untyped-call]
+        try:
+            prompt = _rate(len(tokens), self._llama.eval, tokens)
+            decode = _rate(DECODE_PROBE_TOKENS, self._decode_one_by_one, tokens)
+        finally:
+            self._llama.reset()  # type: ignore[no-untyped-call]
+            self.use_threads(kept)
+        return Speed(decode=decode, prompt=prompt)
+
+    def _decode_one_by_one(self, tokens: list[int]) -> None:
+        for token in tokens[:DECODE_PROBE_TOKENS]:
+            self._llama.eval([token])
 
     def count_tokens(self, text: str) -> int:
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False))
@@ -115,6 +148,12 @@ class RunCheck:
         if status != 0:
             last = (errors.strip().splitlines() or [f"exit status {status}"])[-1]
             raise ModelError(f"the local LLM failed a test prompt: {last}")
+
+
+def _rate(tokens: int, work: Callable[[list[int]], object], argument: list[int]) -> float:
+    started = time.perf_counter()
+    work(argument)
+    return tokens / (time.perf_counter() - started)
 
 
 def check_runs(path: Path) -> None:
