@@ -33,6 +33,7 @@ import websockets
 
 from bench.harness import UNLIMITED, percentile, start_server, wait_ready, write_results
 from sonicgate.engines.base import EngineConfig
+from sonicgate.engines.local.llm import TEMPERATURE
 from sonicgate.engines.local.text import SentenceSplitter
 from sonicgate.models import Kind, names
 
@@ -166,11 +167,14 @@ UNSPEAKABLE = re.compile(
     re.MULTILINE,
 )
 
+# fmt: off
 NUMBER_WORDS = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-    "fifteen sixteen seventeen eighteen nineteen"
-).split()
-TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+    "nineteen",
+)
+TENS = ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+# fmt: on
 UNITS = {word: value for value, word in enumerate(NUMBER_WORDS)} | {
     word: 20 + 10 * index for index, word in enumerate(TENS)
 }
@@ -182,7 +186,7 @@ def normalize(text: str) -> str:
     text = text.lower().replace("°", " degrees ")
     text = re.sub(r"(?<=\d),(?=\d{3})", "", text)
     text = re.sub(r"(?<=\d)\.0+\b", "", text)
-    tokens = re.findall(r"\d+(?:\.\d+)?|[a-z0-9]+", text.replace("'s", "s"))
+    tokens = re.findall(r"\d+(?:\.\d+)?|[a-z0-9]+", re.sub(r"['\u2019]s\b", "", text))
     return " ".join(_numbers(tokens))
 
 
@@ -324,7 +328,7 @@ def measure_model(llm: str, prompts: list[str], port: int) -> list[dict[str, Any
         for name in prompts:
             print(f"==> {llm} with the {name!r} prompt", file=sys.stderr)
             results = asyncio.run(run_candidate(url, PROMPTS[name]))
-            summary = {"llm": llm, "prompt": name, **summarize(results)}
+            summary = {"llm": llm, "prompt": name, "temperature": TEMPERATURE, **summarize(results)}
             print(json.dumps(summary), file=sys.stderr)
             candidates.append({"summary": summary, "results": results})
         return candidates
@@ -354,7 +358,9 @@ def main() -> None:
         default["summary"],
         candidates=[c["summary"] for c in candidates],
         prompts={name: PROMPTS[name] for name in args.prompt},
-        results={f"{c['summary']['llm']} / {c['summary']['prompt']}": c["results"] for c in candidates},
+        results={
+            f"{c['summary']['llm']} / {c['summary']['prompt']}": c["results"] for c in candidates
+        },
     )
 
 
