@@ -12,9 +12,8 @@ emoji. Candidates (model x system prompt) run side by side; a model needs a
 server of its own, a prompt goes in ``initialize``. Writes
 ``bench/results/answers.json``.
 
-    python -m bench.answers                                  # the defaults only
-    python -m bench.answers --llm qwen2.5-coder-0.5b-instruct-q4_k_m \\
-        qwen2.5-1.5b-instruct --prompt default plain few-shot
+    python -m bench.answers                  # every model with every prompt
+    python -m bench.answers --llm qwen2.5-coder-0.5b-instruct-q4_k_m --prompt default
 """
 
 from __future__ import annotations
@@ -138,24 +137,13 @@ ITEMS = (
     ),
 )
 
-# System prompts to compare; "default" is the engine's own.
+# System prompts to compare: the engine's own (rules and worked examples), and the
+# rules alone (the default before this benchmark).
 PROMPTS = {
     "default": EngineConfig().system_prompt,
-    "plain": (
-        "You are a friendly voice assistant. Everything you write is read aloud. "
-        "Answer in one short sentence of at most twenty words, the answer first. "
-        "Use plain spoken English: no lists, markdown, code, symbols or emoji. "
-        "Be exact with numbers and facts, and remember what the user told you."
-    ),
-    "few-shot": (
-        "You are a friendly voice assistant. Everything you write is read aloud. "
-        "Answer in one short sentence, the answer first, in plain spoken English: "
-        "no lists, markdown, code, symbols or emoji. Be exact, and remember what "
-        "the user told you. For example:\n"
-        "User: What is four plus nine?\nAssistant: Four plus nine is 13.\n"
-        "User: What is the capital of Portugal?\nAssistant: The capital of Portugal is Lisbon.\n"
-        "User: My name is Sam.\nAssistant: Nice to meet you, Sam.\n"
-        "User: What is my name?\nAssistant: Your name is Sam."
+    "rules-only": (
+        "You are a helpful voice assistant. Your words are spoken aloud: answer in one or "
+        "two short, plain sentences, with no code, lists, markdown or emoji."
     ),
 }
 
@@ -342,8 +330,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     llms = names(Kind.LLM)
-    parser.add_argument("--llm", nargs="+", choices=llms, default=[llms[0]])
-    parser.add_argument("--prompt", nargs="+", choices=list(PROMPTS), default=["default"])
+    parser.add_argument("--llm", nargs="+", choices=llms, default=list(llms))
+    parser.add_argument("--prompt", nargs="+", choices=list(PROMPTS), default=list(PROMPTS))
     parser.add_argument("--port", type=int, default=8766)
     args = parser.parse_args()
     candidates = [
