@@ -1,5 +1,5 @@
 """``make bench``: every benchmark, each against a server of its own (turn-taking
-needs none), then the summary page. About 20 minutes on 2 cores (the load run
+needs none), then the summary page. About 30 minutes on 2 cores (the load run
 alone takes 5).
 
     python -m bench [--quick]
