@@ -1,5 +1,5 @@
 """``make bench``: every benchmark, each against a server of its own (turn-taking
-needs none), then the summary page. About 20 minutes on 2 cores (the load run
+needs none), then the summary page. About 30 minutes on 2 cores (the load run
 alone takes 5).
 
     python -m bench [--quick]
@@ -16,17 +16,20 @@ import time
 from bench import report
 from bench.harness import RESULTS
 from sonicgate.engines.local.cpu import read_cpu
+from sonicgate.models import Kind, names
 
 BENCHMARKS = (
     ("local_latency", ()),
     ("local_barge_in", ()),
     ("turn_taking", ("--ask-ms", "200", "--thresholds", "0.5", "0.9")),
+    ("answers", ()),
     ("nova_overhead", ()),
     ("phone", ()),
     ("load", ()),
     ("capacity", ()),
 )
 QUICK = {
+    "answers": ("--llm", names(Kind.LLM)[0], "--prompt", "default"),
     "load": ("--minutes", "1"),
     "local_latency": ("--turns", "20"),
     "phone": ("--turns", "5", "--seconds", "20"),

@@ -55,6 +55,7 @@ from sonicgate.config import default_data_dir
 from sonicgate.engines.base import EngineConfig
 from sonicgate.engines.local.cpu import choose_variant, installed_variants, library_dir, read_cpu
 from sonicgate.engines.local.engine import MAX_REPLY_TOKENS
+from sonicgate.engines.local.llm import TEMPERATURE
 from sonicgate.engines.local.turns import TurnOptions
 from sonicgate.models import PIPER_JOE, ModelPaths, Selection, locate
 
@@ -67,7 +68,7 @@ GOAL = 0.8  # sonicgate's latency as a ratio to Pipecat's, at most
 # Pipecat sends the whole history, where sonicgate trims its own to fit 2048 tokens.
 LLM_SERVER_OPTIONS = ("--n_ctx", "4096", "--n_threads", "1", "--n_threads_batch", "2")
 QUIET_LLM_SERVER = ("--verbose", "false")
-SAMPLING = {"temperature": 0.6, "top_p": 0.9, "max_tokens": MAX_REPLY_TOKENS}
+SAMPLING = {"temperature": TEMPERATURE, "top_p": 1.0, "max_tokens": MAX_REPLY_TOKENS}
 
 # llama.cpp's server in Pipecat's venv, with the kernels sonicgate would load on this
 # CPU (engines/local/cpu.py, loaded by path: the rest of sonicgate is not installed there).

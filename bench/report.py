@@ -94,6 +94,7 @@ def summary() -> str:
             "",
         ]
     lines += turn_taking()
+    lines += answers()
     if nova := load("nova_overhead"):
         lines += [
             f"## Gateway overhead on the Nova Sonic path ({nova['chunk_ms']:.0f} ms chunks)",
@@ -194,6 +195,32 @@ def peer_pipecat() -> list[str]:
         f"({theirs['no_reply']} unanswered). Sonicgate's as a ratio to Pipecat's: **p50 "
         f"{s['ratio_p50']:.2f}, p95 {s['ratio_p95']:.2f}** (goal ≤ {s['goal_ratio']}); load "
         f"average {s['load_average']['start']} before the run.",
+        "",
+    ]
+
+
+def answers() -> list[str]:
+    if not (run := load("answers")):
+        return []
+    s = run["summary"]
+    return [
+        "## Right and speakable answers (local engine, typed)",
+        "",
+        f"{s['items']} questions, {s['replies']} replies; the default "
+        f"({s['llm']}, {s['prompt']!r} prompt): **{s['right_percent']:.0f} % right**, "
+        f"median {s['median_reply_words']:g} words, {s['replies_unspeakable']} unspeakable "
+        "(goal ≥ 90 %, ≤ 25 words, none).",
+        "",
+        "| model | prompt | right % | follow-ups right % | median words | unspeakable "
+        "| first token p50 (s) | first piece p50 (s) | reply p50 (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *(
+            f"| {c['llm']} | {c['prompt']} | {c['right_percent']:.0f} "
+            f"| {c['follow_ups_right_percent']:.0f} | {c['median_reply_words']:g} "
+            f"| {c['replies_unspeakable']} | {c['first_token_s_p50']:.2f} "
+            f"| {c['first_piece_s_p50']:.2f} | {c['reply_s_p50']:.2f} |"
+            for c in run["candidates"]
+        ),
         "",
     ]
 
