@@ -55,15 +55,16 @@ async def memory_per_session(url: str, pid: int, engine: str, sessions: int) -> 
     return (after - before) / sessions
 
 
-async def real_time_levels(url: str, levels: list[int]) -> list[dict[str, Any]]:
+async def real_time_levels(url: str, levels: list[int], chunk_samples: int) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     for sessions in levels:
-        stats = await echo_load(url, sessions, LEVEL_SECONDS, SEED_CHUNK_SAMPLES)
+        stats = await echo_load(url, sessions, LEVEL_SECONDS, chunk_samples)
         p99 = percentile(stats.round_trip_ms, 99) if stats.round_trip_ms else float("inf")
         real_time = stats.lost == 0 and stats.reordered == 0 and p99 < stats.chunk_seconds * 1000
         results.append(
             {
                 "sessions": sessions,
+                "chunk_ms": chunk_samples / 16,
                 "chunks_lost": stats.lost,
                 "chunks_reordered": stats.reordered,
                 "round_trip_ms_p50": round(percentile(stats.round_trip_ms, 50), 2),
@@ -84,6 +85,14 @@ def main() -> None:
     )
     parser.add_argument("--levels", type=int, nargs="+", default=[100, 200, 400, 800, 1600])
     parser.add_argument("--port", type=int, default=8769)
+    parser.add_argument(
+        "--chunk-samples",
+        type=int,
+        nargs="+",
+        default=[SEED_CHUNK_SAMPLES, 512],
+        help="16 kHz samples a chunk: the seed's 4096 (256 ms), and 512 (32 ms) as "
+        "browsers and phones send",
+    )
     args = parser.parse_args()
     url = f"ws://127.0.0.1:{args.port}/api/nova-sonic/stream"
     launched = time.monotonic()
@@ -93,27 +102,40 @@ def main() -> None:
         start_up = time.monotonic() - launched
         local_mb = asyncio.run(memory_per_session(url, server.pid, "local", 50))
         echo_mb = asyncio.run(memory_per_session(url, server.pid, "echo", 200))
-        levels = asyncio.run(real_time_levels(url, args.levels))
+        by_size = {
+            size: asyncio.run(real_time_levels(url, args.levels, size))
+            for size in args.chunk_samples
+        }
     finally:
         server.terminate()
         server.wait()
     cores = os.cpu_count() or 1
-    held = [level["sessions"] for level in levels if level["real_time"]]
     write_results(
         "capacity",
         {
             "start_up_seconds": round(start_up, 2),
             "memory_mb_per_local_session": round(local_mb, 2),
             "memory_mb_per_echo_session": round(echo_mb, 3),
-            "real_time_sessions": max(held, default=0),
-            "real_time_sessions_per_core": max(held, default=0) / cores,
-            "first_level_that_broke": next(
-                (level["sessions"] for level in levels if not level["real_time"]), None
-            ),
+            "real_time_sessions": real_time_sessions(by_size[args.chunk_samples[0]]),
+            "real_time_sessions_per_core": real_time_sessions(by_size[args.chunk_samples[0]])
+            / cores,
+            "by_chunk_ms": {
+                str(size / 16): {
+                    "real_time_sessions": real_time_sessions(levels),
+                    "first_level_that_broke": next(
+                        (level["sessions"] for level in levels if not level["real_time"]), None
+                    ),
+                }
+                for size, levels in by_size.items()
+            },
         },
-        levels=levels,
+        levels=[level for levels in by_size.values() for level in levels],
         seconds_per_level=LEVEL_SECONDS,
     )
+
+
+def real_time_sessions(levels: list[dict[str, Any]]) -> int:
+    return max((level["sessions"] for level in levels if level["real_time"]), default=0)
 
 
 if __name__ == "__main__":

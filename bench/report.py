@@ -132,9 +132,12 @@ def summary() -> str:
             f"- Start-up (local models loaded and warmed up): {s['start_up_seconds']} s",
             f"- Memory per session: {s['memory_mb_per_local_session']} MB (local engine), "
             f"{s['memory_mb_per_echo_session']} MB (gateway alone, echo engine)",
-            f"- Real-time sessions (echo engine, 256 ms chunks): {s['real_time_sessions']} "
-            f"({s['real_time_sessions_per_core']:.0f} per core); first level that broke: "
-            f"{s['first_level_that_broke']}",
+            *(
+                f"- Real-time sessions (echo engine, {chunk_ms} ms chunks): "
+                f"{size['real_time_sessions']}; first level that broke: "
+                f"{size['first_level_that_broke']}"
+                for chunk_ms, size in s["by_chunk_ms"].items()
+            ),
             "",
         ]
     lines += peer_pipecat()
