@@ -6,8 +6,8 @@ many sessions per core stream in real time before it breaks.
 * Memory per session: the server's RSS with N idle-but-open sessions, minus
   before, over N; for the local engine (the default) and for the echo engine
   (the gateway's own share).
-* Sessions per core: echo sessions streaming the seed's 256 ms chunks, at
-  rising counts, until a chunk is lost or reordered or the p99 round trip
+* Sessions per core: echo sessions streaming the seed's 256 ms chunks, and then
+  the 32 ms ones browsers and phones send (at the same message rate), at rising counts, until a chunk is lost or reordered or the p99 round trip
   exceeds one chunk's duration (the client would hear gaps). The load
   generator runs on the same cores, so this is a lower bound.
 
@@ -57,7 +57,9 @@ async def memory_per_session(url: str, pid: int, engine: str, sessions: int) -> 
 
 async def real_time_levels(url: str, levels: list[int], chunk_samples: int) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
-    for sessions in levels:
+    for level in levels:
+        # Smaller chunks at the same message rate as the seed's at this level.
+        sessions = max(1, level * chunk_samples // SEED_CHUNK_SAMPLES)
         stats = await echo_load(url, sessions, LEVEL_SECONDS, chunk_samples)
         p99 = percentile(stats.round_trip_ms, 99) if stats.round_trip_ms else float("inf")
         real_time = stats.lost == 0 and stats.reordered == 0 and p99 < stats.chunk_seconds * 1000
@@ -91,7 +93,8 @@ def main() -> None:
         nargs="+",
         default=[SEED_CHUNK_SAMPLES, 512],
         help="16 kHz samples a chunk: the seed's 4096 (256 ms), and 512 (32 ms) as "
-        "browsers and phones send",
+        "browsers and phones send; smaller chunks run at the levels' message rates "
+        "(a level of 800 sessions is 100 sessions of 32 ms chunks)",
     )
     args = parser.parse_args()
     url = f"ws://127.0.0.1:{args.port}/api/nova-sonic/stream"
