@@ -7,9 +7,10 @@ many sessions per core stream in real time before it breaks.
   before, over N; for the local engine (the default) and for the echo engine
   (the gateway's own share).
 * Sessions per core: echo sessions streaming the seed's 256 ms chunks, and then
-  the 32 ms ones browsers and phones send (at the same message rate), at rising counts, until a chunk is lost or reordered or the p99 round trip
-  exceeds one chunk's duration (the client would hear gaps). The load
-  generator runs on the same cores, so this is a lower bound.
+  the 32 ms ones browsers and phones send (at the same message rate), at rising
+  counts, until a chunk is lost or reordered or the p99 round trip exceeds one
+  chunk's duration (the client would hear gaps). The load generator runs on the
+  same cores, so this is a lower bound.
 
 Writes ``bench/results/capacity.json``.
 
