@@ -15,7 +15,10 @@ import socket
 
 FDS = "/proc/self/fd"
 
-_done: set[str] = set()  # sockets ("socket:[inode]") already set, or not TCP
+# Sockets already settled ("socket:[inode]"): set, or not to ``port``. A connected
+# socket's peer never changes, so each is inspected once; a scan then costs a readlink
+# per descriptor, not a duplicate and a system call or two per socket.
+_settled: set[str] = set()
 
 
 def disable_nagle(port: int) -> int:
@@ -31,18 +34,25 @@ def disable_nagle(port: int) -> int:
         if not target.startswith("socket:"):
             continue
         open_now.add(target)
-        if target not in _done and _set_if_peer(int(fd), port):
-            _done.add(target)
-            count += 1
-    _done.intersection_update(open_now)  # inodes of closed sockets may come again
+        if target in _settled:
+            continue
+        match _set_if_peer(int(fd), port):
+            case True:
+                count += 1
+                _settled.add(target)
+            case False:
+                _settled.add(target)
+    _settled.intersection_update(open_now)  # inodes of closed sockets may come again
     return count
 
 
-def _set_if_peer(fd: int, port: int) -> bool:
+def _set_if_peer(fd: int, port: int) -> bool | None:
+    """True: set; False: not a TCP connection to ``port``; None: not yet known (not
+    connected, or gone)."""
     try:
         sock = socket.socket(fileno=os.dup(fd))
     except OSError:
-        return False
+        return None
     with sock:
         if sock.type != socket.SOCK_STREAM or sock.family not in (
             socket.AF_INET,
@@ -53,6 +63,6 @@ def _set_if_peer(fd: int, port: int) -> bool:
             if sock.getpeername()[1] != port:
                 return False
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # not connected (a listener), or gone
-            return False
+        except OSError:  # not connected (a listener, or connecting), or gone
+            return None
         return True
