@@ -31,7 +31,7 @@ import websockets
 from bench.harness import measure, percentile, write_results
 from bench.speech import natural, silence
 from sonicgate.config import default_data_dir
-from sonicgate.engines.local import threads
+from sonicgate.engines.local import stt, threads
 from sonicgate.engines.local.cpu import load_llama_kernels
 from sonicgate.engines.local.llm import ChatModel
 from sonicgate.models import locate
@@ -169,13 +169,21 @@ def llm_figures() -> dict[str, Any]:
     }
 
 
+def stt_figures() -> Any:
+    """Whisper's thread count and timings, as the server chose and kept them."""
+    model = locate(default_data_dir()).stt
+    return threads.read_kept(stt.KIND, stt.cache_key(model))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--url", help="a running server's stream URL (default: start one)")
     parser.add_argument("--turns", type=int, default=22)
-    parser.add_argument("--chunk-samples", type=int, default=1024, help="client chunk size")
+    parser.add_argument(
+        "--chunk-samples", type=int, default=640, help="client chunk size (the web page's: 40 ms)"
+    )
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
     turns = measure(args.url, args.port, lambda url: run_turns(url, args.turns, args.chunk_samples))
@@ -183,6 +191,7 @@ def main() -> None:
         "local_latency",
         summarize(turns),
         llm=llm_figures(),
+        stt=stt_figures(),
         client_chunk_samples=args.chunk_samples,
         turns=turns,
     )

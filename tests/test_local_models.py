@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import re
 import threading
 import time
@@ -20,7 +21,7 @@ from sonicgate import models
 from sonicgate.config import default_data_dir
 from sonicgate.engines.base import EngineConfig
 from sonicgate.engines.local.llm import ChatModel
-from sonicgate.engines.local.stt import Transcriber
+from sonicgate.engines.local.stt import Transcriber, tuned, unlooped
 from sonicgate.engines.local.text import SentenceSplitter, before_code
 from sonicgate.engines.local.tts import HibariSynthesizer, PiperSynthesizer
 from sonicgate.engines.local.vad import SileroVad, VadStream
@@ -455,3 +456,32 @@ def test_a_reply_spoken_in_pieces_joins_without_seams(tts: HibariSynthesizer) ->
     assert digital_silence(joined, rate) < natural
     first_sound = np.flatnonzero(frame_db(audio[0], rate) >= PAUSE_DB)[0] * FRAME
     assert first_sound < 0.1  # the first word starts at once, not after the voice's silence
+
+
+@pytest.mark.parametrize(
+    ("decoded", "said"),
+    [
+        ("Tell me a joke. Tell me a", "Tell me a joke."),
+        ("How do I make tea? How", "How do I make tea?"),
+        ("Okay, let's do that. Okay, let", "Okay, let's do that."),
+        ("No. No.", "No."),
+        ("What? What is it?", "What? What is it?"),  # begins alike, goes further
+        ("Thanks. That was helpful.", "Thanks. That was helpful."),
+    ],
+)
+def test_a_transcript_ends_where_the_decoder_starts_over(decoded: str, said: str) -> None:
+    assert unlooped(decoded) == said
+
+
+@pytest.mark.models
+def test_whisper_threads_are_timed_once_then_read_from_the_cache(
+    paths: ModelPaths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = tuned(paths.stt)
+    kept = json.loads((tmp_path / "sonicgate" / "stt-threads.json").read_text())
+    (entry,) = kept.values()
+    assert entry["threads"] == first.threads and set(entry["seconds"]) >= {"1"}
+    entry["threads"] = 3  # as if measured so: the cache, not a new timing, decides
+    (tmp_path / "sonicgate" / "stt-threads.json").write_text(json.dumps(kept))
+    assert tuned(paths.stt).threads == 3

@@ -25,7 +25,7 @@ from sonicgate.engines.base import BaseEngineSession, EngineConfig, EngineError
 from sonicgate.engines.local import threads
 from sonicgate.engines.local.llm import Chat, ChatModel, RunCheck
 from sonicgate.engines.local.smart_turn import SmartTurn, TurnDetector
-from sonicgate.engines.local.stt import Recognizer, Transcriber
+from sonicgate.engines.local.stt import Recognizer, tuned
 from sonicgate.engines.local.text import SentenceSplitter, before_code
 from sonicgate.engines.local.tts import Synthesizer, load_synthesizer
 from sonicgate.engines.local.turns import FRAME_SAMPLES, Cue, Endpointer, TurnOptions
@@ -127,7 +127,7 @@ class LocalEngine:
         chosen = tuple(name for kind, name in paths.names.items() if kind is not Kind.TURN)
         log.info("loading local models %s from %s", ", ".join(chosen), data_dir)
         llm_runs = RunCheck(paths.llm)  # a CPU it cannot run on: one clear error, not SIGILL
-        vad, stt = SileroVad(paths.vad), Transcriber(paths.stt)
+        vad, stt = SileroVad(paths.vad), tuned(paths.stt)
         tts = load_synthesizer(paths.names[Kind.TTS], paths.tts)
         llm_runs.result()
         llm = ChatModel(paths.llm)

@@ -1,4 +1,4 @@
-"""How many threads llama.cpp gets, measured on the CPU at hand.
+"""How many threads llama.cpp gets (and Whisper: ``stt.tuned``), measured on the CPU at hand.
 
 The first start on a machine times the model on one thread and on more (a few
 seconds); the figures are kept in the user's cache per CPU, llama.cpp build and
@@ -117,39 +117,51 @@ def by_hand(value: str) -> Threads:
     return Threads(decode, prompt)
 
 
-def cache_file() -> Path:
+def cache_file(kind: str = "llm") -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "sonicgate" / "llm-threads.json"
+    return base / "sonicgate" / f"{kind}-threads.json"
 
 
 def cache_key(model: Path) -> str:
     """What the figures depend on: CPU, cores given to us, llama.cpp build and kernels, model."""
-    cpu = read_cpu()
     build = f"llama-cpp-python {version('llama-cpp-python')} {load_llama_kernels()}"
+    return machine_key(build, model)
+
+
+def machine_key(build: str, model: Path) -> str:
+    cpu = read_cpu()
     return f"{cpu.model} | {cpu.cores} cores | {build} | {model.parent.name}/{model.name}"
+
+
+def read_kept(kind: str, key: str) -> Any:
+    """The entry kept under ``key`` in ``kind``'s cache; None if there is none."""
+    try:
+        return json.loads(cache_file(kind).read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def keep(kind: str, key: str, entry: Any) -> None:
+    path = cache_file(kind)
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        entries = {}
+    entries[key] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = path.with_suffix(f".{os.getpid()}")  # then renamed: a reader never sees half
+    written.write_text(json.dumps(entries, indent=2) + "\n")
+    written.replace(path)
 
 
 def cached(model: Path) -> ThreadChoice | None:
     """The figures kept for this machine and model, if measured before."""
     try:
-        entry = json.loads(cache_file().read_text())[cache_key(model)]
+        entry = read_kept("llm", cache_key(model))
         speeds = {int(n): Speed(**speed) for n, speed in entry["tokens_per_second"].items()}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return None
     return ThreadChoice(choose(speeds), speeds, "cached")
-
-
-def _keep(model: Path, choice: ThreadChoice) -> None:
-    path = cache_file()
-    try:
-        entries = json.loads(path.read_text())
-    except (OSError, ValueError):
-        entries = {}
-    entries[cache_key(model)] = choice.describe()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    written = path.with_suffix(f".{os.getpid()}")  # then renamed: a reader never sees half
-    written.write_text(json.dumps(entries, indent=2) + "\n")
-    written.replace(path)
 
 
 def known(model: Path) -> ThreadChoice | None:
@@ -172,7 +184,7 @@ def tune(model: Timed, path: Path) -> ThreadChoice:
             choice = ThreadChoice(choose(speeds), speeds, "measured on a busy machine")
         else:
             choice = ThreadChoice(choose(speeds), speeds, "measured")
-            _keep(path, choice)
+            keep("llm", cache_key(path), choice.describe())
     rates = ", ".join(
         f"{n} thread{'s' * (n > 1)}: decode {s.decode:.1f} tok/s, prompt {s.prompt:.0f} tok/s"
         for n, s in choice.speeds.items()
