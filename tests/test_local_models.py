@@ -467,6 +467,11 @@ def test_a_reply_spoken_in_pieces_joins_without_seams(tts: HibariSynthesizer) ->
         ("No. No.", "No."),
         ("What? What is it?", "What? What is it?"),  # begins alike, goes further
         ("Thanks. That was helpful.", "Thanks. That was helpful."),
+        (
+            "A recipe for? Chocolate cake chocolate cake Chocolate cake Choc",
+            "A recipe for? Chocolate cake",
+        ),
+        ("My number is five five five one two", "My number is five five five one two"),
     ],
 )
 def test_a_transcript_ends_where_the_decoder_starts_over(decoded: str, said: str) -> None:

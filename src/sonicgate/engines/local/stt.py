@@ -37,6 +37,7 @@ PAD_SECONDS = 4.0  # silence after the speech: 2-3 s made more word errors
 WINDOW_SECONDS = 30.0  # Whisper's: longer input goes through faster-whisper's windows
 NO_SPEECH = 0.8  # the model's probability that there was no speech at all
 TOKENS_PER_SECOND = 8  # of speech, and then some: a looping decoder stops here
+REPEATS = 3  # a phrase said this often in a row is the decoder looping
 KIND = "stt"  # its thread counts' cache
 STT_SPEEDUP = 1.2  # more threads must be this much faster than one to be chosen
 SENTENCE_BREAK = re.compile(r"(?<=[.?!])\s+")
@@ -160,11 +161,9 @@ def _seconds(transcriber: Transcriber) -> float:
 
 
 def unlooped(text: str) -> str:
-    """``text`` up to where it starts over: "Tell me a joke. Tell me a" -> "Tell me a joke."
-
-    A sentence that begins as the first one did, and stops before it ends, is the
-    decoder saying the utterance again, not the speaker.
-    """
+    """``text`` up to where the decoder loops: it starts the utterance over ("Tell me
+    a joke. Tell me a" -> "Tell me a joke.") or says a phrase of two or more words a
+    third time in a row ("a recipe for chocolate cake chocolate cake chocolate cake")."""
     sentences = SENTENCE_BREAK.split(text)
     first = _words(sentences[0])
     for index, sentence in enumerate(sentences[1:], 1):
@@ -174,6 +173,18 @@ def unlooped(text: str) -> str:
         *whole, last = words
         if whole == first[: len(whole)] and first[len(whole)].startswith(last):
             return " ".join(sentences[:index])
+    return _repeats_cut(text)
+
+
+def _repeats_cut(text: str) -> str:
+    said = text.split()
+    words = [" ".join(_words(word)) for word in said]
+    for start in range(len(words)):
+        for size in range(2, (len(words) - start) // REPEATS + 1):
+            phrase = words[start : start + size]
+            ends = start + size * REPEATS
+            if all(words[at : at + size] == phrase for at in range(start, ends, size)):
+                return " ".join(said[: start + size])
     return text
 
 

@@ -28,7 +28,9 @@ class TurnOptions:
     complete_threshold: float = 0.97  # the detector's probability that ends the turn
     fallback_ms: int = 1500  # silence that ends a turn the detector said was not over
     silence_ms: int = 500  # silence that ends a turn by the silence rule (and a noise)
-    speculate_ms: int = 96  # silence after which the answer starts speculatively
+    # The answer starts speculatively after this silence: 32 ms sooner than at 96 ms, for
+    # 2 % more speculations (dropped when the user goes on) on bench.turn_taking's clips.
+    speculate_ms: int = 64
     min_speech_ms: int = 200  # shorter bursts are noise, not a turn
     onset_ms: int = 64  # speech this long starts a turn (and barges in)
     partial_every_ms: int = 500  # re-decode the growing utterance this often
