@@ -71,7 +71,7 @@ def summary() -> str:
             "## Local engine: end of speech → first audio byte",
             "",
             f"{s['turns']} turns: **p50 {s['latency_p50']:.2f} s, p95 {s['latency_p95']:.2f} s** "
-            "(target ≤ 1.0 / ≤ 1.5 s).",
+            "(goal ≤ 0.70 / ≤ 1.0 s).",
             "",
             "| stage | p50 (s) |",
             "|---|---|",
