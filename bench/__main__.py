@@ -22,6 +22,7 @@ BENCHMARKS = (
     ("local_latency", ()),
     ("local_barge_in", ()),
     ("turn_taking", ("--ask-ms", "200", "--thresholds", "0.5", "0.9")),
+    ("stt_window", ()),
     ("answers", ()),
     ("nova_overhead", ()),
     ("phone", ()),

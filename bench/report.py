@@ -94,6 +94,7 @@ def summary() -> str:
             "",
         ]
     lines += turn_taking()
+    lines += stt_window()
     lines += answers()
     if nova := load("nova_overhead"):
         lines += [
@@ -179,6 +180,26 @@ def turn_taking() -> list[str]:
             f"| {label} | {r['false_cut_off_rate_paused']:.1%} | {r['wait_p50'] * 1000:.0f} / "
             f"{r['wait_p90'] * 1000:.0f} / {r['wait_mean'] * 1000:.0f} |"
             for label, r in s["rules"].items()
+        ),
+        "",
+    ]
+
+
+def stt_window() -> list[str]:
+    if not (run := load("stt_window")):
+        return []
+    s = run["summary"]
+    return [
+        "## Whisper: the utterance and 4 s of silence against its 30 s window",
+        "",
+        f"{s['utterances']} utterances (two voices), {s['threads']} thread(s).",
+        "",
+        "| way | p50 / p90 (s) | word errors (hibari / espeak-ng) |",
+        "|---|---|---|",
+        *(
+            f"| {way} | {r['seconds_p50']:.3f} / {r['seconds_p90']:.3f} | "
+            f"{r['word_error_rate']['hibari']:.1%} / {r['word_error_rate']['espeak']:.1%} |"
+            for way, r in ((way, s[way]) for way in ("window_30s", "short"))
         ),
         "",
     ]

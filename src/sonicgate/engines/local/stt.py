@@ -2,12 +2,13 @@
 
 Whisper is trained on 30 s windows, and faster-whisper pads every input to
 one: a two-second question then costs as much to encode as thirty seconds of
-speech (0.40 s here). An utterance is encoded with only ``PAD_SECONDS`` of
-silence after it instead, as whisper.cpp's ``audio_ctx`` does: 0.10 s, and the
-silence (padded before the log-mel, as OpenAI's Whisper pads) gives the
-decoder the end it needs. Without the window's end it sometimes says the
-utterance again: ``unlooped`` cuts that off. Measured on 124 utterances in two
-voices: word errors 4.0 % -> 4.0 % (hibari) and 15.6 % -> 12.8 % (espeak-ng).
+speech. An utterance is encoded with only ``PAD_SECONDS`` of silence after it
+instead, as whisper.cpp's ``audio_ctx`` does, and the silence (padded before
+the log-mel, as OpenAI's Whisper pads) gives the decoder the end it needs.
+Without the window's end it sometimes says the utterance again: ``unlooped``
+cuts that off. ``bench.stt_window`` (84 sentences in two voices, one thread):
+0.64 s -> 0.10 s a sentence, word errors 4.8 % -> 4.8 % (hibari) and 16.5 % ->
+13.7 % (espeak-ng).
 """
 
 from __future__ import annotations
@@ -69,10 +70,9 @@ class Transcriber:
     def transcribe(self, pcm: bytes, language: str = "en") -> Transcript:
         if len(pcm) < 3200:  # under 0.1 s: nothing to hear
             return Transcript("", 0.0)
-        audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / np.float32(32768)
-        if len(audio) / RATE + PAD_SECONDS > WINDOW_SECONDS:
-            return self._windows(audio, language)
-        return self._short(audio, language)
+        if len(pcm) / 2 / RATE + PAD_SECONDS > WINDOW_SECONDS:
+            return self.windowed(pcm, language)
+        return self._short(_samples(pcm), language)
 
     def _short(self, audio: NDArray[np.float32], language: str) -> Transcript:
         model = self._model
@@ -101,9 +101,11 @@ class Transcriber:
         confidence = math.exp(result.scores[0] * len(tokens) / (len(tokens) + 1))
         return Transcript(unlooped(tokenizer.decode(tokens).strip()), confidence)
 
-    def _windows(self, audio: NDArray[np.float32], language: str) -> Transcript:
+    def windowed(self, pcm: bytes, language: str = "en") -> Transcript:
+        """faster-whisper's own way, in 30 s windows: for input longer than one (and
+        ``bench.stt_window``, which compares the two)."""
         segments, _ = self._model.transcribe(
-            audio,
+            _samples(pcm),
             language=language,
             beam_size=1,
             without_timestamps=True,
@@ -121,6 +123,10 @@ class Transcriber:
             weighted += math.exp(segment.avg_logprob) * weight
             length += weight
         return Transcript(" ".join(texts).strip(), weighted / length if length else 0.0)
+
+
+def _samples(pcm: bytes) -> NDArray[np.float32]:
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / np.float32(32768)
 
 
 def tuned(model_dir: Path) -> Transcriber:
