@@ -465,6 +465,7 @@ def test_a_reply_spoken_in_pieces_joins_without_seams(tts: HibariSynthesizer) ->
         ("How do I make tea? How", "How do I make tea?"),
         ("Okay, let's do that. Okay, let", "Okay, let's do that."),
         ("No. No.", "No."),
+        ("Could you translate? Good morning. Good morning.", "Could you translate? Good morning."),
         ("What? What is it?", "What? What is it?"),  # begins alike, goes further
         ("Thanks. That was helpful.", "Thanks. That was helpful."),
         (

@@ -7,7 +7,7 @@ instead, as whisper.cpp's ``audio_ctx`` does, and the silence (padded before
 the log-mel, as OpenAI's Whisper pads) gives the decoder the end it needs.
 Without the window's end it sometimes says the utterance again: ``unlooped``
 cuts that off. ``bench.stt_window`` (84 sentences in two voices, one thread):
-0.64 s -> 0.10 s a sentence, word errors 4.8 % -> 4.8 % (hibari) and 16.5 % ->
+0.62 s -> 0.11 s a sentence, word errors 4.8 % -> 4.8 % (hibari) and 16.3 % ->
 13.7 % (espeak-ng).
 """
 
@@ -167,19 +167,25 @@ def _seconds(transcriber: Transcriber) -> float:
 
 
 def unlooped(text: str) -> str:
-    """``text`` up to where the decoder loops: it starts the utterance over ("Tell me
-    a joke. Tell me a" -> "Tell me a joke.") or says a phrase of two or more words a
-    third time in a row ("a recipe for chocolate cake chocolate cake chocolate cake")."""
+    """``text`` up to where the decoder loops: it says a sentence again ("Tell me a
+    joke. Tell me a" -> "Tell me a joke.") or a phrase of two or more words a third
+    time in a row ("a recipe for chocolate cake chocolate cake chocolate cake")."""
     sentences = SENTENCE_BREAK.split(text)
-    first = _words(sentences[0])
+    said = [_words(sentences[0])]
     for index, sentence in enumerate(sentences[1:], 1):
         words = _words(sentence)
-        if not words or len(words) > len(first):
-            continue
-        *whole, last = words
-        if whole == first[: len(whole)] and first[len(whole)].startswith(last):
+        if words and any(_begins(earlier, words) for earlier in said):
             return " ".join(sentences[:index])
+        said.append(words)
     return _repeats_cut(text)
+
+
+def _begins(sentence: list[str], words: list[str]) -> bool:
+    """Whether ``words`` say ``sentence`` again, whole or stopped short (mid-word too)."""
+    if len(words) > len(sentence):
+        return False
+    *whole, last = words
+    return whole == sentence[: len(whole)] and sentence[len(whole)].startswith(last)
 
 
 def _repeats_cut(text: str) -> str:
