@@ -1,10 +1,11 @@
 """Phone calls over Twilio Media Streams, through a server; two measures.
 
 ``latency``: end of the caller's speech -> the first reply audio on the call, local
-engine, at real-time pace: espeak questions at telephone quality (8 kHz μ-law, 20 ms
-frames) from the phone emulator of ``tests/emulators/twilio_phone.py``, and the same
-questions through the second seed's WebSocket dialect in 20 ms chunks of 16 kHz
-pcm16 (``bench.local_latency``), on the same server, turn about. Goal: the call
+engine, at real-time pace: questions in hibari's voice at telephone quality (8 kHz
+μ-law, 20 ms frames) from the phone emulator of ``tests/emulators/twilio_phone.py``,
+and the same questions in the same voice through the second seed's WebSocket dialect
+in 20 ms chunks of 16 kHz pcm16 (``bench.local_latency``), on the same server, turn
+about. Goal: the call
 within 50 ms of the WebSocket.
 
 ``cost``: what the μ-law/resampling path costs per 20 ms frame while N calls on the
@@ -43,7 +44,7 @@ from bench.harness import (
     write_results,
 )
 from bench.local_latency import UTTERANCES, ask, conversation
-from bench.speech import silence, speak
+from bench.speech import natural, silence, speak
 from sonicgate.audio.telephony import FRAME_SECONDS, CallerAudio, ReplyAudio
 from sonicgate.config import Settings
 from sonicgate.engines.echo import EchoEngine
@@ -82,7 +83,7 @@ async def both_ways(server: str, turns: int) -> dict[str, list[dict[str, Any]]]:
 async def ask_by_phone(phone: Phone, text: str) -> float:
     """Say ``text``; seconds from its end to the first frame of the answer, once the
     answer has been heard."""
-    said = silence(0.3) + speak(text)
+    said = silence(0.3) + natural(text)  # as bench.local_latency's ask says it
     before = len(phone.messages("media"))
     phone.say(said)
     await phone.until(lambda: phone.speech_sent_at is not None, 5)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soxr
+from llama_cpp.llama_cache import LlamaRAMCache
 from numpy.typing import NDArray
 
 from bench.speech import silence, speak
@@ -241,8 +242,9 @@ def test_chat_model_stops_at_once_when_cancelled(llm: ChatModel) -> None:
 def test_the_next_turn_reads_only_what_is_new(
     llm: ChatModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """llama.cpp keeps the last prompt's cache: the next turn, which begins with the
-    same system prompt and history, is read from where they end."""
+    """The next turn, which begins with the same system prompt and history, is read from
+    where they end: from llama.cpp's context, or from the conversation's saved state when
+    another conversation's turn came between."""
     read: list[int] = []  # tokens per evaluation: the prompt first, then one a token
     evaluate = llm._llama.eval
     monkeypatch.setattr(
@@ -257,9 +259,15 @@ def test_the_next_turn_reads_only_what_is_new(
         )
     )
     first = [{"role": "system", "content": system}, {"role": "user", "content": "Hi there!"}]
-    llm._llama.reset()  # nothing cached from the tests before
+    llm._llama.reset()  # nothing cached from the tests before, in the context
+    saved = llm._llama.cache
+    assert isinstance(saved, LlamaRAMCache)
+    saved.cache_state.clear()  # nor saved
     reply = "".join(llm.stream(first, threading.Event(), max_tokens=8))
     assert read[0] >= llm.count_tokens(system)
+    # Another conversation takes its turn between this one's two.
+    other = [first[0], {"role": "user", "content": "Tell me about the sea, please."}]
+    assert list(llm.stream(other, threading.Event(), max_tokens=8))
     read.clear()
     question = "What is the capital of France?"
     second = [
