@@ -131,7 +131,8 @@ def _samples(pcm: bytes) -> NDArray[np.float32]:
 
 def tuned(model_dir: Path) -> Transcriber:
     """A transcriber on as many threads as pay here: timed once per machine and model
-    (about a second), then read from the cache that keeps the LLM's counts."""
+    (about a second), then read from ``~/.cache/sonicgate/stt-threads.json``, kept the
+    way the LLM's counts are (``threads``)."""
     key = cache_key(model_dir)
     kept = threads.read_kept(KIND, key)
     if isinstance(kept, dict) and isinstance(kept.get("threads"), int):
@@ -143,7 +144,7 @@ def tuned(model_dir: Path) -> Transcriber:
     if all(s * threads.QUIET_RATIO <= seconds[1] for s in seconds.values()):
         threads.keep(KIND, key, {"threads": best, "seconds": seconds})
         log.info("stt threads: %d (a 2 s utterance: %s)", best, timings)
-    else:  # more threads several times slower than one: other work had the cores
+    else:  # more threads over a quarter slower than one: other work had the cores
         log.warning(
             "stt threads: other work slowed the timing (%s); timed again next start", timings
         )
