@@ -5,8 +5,7 @@ engine, at real-time pace: questions in hibari's voice at telephone quality (8 k
 μ-law, 20 ms frames) from the phone emulator of ``tests/emulators/twilio_phone.py``,
 and the same questions in the same voice through the second seed's WebSocket dialect
 in 20 ms chunks of 16 kHz pcm16 (``bench.local_latency``), on the same server, turn
-about. Goal: the call
-within 50 ms of the WebSocket.
+about. Goal: the call within 50 ms of the WebSocket.
 
 ``cost``: what the μ-law/resampling path costs per 20 ms frame while N calls on the
 echo engine stream speech at real-time pace from another process: the caller's frame

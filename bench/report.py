@@ -197,9 +197,10 @@ def stt_window() -> list[str]:
         "| way | p50 / p90 (s) | word errors (hibari / espeak-ng) |",
         "|---|---|---|",
         *(
-            f"| {way} | {r['seconds_p50']:.3f} / {r['seconds_p90']:.3f} | "
-            f"{r['word_error_rate']['hibari']:.1%} / {r['word_error_rate']['espeak']:.1%} |"
-            for way, r in ((way, s[way]) for way in ("window_30s", "short"))
+            f"| {way} | {s[way]['seconds_p50']:.3f} / {s[way]['seconds_p90']:.3f} | "
+            f"{s[way]['word_error_rate']['hibari']:.1%} / "
+            f"{s[way]['word_error_rate']['espeak']:.1%} |"
+            for way in ("window_30s", "short")
         ),
         "",
     ]

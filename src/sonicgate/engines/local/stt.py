@@ -137,7 +137,8 @@ def tuned(model_dir: Path) -> Transcriber:
     kept = threads.read_kept(KIND, key)
     if isinstance(kept, dict) and isinstance(kept.get("threads"), int):
         return Transcriber(model_dir, kept["threads"])
-    seconds = {n: _seconds(Transcriber(model_dir, n)) for n in threads.counts(read_cpu().cores)}
+    timed = {n: Transcriber(model_dir, n) for n in threads.counts(read_cpu().cores)}
+    seconds = {n: _seconds(transcriber) for n, transcriber in timed.items()}
     # More threads must clearly pay: the turn detector and a reply's TTS want a core too.
     best = min(seconds, key=lambda n: seconds[n] * (1 if n == 1 else STT_SPEEDUP))
     timings = ", ".join(f"{n} thread{'s' * (n > 1)} {s * 1000:.0f} ms" for n, s in seconds.items())

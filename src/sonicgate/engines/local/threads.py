@@ -22,6 +22,7 @@ from sonicgate.models import ModelError
 log = logging.getLogger(__name__)
 
 OVERRIDE = "SONICGATE_LLM_THREADS"
+KIND = "llm"  # its cache: ~/.cache/sonicgate/llm-threads.json
 # Decoding on more threads must beat one by this much to be chosen: see ``choose``.
 DECODE_SPEEDUP = 1.5
 QUIET_RATIO = 0.8  # see ``busy``
@@ -117,7 +118,7 @@ def by_hand(value: str) -> Threads:
     return Threads(decode, prompt)
 
 
-def cache_file(kind: str = "llm") -> Path:
+def cache_file(kind: str) -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "sonicgate" / f"{kind}-threads.json"
 
@@ -157,7 +158,7 @@ def keep(kind: str, key: str, entry: Any) -> None:
 def cached(model: Path) -> ThreadChoice | None:
     """The figures kept for this machine and model, if measured before."""
     try:
-        entry = read_kept("llm", cache_key(model))
+        entry = read_kept(KIND, cache_key(model))
         speeds = {int(n): Speed(**speed) for n, speed in entry["tokens_per_second"].items()}
     except (KeyError, TypeError):
         return None
@@ -184,7 +185,7 @@ def tune(model: Timed, path: Path) -> ThreadChoice:
             choice = ThreadChoice(choose(speeds), speeds, "measured on a busy machine")
         else:
             choice = ThreadChoice(choose(speeds), speeds, "measured")
-            keep("llm", cache_key(path), choice.describe())
+            keep(KIND, cache_key(path), choice.describe())
     rates = ", ".join(
         f"{n} thread{'s' * (n > 1)}: decode {s.decode:.1f} tok/s, prompt {s.prompt:.0f} tok/s"
         for n, s in choice.speeds.items()
