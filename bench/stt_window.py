@@ -5,8 +5,8 @@ ways by the default Whisper on the thread count the server uses: faster-whisper'
 own 30 s windows (``Transcriber.windowed``) and sonicgate's short window
 (``Transcriber.transcribe``). Reports the time per utterance and the word error
 rate per voice, and the mistakes each way makes that the other does not. Numbers
-count as digits or words ("2" = "two"). No server; about two minutes. Writes
-``bench/results/stt_window.json``.
+count as digits or words ("2" = "two"), as ``bench.answers`` reads them. No
+server; about two minutes. Writes ``bench/results/stt_window.json``.
 
     python -m bench.stt_window
 """
@@ -14,12 +14,12 @@ count as digits or words ("2" = "two"). No server; about two minutes. Writes
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
+from bench.answers import normalize
 from bench.harness import percentile, write_results
 from bench.local_latency import UTTERANCES
 from bench.speech import natural, speak
@@ -29,13 +29,12 @@ from sonicgate.engines.local.stt import Transcriber, tuned
 from sonicgate.models import locate
 
 VOICES = {"hibari": natural, "espeak": speak}
-NUMBERS = {"1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "10": "ten"}
 BRITISH = {"favourite": "favorite", "colour": "color"}
 
 
 def words(text: str) -> list[str]:
-    plain = re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
-    return [NUMBERS.get(word, BRITISH.get(word, word)) for word in plain]
+    """As ``bench.answers`` compares words (numbers as digits), British spelling as US."""
+    return [BRITISH.get(word, word) for word in normalize(text).split()]
 
 
 def errors(said: str, heard: str) -> int:

@@ -7,8 +7,8 @@ instead, as whisper.cpp's ``audio_ctx`` does, and the silence (padded before
 the log-mel, as OpenAI's Whisper pads) gives the decoder the end it needs.
 Without the window's end it sometimes says the utterance again: ``unlooped``
 cuts that off. ``bench.stt_window`` (84 sentences in two voices, one thread):
-0.62 s -> 0.11 s a sentence, word errors 4.8 % -> 4.8 % (hibari) and 16.3 % ->
-13.7 % (espeak-ng).
+0.59 s -> 0.09 s a sentence, word errors 4.4 % -> 4.4 % (hibari) and 16.4 % ->
+13.1 % (espeak-ng).
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def tuned(model_dir: Path) -> Transcriber:
         log.warning(
             "stt threads: other work slowed the timing (%s); timed again next start", timings
         )
-    return Transcriber(model_dir, best)
+    return timed[best]
 
 
 def cache_key(model_dir: Path) -> str:
