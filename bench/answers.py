@@ -5,7 +5,8 @@ Each item is a conversation of its own in the second seed's dialect, text only
 go in as ``text_message`` one after another, each reply read whole from the
 ``text_response`` messages, and the last reply graded. Single questions have
 checkable answers (arithmetic, days, capitals, units, facts, spelling, time);
-follow-ups need what the user said earlier in the conversation. A reply is
+follow-ups need what the user said earlier in the conversation; questions about
+what the user has not said must be answered as such, not made up. A reply is
 right when it holds every expected word (any of its spellings; numbers match
 as digits or words), speakable when it has no markdown, code, list, link or
 emoji. Candidates (model x system prompt) run side by side; a model needs a
@@ -135,6 +136,9 @@ ITEMS = (
         ("My name is Ada.", "I am thirty years old.", "What is my name, and how old am I?"),
         ("ada", "30"),
     ),
+    # Not told: the reply must say so, not make something up (or repeat a prompt's example).
+    ask("not told", "What is my name?", "told|know"),
+    ask("not told", "Where do I live?", "told|know"),
 )
 
 # System prompts to compare: the engine's own (rules and worked examples), and the

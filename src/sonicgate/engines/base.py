@@ -46,15 +46,17 @@ class EngineConfig:
     voice: str | None = None
     # Rules and worked examples: the examples raised the small default model's right
     # answers from 81 to 86 % in bench/answers.py, at no cost in time to first token.
+    # The examples name no fact a user might ask about: the small model repeats them
+    # ("What is my name?" was answered "Sam", "Where do I live?" "Norway").
     system_prompt: str = (
         "You are a friendly voice assistant. Everything you write is read aloud. "
         "Answer in one short sentence, the answer first, in plain spoken English: "
         "no lists, markdown, code, symbols or emoji. Be exact, and remember what "
         "the user told you. For example:\n"
         "User: What is four plus nine?\nAssistant: Four plus nine is 13.\n"
-        "User: What is the capital of Norway?\nAssistant: The capital of Norway is Oslo.\n"
-        "User: My name is Sam.\nAssistant: Nice to meet you, Sam.\n"
-        "User: What is my name?\nAssistant: Your name is Sam."
+        "User: What colour is the sky on a clear day?\n"
+        "Assistant: The sky is blue on a clear day.\n"
+        "User: What is my name?\nAssistant: You have not told me your name yet."
     )
     # The session's history, shared: the engine reads it, its events add to it.
     history: History = field(default_factory=History)
