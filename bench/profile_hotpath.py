@@ -7,7 +7,7 @@ Reports the server's CPU time per chunk (from /proc, over the same window) and
 the top functions by the share of samples in which they were running, and by the
 share in which they were on the stack. Writes ``bench/results/profile_hotpath.json``.
 
-    python -m bench.profile_hotpath [--sessions 100] [--seconds 30] [--top 25]
+    python -m bench.profile_hotpath [--sessions 100] [--seconds 30] [--top 25] [--native]
 """
 
 from __future__ import annotations
@@ -27,12 +27,14 @@ from bench.harness import UNLIMITED, cpu_seconds, start_server, wait_ready, writ
 from bench.nova_overhead import SEED_CHUNK_SAMPLES, load, run_emulator
 
 
-def sample(pid: int, seconds: float, output: Path) -> subprocess.Popen[bytes]:
-    """py-spy on the server for ``seconds``: its busy stacks, collapsed, into ``output``."""
+def sample(pid: int, seconds: float, output: Path, native: bool) -> subprocess.Popen[bytes]:
+    """py-spy on the server for ``seconds``: its busy stacks, collapsed, into ``output``;
+    ``native``: with the C frames (slower to sample, so the server is paused briefly)."""
     command = [
         str(Path(sys.executable).with_name("py-spy")),
         *("record", "--pid", str(pid), "--duration", str(int(seconds))),
-        *("--rate", "250", "--format", "raw", "--output", str(output), "--nonblocking"),
+        *("--rate", "250", "--format", "raw", "--output", str(output)),
+        *(("--native",) if native else ("--nonblocking",)),
     ]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -69,7 +71,13 @@ def _short(frame: str) -> str:
 
 
 def profile_path(
-    name: str, server: subprocess.Popen[bytes], port: int, run: Any, seconds: float, count: int
+    name: str,
+    server: subprocess.Popen[bytes],
+    port: int,
+    run: Any,
+    seconds: float,
+    count: int,
+    native: bool,
 ) -> dict[str, Any]:
     url = f"ws://127.0.0.1:{port}/api/nova-sonic/stream"
     with tempfile.TemporaryDirectory() as scratch:
@@ -79,7 +87,7 @@ def profile_path(
 
             async def measured() -> int:
                 await asyncio.sleep(2)  # the sessions start: sample their steady state
-                spy = sample(server.pid, seconds - 4, collapsed)
+                spy = sample(server.pid, seconds - 4, collapsed, native)
                 before = cpu_seconds(server.pid)
                 await asyncio.to_thread(spy.wait)
                 return int(1000 * (cpu_seconds(server.pid) - before))
@@ -114,6 +122,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--port", type=int, default=8768)
+    parser.add_argument(
+        "--native",
+        action="store_true",
+        help="sample C frames too (pauses the server to read them: CPU figures are not kept)",
+    )
     args = parser.parse_args()
     sessions, seconds = args.sessions, args.seconds
 
@@ -133,14 +146,19 @@ def main() -> None:
         *("--nova-endpoint", endpoint, "--nova-ca-file", ca_file, *UNLIMITED),
     )
     try:
-        paths = {"nova": profile_path("nova", nova_server, args.port, nova, seconds, args.top)}
+        paths = {
+            "nova": profile_path(
+                "nova", nova_server, args.port, nova, seconds, args.top, args.native
+            )
+        }
     finally:
         ours.send("stop")
         emulator.join(5)
     port = args.port + 1
     echo_server = start_server(port, "--engine", "echo", *UNLIMITED)
-    paths["echo"] = profile_path("echo", echo_server, port, echo, seconds, args.top)
-    write_results("profile_hotpath", {"sessions": sessions, **paths}, seconds=seconds)
+    paths["echo"] = profile_path("echo", echo_server, port, echo, seconds, args.top, args.native)
+    if not args.native:  # pausing the server to sample it skews the CPU figures
+        write_results("profile_hotpath", {"sessions": sessions, **paths}, seconds=seconds)
 
 
 if __name__ == "__main__":
