@@ -239,6 +239,48 @@ def test_chat_model_stops_at_once_when_cancelled(llm: ChatModel) -> None:
 
 
 @pytest.mark.models
+@pytest.mark.parametrize(
+    ("said", "whole"),
+    [
+        ("What do bees make?", True),
+        ("What is the capital of France?", True),
+        ("I'd like a table for.", False),  # Whisper's punctuation on a cut-off phrase
+        ("Can you play some music by?", False),
+    ],
+)
+def test_the_words_tell_a_whole_sentence_from_a_cut_one(
+    llm: ChatModel, said: str, whole: bool
+) -> None:
+    sentence = llm.sentence_end(ask(said))
+    assert sentence is not None
+    assert sentence >= 0.4 if whole else sentence < 0.05, sentence
+
+
+@pytest.mark.models
+def test_reading_the_words_first_leaves_the_reply_as_it_was(
+    llm: ChatModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reply after the words' reading says the same, and reads only its last token
+    again: the reading read the rest of its prompt."""
+    messages = ask("What is the capital of France?")
+    saved = llm._llama.cache
+    assert isinstance(saved, LlamaRAMCache)
+    llm._llama.reset()  # type: ignore[no-untyped-call]
+    saved.cache_state.clear()
+    plain = "".join(llm.stream(messages, threading.Event(), max_tokens=12))
+    llm._llama.reset()  # type: ignore[no-untyped-call]
+    saved.cache_state.clear()
+    assert llm.sentence_end(messages)
+    read: list[int] = []
+    evaluate = llm._llama.eval
+    monkeypatch.setattr(
+        llm._llama, "eval", lambda tokens: (read.append(len(tokens)), evaluate(tokens))
+    )
+    assert "".join(llm.stream(messages, threading.Event(), max_tokens=12)) == plain
+    assert read[0] == 1, read
+
+
+@pytest.mark.models
 def test_the_next_turn_reads_only_what_is_new(
     llm: ChatModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -9,10 +10,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from llama_cpp import Llama, llama_set_n_threads
+import numpy as np
+from llama_cpp import Llama, llama_get_logits_ith, llama_set_n_threads
 from llama_cpp.llama_cache import LlamaRAMCache
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from numpy.typing import NDArray
 
 from sonicgate.engines.local.cpu import CpuError, load_llama_kernels, read_cpu
 from sonicgate.engines.local.threads import Speed, Threads
@@ -34,6 +38,8 @@ DECODE_PROBE_TOKENS = 12
 # The conversations' saved model states (~45 MB each, most of it the last batch's logits),
 # the least recently used dropped beyond this: about a dozen conversations.
 CONVERSATION_STATES_BYTES = 512 << 20
+SENTENCE_ENDS = (".", "?", "!")  # a token that starts with one of these ends the sentence
+TRAILING = re.compile(r"[\s.?!,;:\u2026]+$")  # Whisper's punctuation after the last word
 
 
 def estimate_tokens(text: str) -> int:
@@ -51,6 +57,16 @@ class Chat(Protocol):
     def stream(
         self, messages: list[dict[str, str]], cancel: threading.Event, max_tokens: int = 160
     ) -> Iterator[str]: ...
+
+
+@runtime_checkable
+class SentenceReader(Protocol):
+    """A chat model that can also tell whether the user's words form a whole sentence."""
+
+    def sentence_end(self, messages: list[dict[str, str]]) -> float | None:
+        """The probability that the last (user's) message, its final punctuation
+        taken off, ends a sentence where it stops; None if it cannot tell."""
+        ...
 
 
 class ChatModel:
@@ -77,6 +93,8 @@ class ChatModel:
         # whole history (1.4 s by the seventh turn of two, against 0.2 s with them).
         self._llama.set_cache(LlamaRAMCache(capacity_bytes=CONVERSATION_STATES_BYTES))
         self.n_ctx = n_ctx
+        self._template = _template(self._llama)
+        self._ends: NDArray[np.bool_] | None = None  # see _sentence_ends
 
     def use_threads(self, threads: Threads) -> None:
         llama_set_n_threads(self._llama.ctx, threads.decode, threads.prompt)
@@ -129,6 +147,100 @@ class ChatModel:
                     yield delta
         finally:
             chunks.close()  # ends llama.cpp's generation now, not when collected
+
+    def sentence_end(self, messages: list[dict[str, str]]) -> float | None:
+        """See ``SentenceReader``. Whisper punctuates what it hears, cut-off phrases too
+        ("Can you play some music by?"), so the words are read bare: how likely a
+        full stop, question or exclamation mark (or the message's end) comes next.
+
+        It reads the reply's own prompt in the same batches the reply would (from the
+        conversation's saved state, then what is new), but for its last token, keeping
+        the logits at the end of the bare words. The reply then reads that last token
+        alone: the question costs about one token's time (20-30 ms).
+        """
+        if self._template is None or not messages:
+            return None
+        text = messages[-1]["content"]
+        rendered = self._template(messages=messages)  # type: ignore[arg-type]
+        prompt, add_bos = rendered.prompt, not rendered.added_special
+        begins = prompt.rfind(text)
+        words_end = begins + len(TRAILING.sub("", text))
+        llama = self._llama
+        tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+        words = llama.tokenize(prompt[:words_end].encode("utf-8"), add_bos=add_bos, special=True)
+        if begins < 0 or words_end == begins or tokens[: len(words)] != words:
+            return None  # no words, or they do not end on a token boundary
+        logits = self._read(tokens, len(words) - 1)
+        chances = np.exp(logits - logits.max())
+        return float(chances[self._sentence_ends()].sum() / chances.sum())
+
+    def _sentence_ends(self) -> NDArray[np.bool_]:
+        """Which tokens end a sentence (see ``SENTENCE_ENDS``), the end of text too."""
+        if self._ends is None:
+            llama = self._llama
+            texts = (llama._model.token_get_text(token) for token in range(llama.n_vocab()))
+            self._ends = np.fromiter(
+                (text.lstrip().startswith(SENTENCE_ENDS) for text in texts), dtype=np.bool_
+            )
+            self._ends[llama.token_eos()] = True
+        return self._ends
+
+    def _read(self, tokens: list[int], keep_logits_at: int) -> NDArray[np.float32]:
+        """Evaluate the reply's prompt ``tokens`` as create_completion would (as
+        ``Llama.eval`` of llama-cpp-python 0.3.36 does): from the conversation's saved
+        state if it holds more of them than the context does, then only what is new,
+        but at least from ``tokens[keep_logits_at]``, whose logits it returns, the only
+        ones it asks llama.cpp for. The last token is left to the reply, which reads it
+        again in any case, unless a saved state holds them all: the reply would load
+        that state, dropping this reading, if the context held fewer."""
+        llama = self._llama
+        context = llama.input_ids[: llama.n_tokens].tolist()
+        until = len(tokens) - 1
+        if llama.cache is not None:
+            try:
+                saved = llama.cache[tokens]
+            except KeyError:
+                pass
+            else:
+                held = llama.longest_token_prefix(context, tokens)
+                covered = llama.longest_token_prefix(saved.input_ids.tolist(), tokens)
+                if covered > held:
+                    llama.load_state(saved)
+                    context = llama.input_ids[: llama.n_tokens].tolist()
+                if covered == len(tokens):
+                    until = len(tokens)
+        past = min(llama.longest_token_prefix(context, tokens), keep_logits_at)
+        llama._ctx.kv_cache_seq_rm(-1, past, -1)
+        logits = np.zeros(llama.n_vocab(), dtype=np.float32)
+        for start in range(past, until, llama.n_batch):
+            batch = tokens[start : min(start + llama.n_batch, until)]
+            llama._batch.set_batch(batch=batch, n_past=start, logits_all=False)
+            kept = keep_logits_at - start
+            for row in range(len(batch)):
+                llama._batch.batch.logits[row] = row == kept
+            llama._ctx.decode(llama._batch)
+            if 0 <= kept < len(batch):
+                found = llama_get_logits_ith(llama.ctx, kept)
+                logits[:] = np.ctypeslib.as_array(found, shape=(llama.n_vocab(),))
+            llama.input_ids[start : start + len(batch)] = batch
+            llama.n_tokens = start + len(batch)
+        return logits
+
+
+def _template(llama: Llama) -> Jinja2ChatFormatter | None:
+    """The formatter create_chat_completion uses, if it is the GGUF's own template."""
+    if llama.chat_format != "chat_template.default":
+        return None
+
+    def text(token: int) -> str:
+        return llama._model.token_get_text(token) if token != -1 else ""
+
+    return Jinja2ChatFormatter(
+        template=llama.metadata["tokenizer.chat_template"],
+        eos_token=text(llama.token_eos()),
+        bos_token=text(llama.token_bos()),
+        stop_token_ids=[llama.token_eos()],
+    )
 
 
 class RunCheck:
