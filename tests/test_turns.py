@@ -132,6 +132,53 @@ def test_an_answer_after_the_turn_ended_counts_for_nothing() -> None:
     assert endpointer.answer(ask + 1, 0.99) is None  # no such ask
 
 
+# The detector unsure between these: the words decide.
+UNSURE = TurnOptions(
+    semantic=True, ask_ms=192, complete_threshold=0.97, unsure_threshold=0.5,
+    sentence_threshold=0.4, fallback_ms=1504, min_speech_ms=192,
+)  # fmt: skip
+
+
+def paused_after_speech(options: TurnOptions, heard: float) -> Endpointer:
+    """An endpointer whose detector answered ``heard`` in the silence after 800 ms of speech."""
+    endpointer = Endpointer(options)
+    run(endpointer, [(0.9, 800), (0.0, 192)])
+    assert endpointer.answer(endpointer.asks, heard) is None  # unsure: no end yet
+    return endpointer
+
+
+@pytest.mark.parametrize("heard", [0.6, 0.9])
+def test_an_unsure_detector_and_a_whole_sentence_end_the_turn(heard: float) -> None:
+    assert paused_after_speech(UNSURE, heard).words(0.8) is Cue.END_OF_TURN
+
+
+def test_the_words_may_come_before_the_detector_answers() -> None:
+    endpointer = Endpointer(UNSURE)
+    run(endpointer, [(0.9, 800), (0.0, 192)])
+    assert endpointer.words(0.8) is None  # the detector has yet to answer
+    assert endpointer.answer(endpointer.asks, 0.7) is Cue.END_OF_TURN
+
+
+@pytest.mark.parametrize(("heard", "sentence"), [(0.9, 0.1), (0.3, 0.95)])
+def test_a_fragment_or_a_doubtful_detector_waits_for_the_fallback(
+    heard: float, sentence: float
+) -> None:
+    endpointer = paused_after_speech(UNSURE, heard)
+    assert endpointer.words(sentence) is None
+    cues = run(endpointer, [(0.0, 1504)])
+    assert [cue for _, cue in cues] == [Cue.END_OF_TURN]
+    assert cues[0][0] == frames(1504) - frames(192) - 1  # the fallback, not sooner
+
+
+def test_words_of_a_pause_the_user_spoke_on_after_count_for_nothing() -> None:
+    endpointer = paused_after_speech(UNSURE, 0.8)
+    run(endpointer, [(0.9, 320)])  # the user goes on
+    assert endpointer.words(0.9) is None  # speaking: the words came too late
+    run(endpointer, [(0.0, 192)])  # the next pause's ask, not yet answered
+    assert endpointer.words(0.9) is None  # this pause's detector has not answered
+    assert endpointer.answer(endpointer.asks, 0.3) is None  # and is doubtful: no end
+
+
 def test_a_click_is_noise_and_asks_nothing() -> None:
     kinds = turn_cues([(0.9, 96), (0.0, 800)], SEMANTIC, lambda ask: 1.0)
     assert kinds == [Cue.SPEECH_STARTED, Cue.NOISE]

@@ -4,7 +4,9 @@ Pure logic over VAD probabilities, driven by audio time (frames), not the
 wall clock, so it is tested without sleeping. A turn ends when the turn
 detector, asked at a short silence, says the user is done (its answer comes
 back through ``Endpointer.answer``), or after a longer silence if it said not;
-without the detector (``semantic=False``), after a fixed silence.
+without the detector (``semantic=False``), after a fixed silence. Where the
+detector is unsure, the words have a say (``Endpointer.words``): whether what
+the user said so far is a whole sentence.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ class TurnOptions:
     semantic: bool = True  # ask the turn detector; False: the silence rule alone
     ask_ms: int = 128  # silence after which the turn detector is asked
     complete_threshold: float = 0.97  # the detector's probability that ends the turn
+    # Or, from bench/turn_taking.py: the detector at least this sure, and the words at
+    # least this likely a whole sentence. Cut-off phrases read as whole at most 0.3 in
+    # its pauses that the detector scored over 0.5; finished ones 0.4-0.97.
+    unsure_threshold: float = 0.5
+    sentence_threshold: float = 0.4
     fallback_ms: int = 1500  # silence that ends a turn the detector said was not over
     silence_ms: int = 500  # silence that ends a turn by the silence rule (and a noise)
     # The answer starts speculatively after this silence: 32 ms sooner than at 96 ms, for
@@ -68,6 +75,9 @@ class Endpointer:
         self._next_partial = frames(options.first_partial_ms)
         self.asks = 0  # asks so far: an answer names the one it answers
         self._awaited: int | None = None  # the ask whose answer still counts
+        # In this silence: the detector's answer, and how whole a sentence the words are.
+        self._heard: float | None = None
+        self._sentence: float | None = None
 
     @property
     def turn_ms(self) -> float:
@@ -79,6 +89,7 @@ class Endpointer:
         self._speculating = False
         self._next_partial = frames(self.options.first_partial_ms)
         self._awaited = None
+        self._heard = self._sentence = None
 
     def step(self, probability: float) -> Cue | None:
         o = self.options
@@ -97,6 +108,7 @@ class Endpointer:
             self._speech_frames += 1
             self._silent_run = 0
             self._awaited = None  # the user goes on: an answer on the pause comes too late
+            self._heard = self._sentence = None
             if self._speculating:
                 self._speculating = False
                 return Cue.RESUMED
@@ -127,7 +139,25 @@ class Endpointer:
         if ask != self._awaited:
             return None
         self._awaited = None
-        return self._end() if probability >= self.options.complete_threshold else None
+        self._heard = probability
+        return self._decide()
+
+    def words(self, probability: float) -> Cue | None:
+        """How likely the words heard up to this silence are a whole sentence: with the
+        detector's answer, END_OF_TURN when together they say the user is done."""
+        if not self.in_turn or not self._silent_run:
+            return None  # the user went on (or the turn ended) before the words came
+        self._sentence = probability
+        return self._decide()
+
+    def _decide(self) -> Cue | None:
+        o, heard, sentence = self.options, self._heard, self._sentence
+        if heard is None:
+            return None
+        whole = sentence is not None and sentence >= o.sentence_threshold
+        if heard >= o.complete_threshold or (whole and heard >= o.unsure_threshold):
+            return self._end()
+        return None
 
     def _end(self) -> Cue:
         long_enough = self._speech_frames >= frames(self.options.min_speech_ms)
