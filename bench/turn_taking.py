@@ -7,9 +7,12 @@ go. hibari's voice by default: espeak-ng's flat intonation (``--voice espeak``)
 gives the detector little to hear, finished sentences mostly sound unfinished to it.
 Each utterance goes through the VAD and the endpointer frame by frame on a
 virtual clock; the detector's answer comes after its real inference time,
-measured here. A false cut-off: the turn ended before the speech did (inside a
-pause). The wait: from the true end of speech to the end of the turn. Writes
-``bench/results/turn_taking.json`` (``turn_taking_espeak.json`` for espeak-ng).
+measured here. So do the words, for the rules that read them: at the moment the
+engine would start its speculative answer, Whisper transcribes what was heard and
+the LLM reads how whole a sentence it is (both timed). A false cut-off: the turn
+ended before the speech did (inside a pause). The wait: from the true end of
+speech to the end of the turn. Writes ``bench/results/turn_taking.json``
+(``turn_taking_espeak.json`` for espeak-ng).
 
     python -m bench.turn_taking [--voice espeak] [--ask-ms 200] [--thresholds 0.5 0.9]
 """
@@ -26,7 +29,11 @@ from typing import Any
 from bench.harness import percentile, write_results
 from bench.speech import RATE, natural, paused, silence, speak
 from sonicgate.config import default_data_dir
+from sonicgate.engines.base import EngineConfig
+from sonicgate.engines.local.engine import chat_prompt
+from sonicgate.engines.local.llm import ChatModel
 from sonicgate.engines.local.smart_turn import SmartTurn
+from sonicgate.engines.local.stt import Transcriber
 from sonicgate.engines.local.turns import FRAME_MS, FRAME_SAMPLES, Cue, Endpointer, TurnOptions
 from sonicgate.engines.local.vad import SileroVad, VadStream
 from sonicgate.models import locate
@@ -156,6 +163,32 @@ class Detector:
         return self.answers[key]
 
 
+class Words:
+    """What the engine reads from the words at a speculation: the transcript so far and
+    how whole a sentence it is (the default system prompt, no history), each read once,
+    timed."""
+
+    def __init__(self) -> None:
+        paths = locate(default_data_dir())
+        self.stt = Transcriber(paths.stt, 1)
+        self.llm = ChatModel(paths.llm)
+        self.system = EngineConfig().system_prompt
+        self.answers: dict[tuple[int, int], tuple[float, float]] = {}
+        self.heard: dict[tuple[int, int], str] = {}
+
+    def read(self, clip: Clip, frame: int) -> tuple[float, float]:
+        """(probability that the words so far are a whole sentence, seconds it took)."""
+        key = (id(clip), frame)
+        if key not in self.answers:
+            started = time.perf_counter()
+            text = self.stt.transcribe(clip.pcm[: (frame + 1) * FRAME_BYTES]).text.strip()
+            messages = chat_prompt(self.llm, self.system, (), text)
+            sentence = (self.llm.sentence_end(messages) if text else None) or 0.0
+            self.answers[key] = (sentence, time.perf_counter() - started)
+            self.heard[key] = text
+        return self.answers[key]
+
+
 def make_clips(voice: str, seed: int) -> list[Clip]:
     say = VOICES[voice]
     vad = SileroVad(locate(default_data_dir()).vad)
@@ -174,11 +207,14 @@ def make_clips(voice: str, seed: int) -> list[Clip]:
     return clips
 
 
-def end_of_turn(clip: Clip, options: TurnOptions, detector: Detector) -> Ending | None:
-    """Where the first turn in ``clip`` ended, the detector's answers coming as late as
-    its inference took; None if it never did."""
+def end_of_turn(
+    clip: Clip, options: TurnOptions, detector: Detector, words: Words | None
+) -> Ending | None:
+    """Where the first turn in ``clip`` ended, the detector's answers (and the words'
+    reading, with ``words``) coming as late as they took; None if it never did."""
     endpointer = Endpointer(options)
     answers: list[tuple[float, int, float]] = []  # (when it arrives, ask, probability)
+    reading: tuple[float, float] | None = None  # the words': (when it arrives, probability)
     for frame, probability in enumerate(clip.vad):
         heard = (frame + 1) * FRAME_MS / 1000  # this frame is whole
         for arrives, ask, done in sorted(answers):
@@ -186,17 +222,29 @@ def end_of_turn(clip: Clip, options: TurnOptions, detector: Detector) -> Ending 
                 answers.remove((arrives, ask, done))
                 if endpointer.answer(ask, done) is Cue.END_OF_TURN:
                     return Ending(arrives, by_detector=True)
+        if reading is not None and reading[0] <= heard:
+            arrives, sentence = reading
+            reading = None
+            if endpointer.words(sentence) is Cue.END_OF_TURN:
+                return Ending(arrives, by_detector=True)
         cue = endpointer.step(probability)
         if cue is Cue.END_OF_TURN:
             return Ending(heard, by_detector=False)
         if cue is Cue.ASK:
             done, seconds = detector.ask(clip, frame)
             answers.append((heard + seconds, endpointer.asks, done))
+        elif cue is Cue.SPECULATE and words is not None:
+            sentence, seconds = words.read(clip, frame)
+            reading = (heard + seconds, sentence)
+        elif cue is Cue.RESUMED:
+            reading = None  # the engine drops the speculation, and its reading with it
     return None
 
 
-def measure(clips: list[Clip], options: TurnOptions, detector: Detector) -> dict[str, Any]:
-    endings = [end_of_turn(clip, options, detector) for clip in clips]
+def measure(
+    clips: list[Clip], options: TurnOptions, detector: Detector, words: Words | None
+) -> dict[str, Any]:
+    endings = [end_of_turn(clip, options, detector, words) for clip in clips]
     ended = [(clip, e) for clip, e in zip(clips, endings, strict=True) if e is not None]
     cut = [clip for clip, e in ended if e.at < clip.speech_end]
     waits = [e.at - clip.speech_end for clip, e in ended if e.at >= clip.speech_end]
@@ -214,31 +262,41 @@ def measure(clips: list[Clip], options: TurnOptions, detector: Detector) -> dict
     }
 
 
-def rules(ask_ms: list[int], thresholds: list[float]) -> dict[str, TurnOptions]:
-    """The silence rule, then the detector asked at each moment with each threshold."""
+@dataclass(frozen=True)
+class Rule:
+    options: TurnOptions
+    words: bool  # whether the words have a say where the detector is unsure
+
+
+def rules(ask_ms: list[int], thresholds: list[float]) -> dict[str, Rule]:
+    """The silence rule, then the detector asked at each moment with each threshold,
+    alone and with the words."""
     default = TurnOptions()
     detector = replace(default, semantic=True)
 
-    def mark(options: TurnOptions) -> str:
-        return " (default)" if options == default else ""
+    def label(options: TurnOptions, words: bool) -> str:
+        with_words = f" + words (unsure >= {options.unsure_threshold:g})" if words else ""
+        name = f"detector {options.ask_ms} ms p>={options.complete_threshold:g}{with_words}"
+        return name + (" (default)" if options == default and words else "")
 
     silence_rule = replace(default, semantic=False)
-    chosen = {f"silence {default.silence_ms} ms{mark(silence_rule)}": silence_rule}
+    chosen = {f"silence {default.silence_ms} ms": Rule(silence_rule, words=False)}
     for ask in sorted({detector.ask_ms, *ask_ms}):
         for threshold in sorted({detector.complete_threshold, *thresholds}):
             options = replace(detector, ask_ms=ask, complete_threshold=threshold)
-            chosen[f"detector {ask} ms p>={threshold:g}{mark(options)}"] = options
+            for words in (False, True):
+                chosen[label(options, words)] = Rule(options, words)
     return chosen
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
     lines = [
-        f"{'rule':34} {'cut-offs':>8} {'paused':>7} {'all':>6} "
+        f"{'rule':58} {'cut-offs':>8} {'paused':>7} {'all':>6} "
         f"{'wait p50':>9} {'p90':>7} {'mean':>7}"
     ]
     for label, r in results.items():
         lines.append(
-            f"{label:34} {r['false_cut_offs']:>8} {r['false_cut_off_rate_paused']:>7.1%} "
+            f"{label:58} {r['false_cut_offs']:>8} {r['false_cut_off_rate_paused']:>7.1%} "
             f"{r['false_cut_off_rate_all']:>6.1%} {r['wait_p50'] * 1000:>7.0f}ms "
             f"{r['wait_p90'] * 1000:>5.0f}ms {r['wait_mean'] * 1000:>5.0f}ms"
         )
@@ -259,9 +317,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=15, help="of the pause lengths")
     args = parser.parse_args()
     clips = make_clips(args.voice, args.seed)
-    detector = Detector()
+    detector, words = Detector(), Words()
     chosen = rules(args.ask_ms, args.thresholds)
-    results = {label: measure(clips, options, detector) for label, options in chosen.items()}
+    results = {
+        label: measure(clips, rule.options, detector, words if rule.words else None)
+        for label, rule in chosen.items()
+    }
+    reading = [seconds for _, seconds in words.answers.values()]
     inference = [seconds for _, seconds in detector.answers.values()]
     print(table(results))
     summary = {
@@ -271,6 +333,9 @@ def main() -> None:
         "goal": {"false_cut_off_rate_paused": 0.05, "wait_p50": 0.3},
         "detector_ms_p50": round(percentile(inference, 50) * 1000, 1),
         "detector_ms_p90": round(percentile(inference, 90) * 1000, 1),
+        # Whisper on what was heard, then the LLM on the words (the engine's stt and llm).
+        "words_ms_p50": round(percentile(reading, 50) * 1000, 1),
+        "words_ms_p90": round(percentile(reading, 90) * 1000, 1),
         "rules": {label: _without(r, "cut_off") for label, r in results.items()},
     }
     name = "turn_taking" if args.voice == "hibari" else f"turn_taking_{args.voice}"
@@ -279,6 +344,15 @@ def main() -> None:
         summary,
         default_options=asdict(TurnOptions()),
         cut_off={label: r["cut_off"] for label, r in results.items()},
+        words_heard={
+            f"{clip.text} @ {(frame + 1) * FRAME_MS / 1000:.2f} s": {
+                "heard": words.heard[(id(clip), frame)],
+                "sentence": round(words.answers[(id(clip), frame)][0], 4),
+            }
+            for clip in clips
+            for (clip_id, frame) in sorted(words.answers)
+            if clip_id == id(clip)
+        },
         utterances=[
             {"text": c.text, "speech_end": round(c.speech_end, 3), "pauses": c.pauses}
             for c in clips

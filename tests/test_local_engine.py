@@ -7,6 +7,7 @@ import base64
 import re
 import threading
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from itertools import pairwise
 
 import numpy as np
@@ -18,6 +19,7 @@ from sonicgate.domain import Message, Role
 from sonicgate.engines.base import EngineConfig, EngineError, supports_language
 from sonicgate.engines.local import LocalEngine, LocalModels
 from sonicgate.engines.local.engine import HISTORY_STEP, chat_prompt
+from sonicgate.engines.local.llm import ChatModel
 from sonicgate.engines.local.turns import TurnOptions
 from sonicgate.events import (
     AudioOut,
@@ -274,6 +276,53 @@ async def test_a_pause_inside_a_sentence_does_not_end_the_turn(listening: LocalE
     finals = [e for e in events if isinstance(e, TranscriptFinal)]
     assert len(finals) == 1
     assert heard(finals[0].text, "so the problem is my laptop won't turn on"), finals[0].text
+
+
+class Unsure:
+    """A turn detector that never knows: whether the turn ends is up to the words."""
+
+    def probability(self, pcm: bytes) -> float:
+        return 0.8
+
+
+class Fragmentary:
+    """The real chat model, but every user's words read as a cut-off phrase."""
+
+    def __init__(self, llm: ChatModel) -> None:
+        self._llm, self.n_ctx = llm, llm.n_ctx
+
+    def count_tokens(self, text: str) -> int:
+        return self._llm.count_tokens(text)
+
+    def stream(
+        self, messages: list[dict[str, str]], cancel: threading.Event, max_tokens: int = 160
+    ) -> Iterator[str]:
+        return self._llm.stream(messages, cancel, max_tokens)
+
+    def sentence_end(self, messages: list[dict[str, str]]) -> float:
+        return 0.1
+
+
+@pytest.mark.parametrize("whole", [True, False])
+async def test_where_the_detector_is_unsure_the_words_end_the_turn(
+    local_models: LocalModels, whole: bool
+) -> None:
+    """A finished question ends the turn within the silence; with the words read as a
+    fragment, the turn waits for the silence fallback (1.5 s), which never comes here."""
+    assert isinstance(local_models.llm, ChatModel)
+    llm = local_models.llm if whole else Fragmentary(local_models.llm)
+    engine = LocalEngine(replace(local_models, turn=Unsure(), llm=llm))
+    session = await engine.start(EngineConfig(text_only=True))
+    events: list[EngineEvent] = []
+    reader = asyncio.create_task(collect(session.events(), TranscriptFinal, events))
+    # 0.6 s of silence: past the detector's ask, short of its fallback.
+    await stream(session, silence(0.3) + natural("What is the capital of France?") + silence(0.6))
+    done, _ = await asyncio.wait([reader], timeout=5)
+    reader.cancel()
+    await session.close()
+    assert bool(done) is whole
+    if whole:
+        assert heard(events[-1].text, "what is the capital of france"), events
 
 
 class WordCounter:

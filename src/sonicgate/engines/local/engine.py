@@ -23,7 +23,7 @@ from pathlib import Path
 from sonicgate.domain import Capabilities, ErrorCode, Message
 from sonicgate.engines.base import BaseEngineSession, EngineConfig, EngineError
 from sonicgate.engines.local import threads
-from sonicgate.engines.local.llm import Chat, ChatModel, RunCheck
+from sonicgate.engines.local.llm import Chat, ChatModel, RunCheck, SentenceReader
 from sonicgate.engines.local.smart_turn import SmartTurn, TurnDetector
 from sonicgate.engines.local.stt import Recognizer, tuned
 from sonicgate.engines.local.text import SentenceSplitter, before_code
@@ -79,6 +79,8 @@ class LocalModels:
         # With the default system prompt: the first turn finds it in the model's cache.
         system = {"role": "system", "content": EngineConfig().system_prompt}
         greeting = [system, {"role": "user", "content": "Hi"}]
+        if isinstance(self.llm, SentenceReader):
+            self.llm.sentence_end(greeting)
         for _ in self.llm.stream(greeting, threading.Event(), 1):
             pass
         self.tts.synthesize("Ready.")
@@ -242,6 +244,7 @@ class LocalSession(BaseEngineSession):
         semantic = engine.options.semantic and models.turn is not None
         self._endpointer = Endpointer(replace(engine.options, semantic=semantic))
         self._asking: asyncio.Task[None] | None = None  # the turn detector at work
+        self._ending: asyncio.Task[None] | None = None  # a turn the words ended
         self._frames = bytearray()  # input not yet a whole VAD frame
         self._preroll = bytearray()
         self._utterance = bytearray()
@@ -283,7 +286,8 @@ class LocalSession(BaseEngineSession):
         await self._barge_in()
 
     async def close(self) -> None:
-        for task in (self._partial, self._asking, self._turn.task if self._turn else None):
+        turn_task = self._turn.task if self._turn else None
+        for task in (self._partial, self._asking, self._ending, turn_task):
             if task is not None:
                 task.cancel()
         if self._turn is not None:
@@ -451,6 +455,8 @@ class LocalSession(BaseEngineSession):
             return
 
         messages = await self._run(self._engine.llm_pool, self._prompt, turn.before, text)
+        if not turn.committed:
+            self._read_words(turn, messages)
         synthesis: asyncio.Queue[str | None] = asyncio.Queue()
         speaker = asyncio.create_task(self._speak(turn, synthesis))
         splitter = SentenceSplitter()
@@ -511,6 +517,27 @@ class LocalSession(BaseEngineSession):
                 yield item
         finally:
             cancel.set()  # stops the worker at its next token if we left early
+
+    def _read_words(self, turn: Turn, messages: list[dict[str, str]]) -> None:
+        """While the user may yet go on: how whole a sentence their words are, read on
+        the LLM's thread ahead of the reply (sharing its prompt). The endpointer weighs
+        it with the turn detector's answer."""
+        llm = self._models.llm
+        if not isinstance(llm, SentenceReader) or not self._endpointer.options.semantic:
+            return
+        loop = asyncio.get_running_loop()
+        reading = loop.run_in_executor(self._engine.llm_pool, llm.sentence_end, messages)
+        reading.add_done_callback(lambda done: self._on_words(turn, done))
+
+    def _on_words(self, turn: Turn, reading: asyncio.Future[float | None]) -> None:
+        if reading.cancelled() or self._turn is not turn or turn.committed:
+            return  # the user went on, or the turn ended meanwhile
+        if (error := reading.exception()) is not None:
+            log.warning("reading the words for the end of turn failed: %s", error)
+            return
+        sentence = reading.result()
+        if sentence is not None and self._endpointer.words(sentence) is Cue.END_OF_TURN:
+            self._ending = asyncio.create_task(self._commit(TriggerReason.SILENCE))
 
     def _prompt(self, history: tuple[Message, ...], text: str) -> list[dict[str, str]]:
         return chat_prompt(self._models.llm, self.config.system_prompt, history, text)
