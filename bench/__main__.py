@@ -21,7 +21,9 @@ from sonicgate.models import Kind, names
 BENCHMARKS = (
     ("local_latency", ()),
     ("local_barge_in", ()),
-    ("turn_taking", ("--ask-ms", "200", "--thresholds", "0.5", "0.9")),
+    ("turn_taking", ("--ask-ms", "200", "--thresholds", "0.5", "0.9", "--unsure", "0.7", "0.9")),
+    ("turn_taking", ("--voice", "joe", "--unsure", "0.7", "0.9")),
+    ("turn_taking", ("--voice", "espeak", "--unsure", "0.7", "0.9")),
     ("stt_window", ()),
     ("answers", ()),
     ("nova_overhead", ()),

@@ -168,18 +168,40 @@ def turn_taking() -> list[str]:
     if not (run := load("turn_taking")):
         return []
     s = run["summary"]
+    others = [
+        other["summary"] for voice in ("joe", "espeak") if (other := load(f"turn_taking_{voice}"))
+    ]
     return [
         "## Turn-taking (local engine)",
         "",
         f"{s['utterances']} utterances in {s['voice']}'s voice, {s['with_pauses']} with pauses "
-        f"of 0.5-1.2 s inside; the detector took {s['detector_ms_p50']:.0f} ms (p50).",
+        f"of 0.5-1.2 s inside; the detector took {s['detector_ms_p50']:.0f} ms (p50), the "
+        f"words (Whisper, then the LLM) {s['words_ms_p50']:.0f} ms.",
         "",
+        *_rule_table(s["rules"]),
+        *(
+            line
+            for other in others
+            for line in (
+                f"The same in {other['voice']}'s voice, the detector at 128 ms, alone and "
+                "with the words:",
+                "",
+                *_rule_table(
+                    {label: r for label, r in other["rules"].items() if "128 ms p>=0.97" in label}
+                ),
+            )
+        ),
+    ]
+
+
+def _rule_table(rules: dict[str, dict[str, Any]]) -> list[str]:
+    return [
         "| rule | false cut-offs (of those with pauses) | wait p50 / p90 / mean (ms) |",
         "|---|---|---|",
         *(
             f"| {label} | {r['false_cut_off_rate_paused']:.1%} | {r['wait_p50'] * 1000:.0f} / "
             f"{r['wait_p90'] * 1000:.0f} / {r['wait_mean'] * 1000:.0f} |"
-            for label, r in s["rules"].items()
+            for label, r in rules.items()
         ),
         "",
     ]

@@ -1,5 +1,6 @@
-"""Test speech made on the spot, as 16 kHz mono pcm16: espeak-ng's (``speak``), or
-hibari's (``natural``: a neural voice, whose intonation a turn detector can read)."""
+"""Test speech made on the spot, as 16 kHz mono pcm16: espeak-ng's (``speak``),
+hibari's (``natural``: a neural voice, whose intonation a turn detector can read),
+or Piper's "joe" (``joe``: another neural voice, a man's, the optional TTS's)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ import numpy as np
 import soxr
 from hibari import Hibari
 from numpy.typing import NDArray
+
+from sonicgate.config import default_data_dir
+from sonicgate.engines.local.tts import PiperSynthesizer
+from sonicgate.models import PIPER_JOE, Selection, locate
 
 RATE = 16_000
 Voice = Callable[[str], bytes]  # text -> 16 kHz mono pcm16, leading and trailing silence trimmed
@@ -42,6 +47,19 @@ def natural(text: str) -> bytes:
     audio = np.asarray(_hibari()(text, seed=0), dtype=np.float32)
     audio = soxr.resample(audio, Hibari.sample_rate, RATE)
     return _trimmed(0.5 * audio / max(float(np.abs(audio).max()), 1e-6))  # peaks at -6 dBFS
+
+
+@cache
+def _joe() -> PiperSynthesizer:
+    return PiperSynthesizer(locate(default_data_dir(), Selection(tts=PIPER_JOE.name)).tts)
+
+
+def joe(text: str) -> bytes:
+    """Synthesize ``text`` in Piper's "joe" voice; it varies a little from run to run
+    (Piper's model draws noise for a natural delivery)."""
+    voice = _joe()
+    audio = np.frombuffer(voice.synthesize(text), dtype="<i2").astype(np.float32) / 32768
+    return _trimmed(soxr.resample(audio, voice.sample_rate, RATE))
 
 
 def _trimmed(audio: NDArray[np.float32]) -> bytes:

@@ -3,8 +3,9 @@ waits after the user is done. The silence rule and the turn detector, in one run
 
 Speech is made here: half the utterances with pauses inside them (0.5-1.2 s, at
 commas and hesitations: "I'd like a table for ... four people"), half said in one
-go. hibari's voice by default: espeak-ng's flat intonation (``--voice espeak``)
-gives the detector little to hear, finished sentences mostly sound unfinished to it.
+go. hibari's voice by default; Piper's "joe" (``--voice joe``) is another neural
+voice, and espeak-ng's flat intonation (``--voice espeak``) gives the detector
+little to hear: finished sentences mostly sound unfinished to it.
 Each utterance goes through the VAD and the endpointer frame by frame on a
 virtual clock; the detector's answer comes after its real inference time,
 measured here. So do the words, for the rules that read them: at the moment the
@@ -12,9 +13,10 @@ engine would start its speculative answer, Whisper transcribes what was heard an
 the LLM reads how whole a sentence it is (both timed). A false cut-off: the turn
 ended before the speech did (inside a pause). The wait: from the true end of
 speech to the end of the turn. Writes ``bench/results/turn_taking.json``
-(``turn_taking_espeak.json`` for espeak-ng).
+(``turn_taking_joe.json``, ``turn_taking_espeak.json`` for the other voices).
 
     python -m bench.turn_taking [--voice espeak] [--ask-ms 200] [--thresholds 0.5 0.9]
+                                [--unsure 0.7 0.8]
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from bench.harness import percentile, write_results
-from bench.speech import RATE, natural, paused, silence, speak
+from bench.speech import RATE, joe, natural, paused, silence, speak
 from sonicgate.config import default_data_dir
 from sonicgate.engines.base import EngineConfig
 from sonicgate.engines.local.engine import chat_prompt
@@ -123,7 +125,7 @@ COMPLETE = (
     "Actually, I changed my mind.",
     "Send a message to Sarah saying I'm running late.",
 )
-VOICES = {"hibari": natural, "espeak": speak}
+VOICES = {"hibari": natural, "joe": joe, "espeak": speak}
 LEAD = 0.3  # seconds of silence before the speech (a microphone's)
 TAIL = 4.0  # after it: longer than any rule waits
 FRAME_BYTES = FRAME_SAMPLES * 2
@@ -268,9 +270,9 @@ class Rule:
     words: bool  # whether the words have a say where the detector is unsure
 
 
-def rules(ask_ms: list[int], thresholds: list[float]) -> dict[str, Rule]:
+def rules(ask_ms: list[int], thresholds: list[float], unsure: list[float]) -> dict[str, Rule]:
     """The silence rule, then the detector asked at each moment with each threshold,
-    alone and with the words."""
+    alone and with the words (from each of the ``unsure`` probabilities)."""
     default = TurnOptions()
     detector = replace(default, semantic=True)
 
@@ -284,8 +286,10 @@ def rules(ask_ms: list[int], thresholds: list[float]) -> dict[str, Rule]:
     for ask in sorted({detector.ask_ms, *ask_ms}):
         for threshold in sorted({detector.complete_threshold, *thresholds}):
             options = replace(detector, ask_ms=ask, complete_threshold=threshold)
-            for words in (False, True):
-                chosen[label(options, words)] = Rule(options, words)
+            chosen[label(options, False)] = Rule(options, words=False)
+            for floor in sorted({detector.unsure_threshold, *unsure}):
+                with_words = replace(options, unsure_threshold=floor)
+                chosen[label(with_words, True)] = Rule(with_words, words=True)
     return chosen
 
 
@@ -314,11 +318,18 @@ def main() -> None:
     parser.add_argument(
         "--thresholds", type=float, nargs="*", default=[], help="more detector thresholds to try"
     )
+    parser.add_argument(
+        "--unsure",
+        type=float,
+        nargs="*",
+        default=[],
+        help="more detector probabilities from which the words have a say",
+    )
     parser.add_argument("--seed", type=int, default=15, help="of the pause lengths")
     args = parser.parse_args()
     clips = make_clips(args.voice, args.seed)
     detector, words = Detector(), Words()
-    chosen = rules(args.ask_ms, args.thresholds)
+    chosen = rules(args.ask_ms, args.thresholds, args.unsure)
     results = {
         label: measure(clips, rule.options, detector, words if rule.words else None)
         for label, rule in chosen.items()
