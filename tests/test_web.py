@@ -226,12 +226,13 @@ async def test_speaking_during_the_reply_interrupts_it(
         await until(page, "sonicgate.state.interruptions > 0")
         state = await page_state(page)
         interrupted = await page.locator("#history li.assistant.interrupted").count()
-        await until(page, "sonicgate.state.transcripts.length > 1")
-        transcripts = (await page_state(page))["transcripts"]
+        # The question is heard after the barge-in: in the same turn as "Stop.", or in
+        # the next (espeak-ng's flat "Stop." may end a turn of its own).
+        heard = "sonicgate.state.transcripts.slice(1).some(t => /capital/i.test(t))"
+        await until(page, heard)
     assert state["audioChunksReceived"] > 0
     assert not state["playing"], "playback went on after the interruption"
     assert interrupted == 1
-    assert "capital" in transcripts[1].lower(), transcripts
 
 
 async def test_a_denied_microphone_is_explained_and_typing_still_works(

@@ -46,8 +46,9 @@ class EngineConfig:
     voice: str | None = None
     # Rules and worked examples: the examples raised the small default model's right
     # answers from 81 to 86 % in bench/answers.py, at no cost in time to first token.
-    # The examples name no fact a user might ask about: the small model repeats them
-    # ("What is my name?" was answered "Sam", "Where do I live?" "Norway").
+    # The examples name nothing about the user: the small model repeats them. With a
+    # user called Sam in them, "What is my name?" got "Sam"; with "You have not told me
+    # your name yet.", it got that even after the user had said it.
     system_prompt: str = (
         "You are a friendly voice assistant. Everything you write is read aloud. "
         "Answer in one short sentence, the answer first, in plain spoken English: "
@@ -55,8 +56,7 @@ class EngineConfig:
         "the user told you. For example:\n"
         "User: What is four plus nine?\nAssistant: Four plus nine is 13.\n"
         "User: What colour is the sky on a clear day?\n"
-        "Assistant: The sky is blue on a clear day.\n"
-        "User: What is my name?\nAssistant: You have not told me your name yet."
+        "Assistant: The sky is blue on a clear day."
     )
     # The session's history, shared: the engine reads it, its events add to it.
     history: History = field(default_factory=History)
