@@ -8,7 +8,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -531,26 +531,30 @@ def test_a_transcript_ends_where_the_decoder_starts_over(decoded: str, said: str
     assert unlooped(decoded) == said
 
 
-def timed_as(seconds: dict[int, float]) -> Callable[[Transcriber], float]:
-    """Whisper's timing on each thread count, as given: on a busy machine the real one
-    is not kept (by design), which these tests are not about."""
-    return lambda transcriber: seconds.get(transcriber.threads, seconds[1])
+def whisper_timed_as(
+    seconds: dict[int, float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Whisper on a 2-core machine, timed on each thread count as given (on a busy machine
+    the real timing is not kept, by design, which these tests are not about); its cache
+    under ``tmp_path``, whose file this returns."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(whisper, "read_cpu", lambda: Cpu("test", 2, frozenset()))
+    monkeypatch.setattr(whisper, "_seconds", lambda transcriber: seconds[transcriber.threads])
+    return tmp_path / "sonicgate" / "stt-threads.json"
 
 
 @pytest.mark.models
 def test_whisper_threads_are_timed_once_then_read_from_the_cache(
     paths: ModelPaths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(whisper, "read_cpu", lambda: Cpu("test", 2, frozenset()))
-    monkeypatch.setattr(whisper, "_seconds", timed_as({1: 0.100, 2: 0.095}))
+    cache = whisper_timed_as({1: 0.100, 2: 0.095}, tmp_path, monkeypatch)
     first = tuned(paths.stt)
     assert first.threads == 1  # a second thread must be clearly faster
-    kept = json.loads((tmp_path / "sonicgate" / "stt-threads.json").read_text())
+    kept = json.loads(cache.read_text())
     (entry,) = kept.values()
     assert entry["threads"] == first.threads and set(entry["seconds"]) >= {"1"}
     entry["threads"] = 3  # as if measured so: the cache, not a new timing, decides
-    (tmp_path / "sonicgate" / "stt-threads.json").write_text(json.dumps(kept))
+    cache.write_text(json.dumps(kept))
     assert tuned(paths.stt).threads == 3
 
 
@@ -558,8 +562,6 @@ def test_whisper_threads_are_timed_once_then_read_from_the_cache(
 def test_whisper_threads_timed_on_a_busy_machine_are_not_kept(
     paths: ModelPaths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(whisper, "read_cpu", lambda: Cpu("test", 2, frozenset()))
-    monkeypatch.setattr(whisper, "_seconds", timed_as({1: 0.100, 2: 0.200}))
+    cache = whisper_timed_as({1: 0.100, 2: 0.200}, tmp_path, monkeypatch)
     assert tuned(paths.stt).threads == 1
-    assert not (tmp_path / "sonicgate" / "stt-threads.json").exists()
+    assert not cache.exists()
