@@ -176,7 +176,8 @@ class Words:
         self.llm = ChatModel(paths.llm)
         self.system = EngineConfig().system_prompt
         self.answers: dict[tuple[int, int], tuple[float, float]] = {}
-        self.heard: dict[tuple[int, int], str] = {}
+        # For the results file: what Whisper heard at each reading, and how whole it was.
+        self.heard: dict[str, dict[str, Any]] = {}
 
     def read(self, clip: Clip, frame: int) -> tuple[float, float]:
         """(probability that the words so far are a whole sentence, seconds it took)."""
@@ -187,7 +188,11 @@ class Words:
             messages = chat_prompt(self.llm, self.system, (), text)
             sentence = (self.llm.sentence_end(messages) if text else None) or 0.0
             self.answers[key] = (sentence, time.perf_counter() - started)
-            self.heard[key] = text
+            at = (frame + 1) * FRAME_MS / 1000
+            self.heard[f"{clip.text} @ {at:.2f} s"] = {
+                "heard": text,
+                "sentence": round(sentence, 4),
+            }
         return self.answers[key]
 
 
@@ -355,15 +360,7 @@ def main() -> None:
         summary,
         default_options=asdict(TurnOptions()),
         cut_off={label: r["cut_off"] for label, r in results.items()},
-        words_heard={
-            f"{clip.text} @ {(frame + 1) * FRAME_MS / 1000:.2f} s": {
-                "heard": words.heard[(id(clip), frame)],
-                "sentence": round(words.answers[(id(clip), frame)][0], 4),
-            }
-            for clip in clips
-            for (clip_id, frame) in sorted(words.answers)
-            if clip_id == id(clip)
-        },
+        words_heard=words.heard,
         utterances=[
             {"text": c.text, "speech_end": round(c.speech_end, 3), "pauses": c.pauses}
             for c in clips
