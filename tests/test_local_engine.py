@@ -29,6 +29,7 @@ from sonicgate.events import (
     ResponseTextFinal,
     SpeechStarted,
     TranscriptFinal,
+    TranscriptPartial,
     TriggerReason,
     TurnEnded,
 )
@@ -285,8 +286,8 @@ class Unsure:
         return 0.8
 
 
-class Fragmentary:
-    """The real chat model, but every user's words read as a cut-off phrase."""
+class Chatting:
+    """The real chat model, as a plain chat: what a subclass adds, it has."""
 
     def __init__(self, llm: ChatModel) -> None:
         self._llm, self.n_ctx = llm, llm.n_ctx
@@ -299,8 +300,24 @@ class Fragmentary:
     ) -> Iterator[str]:
         return self._llm.stream(messages, cancel, max_tokens)
 
+
+class Fragmentary(Chatting):
+    """Every user's words read as a cut-off phrase."""
+
     def sentence_end(self, messages: list[dict[str, str]]) -> float:
         return 0.1
+
+
+class ReadingAhead(Chatting):
+    """Reads ahead, noting the user's words it was given."""
+
+    def __init__(self, llm: ChatModel) -> None:
+        super().__init__(llm)
+        self.read: list[str] = []
+
+    def read_ahead(self, messages: list[dict[str, str]]) -> None:
+        self.read.append(messages[-1]["content"])
+        self._llm.read_ahead(messages)
 
 
 @pytest.mark.parametrize("whole", [True, False])
@@ -337,6 +354,19 @@ class WordCounter:
         self, messages: list[dict[str, str]], cancel: threading.Event, max_tokens: int = 160
     ) -> Iterator[str]:
         raise NotImplementedError
+
+
+async def test_the_llm_reads_the_words_while_the_user_speaks(local_models: LocalModels) -> None:
+    """Each partial transcript is read ahead (those that come while the LLM is free),
+    and the reply that follows is whole."""
+    assert isinstance(local_models.llm, ChatModel)
+    llm = ReadingAhead(local_models.llm)
+    said = natural("Tell me what the weather is usually like in London in the spring.")
+    events = await one_turn(LocalEngine(replace(local_models, llm=llm)), said + silence(AFTER))
+    partials = [e.text for e in events if isinstance(e, TranscriptPartial)]
+    assert llm.read and set(llm.read) <= set(partials), (llm.read, partials)
+    reply = next(e for e in events if isinstance(e, ResponseTextFinal))
+    assert words(reply.text), reply
 
 
 def test_the_prompt_keeps_its_start_while_history_grows() -> None:

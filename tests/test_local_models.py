@@ -8,7 +8,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -258,28 +258,58 @@ def test_the_words_tell_a_whole_sentence_from_a_cut_one(
     assert sentence >= 0.4 if whole else sentence < 0.05, sentence
 
 
-@pytest.mark.models
-def test_reading_the_words_first_leaves_the_reply_as_it_was(
-    llm: ChatModel, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The reply after the words' reading says the same, and reads only its last token
-    again: the reading read the rest of its prompt."""
-    messages = ask("What is the capital of France?")
+def reply_after(
+    llm: ChatModel, messages: list[dict[str, str]], before: Callable[[], object]
+) -> tuple[str, int]:
+    """The reply to ``messages`` from an empty context and cache, with ``before`` done
+    first, and how many tokens of its prompt it read."""
     saved = llm._llama.cache
     assert isinstance(saved, LlamaRAMCache)
     llm._llama.reset()  # type: ignore[no-untyped-call]
     saved.cache_state.clear()
-    plain = "".join(llm.stream(messages, threading.Event(), max_tokens=12))
-    llm._llama.reset()  # type: ignore[no-untyped-call]
-    saved.cache_state.clear()
-    assert llm.sentence_end(messages)
+    before()
     read: list[int] = []
     evaluate = llm._llama.eval
-    monkeypatch.setattr(
-        llm._llama, "eval", lambda tokens: (read.append(len(tokens)), evaluate(tokens))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            llm._llama, "eval", lambda tokens: (read.append(len(tokens)), evaluate(tokens))
+        )
+        reply = plain_reply(llm, messages)
+    return reply, read[0]
+
+
+@pytest.mark.models
+def test_reading_the_words_first_leaves_the_reply_as_it_was(llm: ChatModel) -> None:
+    """The reply after the words' reading says the same, and reads only its last token
+    again: the reading read the rest of its prompt."""
+    messages = ask("What is the capital of France?")
+    plain, _ = reply_after(llm, messages, lambda: None)
+    sentence: list[float | None] = []
+    reply, read = reply_after(llm, messages, lambda: sentence.append(llm.sentence_end(messages)))
+    assert sentence[0] and reply == plain
+    assert read == 1
+
+
+@pytest.mark.models
+def test_reading_ahead_leaves_the_reply_as_it_was(llm: ChatModel) -> None:
+    """Read ahead on a partial transcript, whose last word was still coming, the reply
+    says the same and reads only the words from there and the prompt's end."""
+    messages = ask("What is the capital of France?")
+    plain, whole = reply_after(llm, messages, lambda: None)
+    reply, read = reply_after(llm, messages, lambda: llm.read_ahead(ask("What is the cap.")))
+    assert reply == plain
+    rest = llm.count_tokens(" capital of France?") + 5  # <|im_end|>\n<|im_start|>assistant\n
+    assert read <= rest < whole - 10, (read, rest, whole)
+    # Words the context already holds, and more after them (the reply), are read again
+    # from where they end.
+    again, _ = reply_after(
+        llm, messages, lambda: (plain_reply(llm, messages), llm.read_ahead(ask("What is the cap.")))
     )
-    assert "".join(llm.stream(messages, threading.Event(), max_tokens=12)) == plain
-    assert read[0] == 1, read
+    assert again == plain
+
+
+def plain_reply(llm: ChatModel, messages: list[dict[str, str]]) -> str:
+    return "".join(llm.stream(messages, threading.Event(), max_tokens=12))
 
 
 @pytest.mark.models

@@ -16,14 +16,14 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sonicgate.domain import Capabilities, ErrorCode, Message
 from sonicgate.engines.base import BaseEngineSession, EngineConfig, EngineError
 from sonicgate.engines.local import threads
-from sonicgate.engines.local.llm import Chat, ChatModel, RunCheck, SentenceReader
+from sonicgate.engines.local.llm import Chat, ChatModel, ReadsAhead, RunCheck, SentenceReader
 from sonicgate.engines.local.smart_turn import SmartTurn, TurnDetector
 from sonicgate.engines.local.stt import Recognizer, tuned
 from sonicgate.engines.local.text import SentenceSplitter, before_code
@@ -193,6 +193,12 @@ def chat_prompt(
     ]
 
 
+def _log_read_ahead_failure(work: Future[None]) -> None:
+    """Nobody waits on a reading ahead: its failure is logged, not lost."""
+    if not work.cancelled() and (error := work.exception()) is not None:
+        log.warning("reading ahead failed: %s", error)
+
+
 def _since(moment: float) -> float:
     return round(time.perf_counter() - moment, 4)
 
@@ -252,6 +258,7 @@ class LocalSession(BaseEngineSession):
         self._turn: Turn | None = None
         self._partial: asyncio.Task[None] | None = None
         self._partials_resume = 0.0  # no partial transcript before this moment
+        self._reading_ahead: Future[None] | None = None  # the LLM reading a partial
 
     # Input ----------------------------------------------------------------
 
@@ -292,6 +299,8 @@ class LocalSession(BaseEngineSession):
                 task.cancel()
         if self._turn is not None:
             self._turn.cancel.set()
+        if self._reading_ahead is not None:
+            self._reading_ahead.cancel()
         await super().close()
 
     # Turn-taking ------------------------------------------------------------
@@ -369,6 +378,8 @@ class LocalSession(BaseEngineSession):
         # _transcribe_partial drops them). Short questions get a partial this way.
         turn.before = tuple(self.history)
         self._turn = turn
+        if self._reading_ahead is not None:
+            self._reading_ahead.cancel()  # if not begun: the turn's own prompt comes first
         turn.task = asyncio.create_task(self._answer(turn))
 
     def _drop_speculation(self) -> None:
@@ -550,8 +561,25 @@ class LocalSession(BaseEngineSession):
         )
         finished = time.perf_counter()
         self._partials_resume = finished + (finished - started)
-        if self._endpointer.in_turn and transcript.text.strip():
-            self.emit(TranscriptPartial(transcript.text.strip(), transcript.confidence))
+        text = transcript.text.strip()
+        if self._endpointer.in_turn and text:
+            self.emit(TranscriptPartial(text, transcript.confidence))
+            self._read_ahead(text)
+
+    def _read_ahead(self, text: str) -> None:
+        """While the user speaks, the LLM reads the reply's prompt with their words so
+        far: when the turn ends, the reply reads only the last words. It stays behind
+        the turn's own work on the LLM's thread: skipped once a turn has begun."""
+        llm = self._models.llm
+        reading = self._reading_ahead
+        busy = reading is not None and not reading.done()
+        if not isinstance(llm, ReadsAhead) or busy or self._turn is not None:
+            return
+        history = tuple(self.history)
+        self._reading_ahead = self._engine.llm_pool.submit(
+            lambda: llm.read_ahead(self._prompt(history, text))
+        )
+        self._reading_ahead.add_done_callback(_log_read_ahead_failure)
 
     async def _run[T](self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)

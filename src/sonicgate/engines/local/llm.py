@@ -40,6 +40,7 @@ DECODE_PROBE_TOKENS = 12
 CONVERSATION_STATES_BYTES = 512 << 20
 SENTENCE_ENDS = (".", "?", "!")  # a token that starts with one of these ends the sentence
 TRAILING = re.compile(r"[\s.?!,;:\u2026]+$")  # Whisper's punctuation after the last word
+LAST_WORD = re.compile(r"\s*\S+\s*$")  # and the last word itself, with what follows it
 
 
 def estimate_tokens(text: str) -> int:
@@ -66,6 +67,16 @@ class SentenceReader(Protocol):
     def sentence_end(self, messages: list[dict[str, str]]) -> float | None:
         """The probability that the last (user's) message, its final punctuation
         taken off, ends a sentence where it stops; None if it cannot tell."""
+        ...
+
+
+@runtime_checkable
+class ReadsAhead(Protocol):
+    """A chat model that can read a reply's prompt while the user is still speaking."""
+
+    def read_ahead(self, messages: list[dict[str, str]]) -> None:
+        """Read the prompt of a reply to the user's words so far (the last message) up
+        to their last word, which may yet change: the reply then reads what follows."""
         ...
 
 
@@ -174,6 +185,22 @@ class ChatModel:
         chances = np.exp(logits - logits.max())
         return float(chances[self._sentence_ends()].sum() / chances.sum())
 
+    def read_ahead(self, messages: list[dict[str, str]]) -> None:
+        """See ``ReadsAhead``. The prompt is cut where a word begins, and the tokens
+        of a word carry the space before it: the cut falls on a token boundary of the
+        whole prompt too, whatever words come after."""
+        if self._template is None or not messages:
+            return
+        text = messages[-1]["content"]
+        rendered = self._template(messages=messages)  # type: ignore[arg-type]
+        begins = rendered.prompt.rfind(text)
+        settled = LAST_WORD.sub("", text)
+        if begins < 0 or not settled:
+            return
+        prompt = rendered.prompt[: begins + len(settled)]
+        add_bos = not rendered.added_special
+        self._read(self._llama.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True))
+
     def _sentence_ends(self) -> NDArray[np.bool_]:
         """Which tokens end a sentence (see ``SENTENCE_ENDS``), the end of text too."""
         if self._ends is None:
@@ -185,17 +212,20 @@ class ChatModel:
             self._ends[llama.token_eos()] = True
         return self._ends
 
-    def _read(self, tokens: list[int], keep_logits_at: int) -> NDArray[np.float32]:
-        """Evaluate the reply's prompt ``tokens`` as create_completion would (as
-        ``Llama.eval`` of llama-cpp-python 0.3.36 does): from the conversation's saved
-        state if it holds more of them than the context does, then only what is new,
-        but at least from ``tokens[keep_logits_at]``, whose logits it returns, the only
-        ones it asks llama.cpp for. The last token is left to the reply, which reads it
-        again in any case, unless a saved state holds them all: the reply would load
-        that state, dropping this reading, if the context held fewer."""
+    def _read(self, tokens: list[int], keep_logits_at: int | None = None) -> NDArray[np.float32]:
+        """Evaluate prompt ``tokens`` as create_completion would (as ``Llama.eval`` of
+        llama-cpp-python 0.3.36 does): from the conversation's saved state if it holds
+        more of them than the context does, then only what is new.
+
+        With ``keep_logits_at``, ``tokens`` are a reply's whole prompt: they are read
+        from that token at least, whose logits are returned, the only ones asked of
+        llama.cpp, and the last token is left to the reply, which reads it again in
+        any case, unless a saved state holds them all: the reply would load that
+        state, dropping this reading, if the context held fewer. Without it, ``tokens``
+        begin a prompt still to come, and are all read."""
         llama = self._llama
         context = llama.input_ids[: llama.n_tokens].tolist()
-        until = len(tokens) - 1
+        until = len(tokens) if keep_logits_at is None else len(tokens) - 1
         if llama.cache is not None:
             try:
                 saved = llama.cache[tokens]
@@ -209,13 +239,16 @@ class ChatModel:
                     context = llama.input_ids[: llama.n_tokens].tolist()
                 if covered == len(tokens):
                     until = len(tokens)
-        past = min(llama.longest_token_prefix(context, tokens), keep_logits_at)
+        past = llama.longest_token_prefix(context, tokens)
+        if keep_logits_at is not None:
+            past = min(past, keep_logits_at)
         llama._ctx.kv_cache_seq_rm(-1, past, -1)
+        llama.n_tokens = past  # the context may have held more: a reply read it on from here
         logits = np.zeros(llama.n_vocab(), dtype=np.float32)
         for start in range(past, until, llama.n_batch):
             batch = tokens[start : min(start + llama.n_batch, until)]
             llama._batch.set_batch(batch=batch, n_past=start, logits_all=False)
-            kept = keep_logits_at - start
+            kept = -1 if keep_logits_at is None else keep_logits_at - start
             for row in range(len(batch)):
                 llama._batch.batch.logits[row] = row == kept
             llama._ctx.decode(llama._batch)
