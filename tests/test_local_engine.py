@@ -12,6 +12,7 @@ from itertools import pairwise
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info
 
 from bench.speech import natural, paused, silence, speak
 from sonicgate.config import default_data_dir
@@ -367,6 +368,13 @@ async def test_the_llm_reads_the_words_while_the_user_speaks(local_models: Local
     assert llm.read and set(llm.read) <= set(partials), (llm.read, partials)
     reply = next(e for e in events if isinstance(e, ResponseTextFinal))
     assert words(reply.text), reply
+
+
+def test_numpy_stays_on_one_thread(local_models: LocalModels) -> None:
+    """Once the engine is loaded, numpy's matrix products run on the calling thread:
+    BLAS threads idling in a spin would take the LLM's cores."""
+    blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas and all(pool["num_threads"] == 1 for pool in blas), blas
 
 
 def test_the_prompt_keeps_its_start_while_history_grows() -> None:

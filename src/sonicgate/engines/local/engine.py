@@ -125,6 +125,7 @@ class LocalEngine:
     ) -> LocalEngine:
         paths = locate(data_dir, selection)
         started = time.perf_counter()
+        threads.one_blas_thread()
         # The four stages' models; the turn detector is part of listening.
         chosen = tuple(name for kind, name in paths.names.items() if kind is not Kind.TURN)
         log.info("loading local models %s from %s", ", ".join(chosen), data_dir)

@@ -16,6 +16,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Protocol
 
+from threadpoolctl import threadpool_limits
+
 from sonicgate.engines.local.cpu import load_llama_kernels, read_cpu
 from sonicgate.models import ModelError
 
@@ -60,6 +62,15 @@ class ThreadChoice:
             "tokens_per_second": {str(n): asdict(speed) for n, speed in self.speeds.items()},
             "source": self.source,
         }
+
+
+def one_blas_thread() -> None:
+    """numpy's OpenBLAS on one thread, for the whole process. Its matrix products here
+    are small (the mel filters of Whisper's and the turn detector's features), and
+    after each its idle threads spin for a while: on 2 cores, as the user spoke, they
+    took a core from llama.cpp (a quarter of the process's CPU samples, in perf), and
+    the LLM read a prompt at half its speed."""
+    threadpool_limits(1, user_api="blas")
 
 
 def choose(speeds: dict[int, Speed]) -> Threads:
