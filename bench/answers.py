@@ -139,6 +139,27 @@ ITEMS = (
     # Not told: the reply must say so, not make something up (or repeat a prompt's example).
     ask("not told", "What is my name?", "told|know"),
     ask("not told", "Where do I live?", "told|know"),
+    # Written after the system prompt was chosen, to check that it was not fitted to the
+    # questions above: the 0.5B gets 9 of these 19 right, against 59 of the 71 above.
+    ask("arithmetic", "What is eighty minus twenty-six?", "54"),
+    ask("arithmetic", "What is four times nine?", "36"),
+    ask("arithmetic", "What is thirty plus forty-five?", "75"),
+    ask("arithmetic", "What is twenty divided by five?", "4"),
+    ask("days", "What day comes before Wednesday?", "tuesday"),
+    ask("days", "What month comes before June?", "may"),
+    ask("time", "How many hours is one hundred and twenty minutes?", "2"),
+    ask("time", "What is 5 PM in twenty-four hour time?", "17|1700"),
+    ask("facts", "How many legs does an insect have?", "6"),
+    ask("facts", "What colour do you get when you mix red and yellow?", "orange"),
+    ask("facts", "How many wheels does a bicycle have?", "2"),
+    ask("capitals", "What is the capital of Portugal?", "lisbon"),
+    ask("spelling", "How do you spell the word dog?", "d o g"),
+    ask("spelling", "How do you spell sun?", "s u n"),
+    follow("I had twenty dollars and spent five.", "How much money do I have left?", "15"),
+    follow("My cat is called Luna.", "What is my cat's name?", "luna"),
+    follow("I work as a nurse.", "What is my job?", "nurse"),
+    ask("not told", "How old am I?", "told|know"),
+    ask("not told", "What is my favourite food?", "told|know"),
 )
 
 # System prompts to compare: the engine's own (rules and worked examples), and the

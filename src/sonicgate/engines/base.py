@@ -46,6 +46,7 @@ class EngineConfig:
     voice: str | None = None
     # Rules and worked examples: the examples raised the small default model's right
     # answers from 81 to 86 % in bench/answers.py, at no cost in time to first token.
+    # Without the spelling one, both models said 'The word house is spelled "house."'.
     # The examples name nothing about the user: the small model repeats them. With a
     # user called Sam in them, "What is my name?" got "Sam"; with "You have not told me
     # your name yet.", it got that even after the user had said it.
@@ -56,7 +57,9 @@ class EngineConfig:
         "the user told you. For example:\n"
         "User: What is four plus nine?\nAssistant: Four plus nine is 13.\n"
         "User: What colour is the sky on a clear day?\n"
-        "Assistant: The sky is blue on a clear day."
+        "Assistant: The sky is blue on a clear day.\n"
+        "User: How do you spell the word tree?\n"
+        "Assistant: Tree is spelled t r e e."
     )
     # The session's history, shared: the engine reads it, its events add to it.
     history: History = field(default_factory=History)
