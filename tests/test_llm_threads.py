@@ -56,7 +56,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv(threads.OVERRIDE, raising=False)
     monkeypatch.setattr(threads, "cache_key", lambda model: f"test cpu | {model.name}")
     monkeypatch.setattr(threads, "counts", lambda cores: [1, 2])
-    return tmp_path / "sonicgate" / "llm-threads.json"
+    return tmp_path / "sonicgate" / "llm-threads.v2.json"
 
 
 def test_measured_once_then_read_from_the_cache(cache: Path) -> None:

@@ -572,7 +572,7 @@ def whisper_timed_as(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(whisper, "read_cpu", lambda: Cpu("test", 2, frozenset()))
     monkeypatch.setattr(whisper, "_seconds", lambda transcriber: seconds[transcriber.threads])
-    return tmp_path / "sonicgate" / "stt-threads.json"
+    return tmp_path / "sonicgate" / "stt-threads.v2.json"
 
 
 @pytest.mark.models

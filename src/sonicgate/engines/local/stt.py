@@ -131,7 +131,7 @@ def _samples(pcm: bytes) -> NDArray[np.float32]:
 
 def tuned(model_dir: Path) -> Transcriber:
     """A transcriber on as many threads as pay here: timed once per machine and model
-    (about a second), then read from ``~/.cache/sonicgate/stt-threads.json``, kept the
+    (about a second), then read from ``~/.cache/sonicgate/stt-threads.v2.json``, kept the
     way the LLM's counts are (``threads``)."""
     key = cache_key(model_dir)
     kept = threads.read_kept(KIND, key)

@@ -24,9 +24,13 @@ from sonicgate.models import ModelError
 log = logging.getLogger(__name__)
 
 OVERRIDE = "SONICGATE_LLM_THREADS"
-KIND = "llm"  # its cache: ~/.cache/sonicgate/llm-threads.json
+KIND = "llm"  # its cache: ~/.cache/sonicgate/llm-threads.v2.json
 # Decoding on more threads must beat one by this much to be chosen: see ``choose``.
 DECODE_SPEEDUP = 1.5
+# In the cache file's name: raised when the figures kept before cannot be trusted. 2:
+# before, numpy's BLAS threads spun beside the timed model (``one_blas_thread``) and
+# slowed the one-thread timings (the LLM 33 against 46 tokens/s, and chose two threads).
+CACHE_VERSION = 2
 QUIET_RATIO = 0.8  # see ``busy``
 ROUNDS = 3  # timings of each thread count, the best kept
 
@@ -131,7 +135,7 @@ def by_hand(value: str) -> Threads:
 
 def cache_file(kind: str) -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "sonicgate" / f"{kind}-threads.json"
+    return base / "sonicgate" / f"{kind}-threads.v{CACHE_VERSION}.json"
 
 
 def cache_key(model: Path) -> str:
