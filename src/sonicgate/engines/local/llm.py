@@ -169,17 +169,14 @@ class ChatModel:
         the logits at the end of the bare words. The reply then reads that last token
         alone: the question costs about one token's time (20-30 ms).
         """
-        if self._template is None or not messages:
+        found = self._words_in_prompt(messages)
+        if found is None:
             return None
-        text = messages[-1]["content"]
-        rendered = self._template(messages=messages)  # type: ignore[arg-type]
-        prompt, add_bos = rendered.prompt, not rendered.added_special
-        begins = prompt.rfind(text)
-        words_end = begins + len(TRAILING.sub("", text))
-        llama = self._llama
-        tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
-        words = llama.tokenize(prompt[:words_end].encode("utf-8"), add_bos=add_bos, special=True)
-        if begins < 0 or words_end == begins or tokens[: len(words)] != words:
+        prompt, begins, add_bos = found
+        words_end = begins + len(TRAILING.sub("", messages[-1]["content"]))
+        tokens = self._tokens(prompt, add_bos)
+        words = self._tokens(prompt[:words_end], add_bos)
+        if words_end == begins or tokens[: len(words)] != words:
             return None  # no words, or they do not end on a token boundary
         logits = self._read(tokens, len(words) - 1)
         chances = np.exp(logits - logits.max())
@@ -189,17 +186,26 @@ class ChatModel:
         """See ``ReadsAhead``. The prompt is cut where a word begins, and the tokens
         of a word carry the space before it: the cut falls on a token boundary of the
         whole prompt too, whatever words come after."""
+        found = self._words_in_prompt(messages)
+        if found is None:
+            return
+        prompt, begins, add_bos = found
+        settled = LAST_WORD.sub("", messages[-1]["content"])
+        if settled:
+            self._read(self._tokens(prompt[: begins + len(settled)], add_bos))
+
+    def _words_in_prompt(self, messages: list[dict[str, str]]) -> tuple[str, int, bool] | None:
+        """The reply's prompt (the GGUF's template over ``messages``), where the user's
+        words (the last message) begin in it, and whether its tokens need a BOS first;
+        None without that template, messages or words found."""
         if self._template is None or not messages:
-            return
-        text = messages[-1]["content"]
+            return None
         rendered = self._template(messages=messages)  # type: ignore[arg-type]
-        begins = rendered.prompt.rfind(text)
-        settled = LAST_WORD.sub("", text)
-        if begins < 0 or not settled:
-            return
-        prompt = rendered.prompt[: begins + len(settled)]
-        add_bos = not rendered.added_special
-        self._read(self._llama.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True))
+        begins = rendered.prompt.rfind(messages[-1]["content"])
+        return None if begins < 0 else (rendered.prompt, begins, not rendered.added_special)
+
+    def _tokens(self, text: str, add_bos: bool) -> list[int]:
+        return self._llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
     def _sentence_ends(self) -> NDArray[np.bool_]:
         """Which tokens end a sentence (see ``SENTENCE_ENDS``), the end of text too."""
