@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -258,6 +259,30 @@ def test_the_words_tell_a_whole_sentence_from_a_cut_one(
     assert sentence >= 0.4 if whole else sentence < 0.05, sentence
 
 
+@contextmanager
+def prompts_read(llm: ChatModel) -> Iterator[list[int]]:
+    """How many tokens each prompt reading evaluates (the tokens generated not counted)."""
+    read: list[int] = []
+    reading, evaluate = llm._read, llm._eval
+
+    def counted(tokens: list[int], at: int | None = None) -> NDArray[np.float32]:
+        read.append(0)
+        with pytest.MonkeyPatch.context() as inside:
+
+            def evaluated(
+                tokens: list[int], past: int, keep: tuple[int, ...]
+            ) -> dict[int, NDArray[np.float32]]:
+                read[-1] += len(tokens)
+                return evaluate(tokens, past, keep)
+
+            inside.setattr(llm, "_eval", evaluated)
+            return reading(tokens, at)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(llm, "_read", counted)
+        yield read
+
+
 def reply_after(
     llm: ChatModel, messages: list[dict[str, str]], before: Callable[[], object]
 ) -> tuple[str, int]:
@@ -268,26 +293,21 @@ def reply_after(
     llm._llama.reset()  # type: ignore[no-untyped-call]
     saved.cache_state.clear()
     before()
-    read: list[int] = []
-    evaluate = llm._llama.eval
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(
-            llm._llama, "eval", lambda tokens: (read.append(len(tokens)), evaluate(tokens))
-        )
+    with prompts_read(llm) as read:
         reply = plain_reply(llm, messages)
     return reply, read[0]
 
 
 @pytest.mark.models
 def test_reading_the_words_first_leaves_the_reply_as_it_was(llm: ChatModel) -> None:
-    """The reply after the words' reading says the same, and reads only its last token
-    again: the reading read the rest of its prompt."""
+    """The reply after the words' reading says the same, and reads nothing more: the
+    reading read its whole prompt, and kept the logits its first token comes from."""
     messages = ask("What is the capital of France?")
     plain, _ = reply_after(llm, messages, lambda: None)
     sentence: list[float | None] = []
     reply, read = reply_after(llm, messages, lambda: sentence.append(llm.sentence_end(messages)))
     assert sentence[0] and reply == plain
-    assert read == 1
+    assert read == 0
 
 
 @pytest.mark.models
@@ -313,17 +333,10 @@ def plain_reply(llm: ChatModel, messages: list[dict[str, str]]) -> str:
 
 
 @pytest.mark.models
-def test_the_next_turn_reads_only_what_is_new(
-    llm: ChatModel, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_next_turn_reads_only_what_is_new(llm: ChatModel) -> None:
     """The next turn, which begins with the same system prompt and history, is read from
     where they end: from llama.cpp's context, or from the conversation's saved state when
     another conversation's turn came between."""
-    read: list[int] = []  # tokens per evaluation: the prompt first, then one a token
-    evaluate = llm._llama.eval
-    monkeypatch.setattr(
-        llm._llama, "eval", lambda tokens: (read.append(len(tokens)), evaluate(tokens))
-    )
     system = (
         EngineConfig().system_prompt
         + " "
@@ -337,19 +350,20 @@ def test_the_next_turn_reads_only_what_is_new(
     saved = llm._llama.cache
     assert isinstance(saved, LlamaRAMCache)
     saved.cache_state.clear()  # nor saved
-    reply = "".join(llm.stream(first, threading.Event(), max_tokens=8))
-    assert read[0] >= llm.count_tokens(system)
-    # Another conversation takes its turn between this one's two.
-    other = [first[0], {"role": "user", "content": "Tell me about the sea, please."}]
-    assert list(llm.stream(other, threading.Event(), max_tokens=8))
-    read.clear()
-    question = "What is the capital of France?"
-    second = [
-        *first,
-        {"role": "assistant", "content": reply},
-        {"role": "user", "content": question},
-    ]
-    assert list(llm.stream(second, threading.Event(), max_tokens=2))
+    with prompts_read(llm) as read:
+        reply = "".join(llm.stream(first, threading.Event(), max_tokens=8))
+        assert read[0] >= llm.count_tokens(system)
+        # Another conversation takes its turn between this one's two.
+        other = [first[0], {"role": "user", "content": "Tell me about the sea, please."}]
+        assert list(llm.stream(other, threading.Event(), max_tokens=8))
+        read.clear()
+        question = "What is the capital of France?"
+        second = [
+            *first,
+            {"role": "assistant", "content": reply},
+            {"role": "user", "content": question},
+        ]
+        assert list(llm.stream(second, threading.Event(), max_tokens=2))
     # The reply as text may tokenize apart from what was generated: it may be read again.
     assert read[0] <= llm.count_tokens(reply) + llm.count_tokens(question) + 16, read
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import re
 import signal
 import subprocess
@@ -10,10 +11,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
-from llama_cpp import Llama, llama_get_logits_ith, llama_set_n_threads
+from llama_cpp import Llama, llama_get_logits_ith, llama_set_n_threads, llama_vocab_is_eog
 from llama_cpp.llama_cache import LlamaRAMCache
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from numpy.typing import NDArray
@@ -104,8 +105,10 @@ class ChatModel:
         # whole history (1.4 s by the seventh turn of two, against 0.2 s with them).
         self._llama.set_cache(LlamaRAMCache(capacity_bytes=CONVERSATION_STATES_BYTES))
         self.n_ctx = n_ctx
-        self._template = _template(self._llama)
+        self._template = _template(self._llama, path)
         self._ends: NDArray[np.bool_] | None = None  # see _sentence_ends
+        # The logits after the context's last token, once read: (context length, logits).
+        self._next: tuple[int, NDArray[np.float32]] | None = None
 
     def use_threads(self, threads: Threads) -> None:
         llama_set_n_threads(self._llama.ctx, threads.decode, threads.prompt)
@@ -136,38 +139,43 @@ class ChatModel:
     def stream(
         self, messages: list[dict[str, str]], cancel: threading.Event, max_tokens: int = 160
     ) -> Iterator[str]:
-        """Text deltas of the reply; stops at the next token once ``cancel`` is set.
+        """Text deltas of the reply, a token each; stops at the next token once
+        ``cancel`` is set.
 
-        The GGUF's own chat template frames the turns; the caller's system
-        message sets the spoken style.
+        The GGUF's own chat template frames the turns; the caller's system message
+        sets the spoken style. Greedy (``TEMPERATURE``), so the loop is ours: the first
+        token comes from the logits after the prompt's last token, which the words'
+        reading (``sentence_end``) has read already on most turns, and each token is
+        handed on before the model reads it for the next.
         """
         if cancel.is_set():
             return  # cancelled while queued: skip the prompt evaluation too
-        chunks: Any = self._llama.create_chat_completion(
-            messages=messages,  # type: ignore[arg-type]
-            stream=True,
-            max_tokens=max_tokens,
-            temperature=TEMPERATURE,
-        )
-        try:
-            for chunk in chunks:
-                if cancel.is_set():
-                    return
-                delta = chunk["choices"][0]["delta"].get("content")
-                if delta:
-                    yield delta
-        finally:
-            chunks.close()  # ends llama.cpp's generation now, not when collected
+        llama = self._llama
+        logits = self._read(self._prompt_tokens(messages))
+        # A character may span tokens: the text of those before its last waits.
+        text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for _ in range(min(max_tokens, self.n_ctx - llama.n_tokens)):
+            token = int(np.argmax(logits))
+            if llama_vocab_is_eog(llama._model.vocab, token):
+                break
+            if delta := text.decode(llama.detokenize([token])):
+                yield delta
+            if cancel.is_set():
+                return
+            position = llama.n_tokens
+            logits = self._eval([token], position, keep=())[position]
+        # The conversation's state, for its next turn when another's came between.
+        if llama.cache is not None:
+            llama.cache[llama.input_ids[: llama.n_tokens].tolist()] = llama.save_state()
 
     def sentence_end(self, messages: list[dict[str, str]]) -> float | None:
         """See ``SentenceReader``. Whisper punctuates what it hears, cut-off phrases too
         ("Can you play some music by?"), so the words are read bare: how likely a
         full stop, question or exclamation mark (or the message's end) comes next.
 
-        It reads the reply's own prompt in the same batches the reply would (from the
-        conversation's saved state, then what is new), but for its last token, keeping
-        the logits at the end of the bare words. The reply then reads that last token
-        alone: the question costs about one token's time (20-30 ms).
+        It reads the reply's own prompt, as the reply would (``_read``), keeping the
+        logits at the end of the bare words too: the reply then reads nothing more,
+        and its first token comes at once.
         """
         found = self._words_in_prompt(messages)
         if found is None:
@@ -178,7 +186,7 @@ class ChatModel:
         words = self._tokens(prompt[:words_end], add_bos)
         if words_end == begins or tokens[: len(words)] != words:
             return None  # no words, or they do not end on a token boundary
-        logits = self._read(tokens, len(words) - 1)
+        logits = self._read(tokens, at=len(words) - 1)
         chances = np.exp(logits - logits.max())
         return float(chances[self._sentence_ends()].sum() / chances.sum())
 
@@ -197,8 +205,8 @@ class ChatModel:
     def _words_in_prompt(self, messages: list[dict[str, str]]) -> tuple[str, int, bool] | None:
         """The reply's prompt (the GGUF's template over ``messages``), where the user's
         words (the last message) begin in it, and whether its tokens need a BOS first;
-        None without that template, messages or words found."""
-        if self._template is None or not messages:
+        None without messages or words found."""
+        if not messages:
             return None
         rendered = self._template(messages=messages)  # type: ignore[arg-type]
         begins = rendered.prompt.rfind(messages[-1]["content"])
@@ -206,6 +214,10 @@ class ChatModel:
 
     def _tokens(self, text: str, add_bos: bool) -> list[int]:
         return self._llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def _prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
+        rendered = self._template(messages=messages)  # type: ignore[arg-type]
+        return self._tokens(rendered.prompt, not rendered.added_special)
 
     def _sentence_ends(self) -> NDArray[np.bool_]:
         """Which tokens end a sentence (see ``SENTENCE_ENDS``), the end of text too."""
@@ -218,58 +230,65 @@ class ChatModel:
             self._ends[llama.token_eos()] = True
         return self._ends
 
-    def _read(self, tokens: list[int], keep_logits_at: int | None = None) -> NDArray[np.float32]:
-        """Evaluate prompt ``tokens`` as create_completion would (as ``Llama.eval`` of
-        llama-cpp-python 0.3.36 does): from the conversation's saved state if it holds
-        more of them than the context does, then only what is new.
-
-        With ``keep_logits_at``, ``tokens`` are a reply's whole prompt: they are read
-        from that token at least, whose logits are returned, the only ones asked of
-        llama.cpp, and the last token is left to the reply, which reads it again in
-        any case, unless a saved state holds them all: the reply would load that
-        state, dropping this reading, if the context held fewer. Without it, ``tokens``
-        begin a prompt still to come, and are all read."""
+    def _read(self, tokens: list[int], at: int | None = None) -> NDArray[np.float32]:
+        """Evaluate prompt ``tokens``: from the conversation's saved state if it holds
+        more of them than the context does, then only what is new. Returns the logits
+        after token ``at`` (the last by default). Those after the last are kept: the
+        reply to this prompt, read again, then reads nothing."""
         llama = self._llama
-        context = llama.input_ids[: llama.n_tokens].tolist()
-        until = len(tokens) if keep_logits_at is None else len(tokens) - 1
+        held = llama.longest_token_prefix(llama.input_ids[: llama.n_tokens].tolist(), tokens)
         if llama.cache is not None:
             try:
                 saved = llama.cache[tokens]
             except KeyError:
                 pass
             else:
-                held = llama.longest_token_prefix(context, tokens)
-                covered = llama.longest_token_prefix(saved.input_ids.tolist(), tokens)
-                if covered > held:
+                if llama.longest_token_prefix(saved.input_ids.tolist(), tokens) > held:
                     llama.load_state(saved)
-                    context = llama.input_ids[: llama.n_tokens].tolist()
-                if covered == len(tokens):
-                    until = len(tokens)
-        past = llama.longest_token_prefix(context, tokens)
-        if keep_logits_at is not None:
-            past = min(past, keep_logits_at)
+                    self._next = None
+                    held = llama.longest_token_prefix(
+                        llama.input_ids[: llama.n_tokens].tolist(), tokens
+                    )
+        if at is None and held == len(tokens) == llama.n_tokens and self._next is not None:
+            return self._next[1]  # the context holds the prompt, and its logits were kept
+        wanted = len(tokens) - 1 if at is None else at
+        past = min(held, wanted)
+        return self._eval(tokens[past:], past, keep=(wanted,))[wanted]
+
+    def _eval(
+        self, tokens: list[int], past: int, keep: tuple[int, ...]
+    ) -> dict[int, NDArray[np.float32]]:
+        """Read ``tokens`` into the context from position ``past`` on (what it held
+        from there is dropped), in batches. llama.cpp computes the logits after the
+        positions in ``keep`` and after the last token (kept in ``_next``) only;
+        returns them by position."""
+        llama = self._llama
+        self._next = None
         llama._ctx.kv_cache_seq_rm(-1, past, -1)
-        llama.n_tokens = past  # the context may have held more: a reply read it on from here
-        logits = np.zeros(llama.n_vocab(), dtype=np.float32)
-        for start in range(past, until, llama.n_batch):
-            batch = tokens[start : min(start + llama.n_batch, until)]
+        llama.n_tokens = past
+        end = past + len(tokens)
+        wanted = {*keep, end - 1}
+        found: dict[int, NDArray[np.float32]] = {}
+        for start in range(past, end, llama.n_batch):
+            batch = tokens[start - past : start - past + llama.n_batch]
             llama._batch.set_batch(batch=batch, n_past=start, logits_all=False)
-            kept = -1 if keep_logits_at is None else keep_logits_at - start
+            rows = [row for row in range(len(batch)) if start + row in wanted]
             for row in range(len(batch)):
-                llama._batch.batch.logits[row] = row == kept
+                llama._batch.batch.logits[row] = row in rows
             llama._ctx.decode(llama._batch)
-            if 0 <= kept < len(batch):
-                found = llama_get_logits_ith(llama.ctx, kept)
-                logits[:] = np.ctypeslib.as_array(found, shape=(llama.n_vocab(),))
+            for row in rows:
+                logits = llama_get_logits_ith(llama.ctx, row)
+                found[start + row] = np.ctypeslib.as_array(logits, shape=(llama.n_vocab(),)).copy()
             llama.input_ids[start : start + len(batch)] = batch
             llama.n_tokens = start + len(batch)
-        return logits
+        self._next = (end, found[end - 1])
+        return found
 
 
-def _template(llama: Llama) -> Jinja2ChatFormatter | None:
-    """The formatter create_chat_completion uses, if it is the GGUF's own template."""
+def _template(llama: Llama, path: Path) -> Jinja2ChatFormatter:
+    """The GGUF's own chat template, as create_chat_completion would use it."""
     if llama.chat_format != "chat_template.default":
-        return None
+        raise ModelError(f"{path}: the model carries no chat template of its own")
 
     def text(token: int) -> str:
         return llama._model.token_get_text(token) if token != -1 else ""
