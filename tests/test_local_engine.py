@@ -9,6 +9,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 import pytest
@@ -370,6 +371,27 @@ async def test_the_llm_reads_the_words_while_the_user_speaks(local_models: Local
     assert llm.read and set(llm.read) <= set(partials), (llm.read, partials)
     reply = next(e for e in events if isinstance(e, ResponseTextFinal))
     assert words(reply.text), reply
+
+
+async def test_the_llm_runs_on_the_engine_s_llm_thread_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """llama.cpp's OpenMP keeps a team of threads for each thread that runs the model:
+    loaded, timed, warmed up and answering, it runs on one thread, the engine's own."""
+    ran: set[str] = set()
+    for method in ("__init__", "speed", "sentence_end", "stream"):
+        original = getattr(ChatModel, method)
+
+        def noted(*args: object, _original: Any = original, **kwargs: object) -> Any:
+            ran.add(threading.current_thread().name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(ChatModel, method, noted)
+    engine = LocalEngine.load(default_data_dir())
+    await one_turn(engine, natural("What is the capital of France?") + silence(AFTER))
+    await engine.aclose()
+    (llm_thread,) = engine.llm_pool._threads
+    assert ran == {llm_thread.name}, ran
 
 
 def test_numpy_stays_on_one_thread(local_models: LocalModels) -> None:

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -71,11 +71,16 @@ class LocalModels:
     languages: tuple[str, ...] = LANGUAGES
     turn: TurnDetector | None = None  # without one, a turn ends after a fixed silence
 
-    def warm_up(self) -> None:
-        """Run each model once: first calls pay for allocation and caches."""
+    def warm_up(self, llm_thread: Executor) -> None:
+        """Run each model once: first calls pay for allocation and caches. The LLM runs
+        on ``llm_thread``, where the engine will run it (see ``LocalEngine.load``)."""
         self.stt.transcribe(bytes(32_000))
         if self.turn is not None:
             self.turn.probability(bytes(32_000))
+        llm_thread.submit(self._warm_up_llm).result()
+        self.tts.synthesize("Ready.")
+
+    def _warm_up_llm(self) -> None:
         # With the default system prompt: the first turn finds it in the model's cache.
         system = {"role": "system", "content": EngineConfig().system_prompt}
         greeting = [system, {"role": "user", "content": "Hi"}]
@@ -83,7 +88,6 @@ class LocalModels:
             self.llm.sentence_end(greeting)
         for _ in self.llm.stream(greeting, threading.Event(), 1):
             pass
-        self.tts.synthesize("Ready.")
 
 
 class LocalEngine:
@@ -96,6 +100,7 @@ class LocalEngine:
         workers: int = 1,
         session_models: Callable[[EngineConfig], LocalModels] | None = None,
         beside: LocalEngine | None = None,
+        llm_pool: ThreadPoolExecutor | None = None,
     ) -> None:
         self.name = name
         self.models = models
@@ -107,7 +112,9 @@ class LocalEngine:
         self.stt_pool: ThreadPoolExecutor = (
             beside.stt_pool if beside else self._pool("stt", workers)
         )
-        self.llm_pool = self._pool("llm", workers)
+        self.llm_pool = llm_pool or self._pool("llm", workers)
+        if llm_pool is not None:
+            self._pools.append(llm_pool)
         self.tts_pool: ThreadPoolExecutor = (
             beside.tts_pool if beside else self._pool("tts", workers)
         )
@@ -133,8 +140,12 @@ class LocalEngine:
         vad, stt = SileroVad(paths.vad), tuned(paths.stt)
         tts = load_synthesizer(paths.names[Kind.TTS], paths.tts)
         llm_runs.result()
-        llm = ChatModel(paths.llm)
-        llm.use_threads(threads.tune(llm, paths.llm).threads)
+        # llama.cpp's OpenMP keeps a team of threads for each thread that runs the model;
+        # with more of them than cores, they wait for work asleep, not spinning: a token
+        # took 41-43 ms from the engine's LLM thread once the model had also run on the
+        # loading thread, 28-34 ms run on one thread alone. So it runs on that one only.
+        llm_thread = ThreadPoolExecutor(1, thread_name_prefix="local-llm")
+        llm = llm_thread.submit(_chat_model, paths.llm).result()
         models = LocalModels(
             vad=vad,
             stt=stt,
@@ -143,9 +154,9 @@ class LocalEngine:
             names=chosen,
             turn=SmartTurn(paths.turn),
         )
-        models.warm_up()
+        models.warm_up(llm_thread)
         log.info("local models loaded and warmed up in %.1f s", time.perf_counter() - started)
-        return cls(models, options)
+        return cls(models, options, llm_pool=llm_thread)
 
     def capabilities(self) -> Capabilities:
         tts = self.models.tts
@@ -192,6 +203,13 @@ def chat_prompt(
         *({"role": message.role.value, "content": message.text} for message in history[start:]),
         {"role": "user", "content": text},
     ]
+
+
+def _chat_model(path: Path) -> ChatModel:
+    """The LLM, its threads measured (or known): on the thread it will run on."""
+    llm = ChatModel(path)
+    llm.use_threads(threads.tune(llm, path).threads)
+    return llm
 
 
 def _log_read_ahead_failure(work: Future[None]) -> None:
