@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soxr
-from llama_cpp.llama_cache import LlamaRAMCache
 from numpy.typing import NDArray
 
 from bench.speech import silence, speak
@@ -24,7 +23,7 @@ from sonicgate.config import default_data_dir
 from sonicgate.engines.base import EngineConfig
 from sonicgate.engines.local import stt as whisper
 from sonicgate.engines.local.cpu import Cpu
-from sonicgate.engines.local.llm import ChatModel
+from sonicgate.engines.local.llm import ChatModel, SavedStates
 from sonicgate.engines.local.stt import Transcriber, tuned, unlooped
 from sonicgate.engines.local.text import SentenceSplitter, before_code
 from sonicgate.engines.local.tts import HibariSynthesizer, PiperSynthesizer
@@ -220,6 +219,17 @@ def ask(question: str) -> list[dict[str, str]]:
     ]
 
 
+def test_saved_states_give_the_one_sharing_most_and_drop_the_least_recent() -> None:
+    states = SavedStates(capacity=10)
+    states.keep((1, 2, 3), b"abcd")
+    states.keep((1, 2, 9, 9), b"efgh")
+    assert states.nearest([1, 2, 3, 4]) == ((1, 2, 3), b"abcd")  # and now the most recent
+    assert states.nearest([7, 1]) is None  # none begins it
+    states.keep((5,), b"ijkl")  # 12 bytes: the least recently used goes
+    assert states.nearest([1, 2, 9]) == ((1, 2, 3), b"abcd")
+    assert states.nearest([5]) == ((5,), b"ijkl")
+
+
 @pytest.mark.models
 def test_chat_model_streams_an_answer(llm: ChatModel) -> None:
     deltas = list(llm.stream(ask("What is the capital of France?"), threading.Event()))
@@ -288,10 +298,8 @@ def reply_after(
 ) -> tuple[str, int]:
     """The reply to ``messages`` from an empty context and cache, with ``before`` done
     first, and how many tokens of its prompt it read."""
-    saved = llm._llama.cache
-    assert isinstance(saved, LlamaRAMCache)
     llm._llama.reset()  # type: ignore[no-untyped-call]
-    saved.cache_state.clear()
+    llm._states.clear()
     before()
     with prompts_read(llm) as read:
         reply = plain_reply(llm, messages)
@@ -347,9 +355,7 @@ def test_the_next_turn_reads_only_what_is_new(llm: ChatModel) -> None:
     )
     first = [{"role": "system", "content": system}, {"role": "user", "content": "Hi there!"}]
     llm._llama.reset()  # nothing cached from the tests before, in the context
-    saved = llm._llama.cache
-    assert isinstance(saved, LlamaRAMCache)
-    saved.cache_state.clear()  # nor saved
+    llm._states.clear()  # nor saved
     with prompts_read(llm) as read:
         reply = "".join(llm.stream(first, threading.Event(), max_tokens=8))
         assert read[0] >= llm.count_tokens(system)

@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import codecs
+import ctypes
 import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-from llama_cpp import Llama, llama_get_logits_ith, llama_set_n_threads, llama_vocab_is_eog
-from llama_cpp.llama_cache import LlamaRAMCache
+from llama_cpp import (
+    Llama,
+    llama_get_logits_ith,
+    llama_set_n_threads,
+    llama_state_get_data,
+    llama_state_get_size,
+    llama_state_set_data,
+    llama_vocab_is_eog,
+)
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from numpy.typing import NDArray
 
@@ -36,8 +45,8 @@ PROBE = (
     "home across the green hills before the evening rain begins to fall."
 )
 DECODE_PROBE_TOKENS = 12
-# The conversations' saved model states (~45 MB each, most of it the last batch's logits),
-# the least recently used dropped beyond this: about a dozen conversations.
+# The conversations' saved model states (the 0.5B's: 12 KB a token of context, a few MB a
+# conversation), the least recently used dropped beyond this.
 CONVERSATION_STATES_BYTES = 512 << 20
 SENTENCE_ENDS = (".", "?", "!")  # a token that starts with one of these ends the sentence
 TRAILING = re.compile(r"[\s.?!,;:\u2026]+$")  # Whisper's punctuation after the last word
@@ -94,16 +103,15 @@ class ChatModel:
             n_ctx=n_ctx,
             n_threads=self.threads.decode,
             n_threads_batch=self.threads.prompt,
-            # Prompts are read in batches of this many tokens. A new turn brings ~20;
-            # and each conversation's saved state (below) copies the batch's logits,
-            # 600 KB a token: at llama.cpp's 512, saving and loading added ~0.2 s a turn.
+            # Prompts are read in batches of this many tokens; a new turn brings ~20.
+            # llama.cpp keeps room for a batch's logits, 600 KB a token.
             n_batch=64,
             verbose=False,
         )
         # Conversations take turns on one model, and its context holds the last one's
         # tokens: without saved states each turn of another conversation re-read its
         # whole history (1.4 s by the seventh turn of two, against 0.2 s with them).
-        self._llama.set_cache(LlamaRAMCache(capacity_bytes=CONVERSATION_STATES_BYTES))
+        self._states = SavedStates(CONVERSATION_STATES_BYTES)
         self.n_ctx = n_ctx
         self._template = _template(self._llama, path)
         self._ends: NDArray[np.bool_] | None = None  # see _sentence_ends
@@ -164,9 +172,7 @@ class ChatModel:
                 return
             position = llama.n_tokens
             logits = self._eval([token], position, keep=())[position]
-        # The conversation's state, for its next turn when another's came between.
-        if llama.cache is not None:
-            llama.cache[llama.input_ids[: llama.n_tokens].tolist()] = llama.save_state()
+        self._save()
 
     def sentence_end(self, messages: list[dict[str, str]]) -> float | None:
         """See ``SentenceReader``. Whisper punctuates what it hears, cut-off phrases too
@@ -237,23 +243,34 @@ class ChatModel:
         reply to this prompt, read again, then reads nothing."""
         llama = self._llama
         held = llama.longest_token_prefix(llama.input_ids[: llama.n_tokens].tolist(), tokens)
-        if llama.cache is not None:
-            try:
-                saved = llama.cache[tokens]
-            except KeyError:
-                pass
-            else:
-                if llama.longest_token_prefix(saved.input_ids.tolist(), tokens) > held:
-                    llama.load_state(saved)
-                    self._next = None
-                    held = llama.longest_token_prefix(
-                        llama.input_ids[: llama.n_tokens].tolist(), tokens
-                    )
+        saved = self._states.nearest(tokens)
+        if saved is not None and llama.longest_token_prefix(saved[0], tokens) > held:
+            self._restore(*saved)
+            held = llama.longest_token_prefix(saved[0], tokens)
         if at is None and held == len(tokens) == llama.n_tokens and self._next is not None:
             return self._next[1]  # the context holds the prompt, and its logits were kept
         wanted = len(tokens) - 1 if at is None else at
         past = min(held, wanted)
         return self._eval(tokens[past:], past, keep=(wanted,))[wanted]
+
+    def _save(self) -> None:
+        """The context's state (its tokens' KV cache), for the conversation's next
+        turn if another conversation's comes between."""
+        llama = self._llama
+        size = llama_state_get_size(llama.ctx)
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_state_get_data(llama.ctx, buffer, size)
+        tokens = tuple(llama.input_ids[: llama.n_tokens].tolist())
+        self._states.keep(tokens, bytes(memoryview(buffer)[:written]))
+
+    def _restore(self, tokens: tuple[int, ...], state: bytes) -> None:
+        llama = self._llama
+        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if llama_state_set_data(llama.ctx, buffer, len(state)) != len(state):
+            raise RuntimeError("llama.cpp did not take a saved conversation state")
+        llama.input_ids[: len(tokens)] = tokens
+        llama.n_tokens = len(tokens)
+        self._next = None
 
     def _eval(
         self, tokens: list[int], past: int, keep: tuple[int, ...]
@@ -283,6 +300,33 @@ class ChatModel:
             llama.n_tokens = start + len(batch)
         self._next = (end, found[end - 1])
         return found
+
+
+class SavedStates:
+    """Conversations' model states, each under the tokens its context held; beyond
+    ``capacity`` bytes, the least recently used are dropped."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._states: OrderedDict[tuple[int, ...], bytes] = OrderedDict()
+
+    def nearest(self, tokens: list[int]) -> tuple[tuple[int, ...], bytes] | None:
+        """The state whose tokens begin the most of ``tokens``, if any begin them."""
+        shared = {key: Llama.longest_token_prefix(key, tokens) for key in self._states}
+        best = max(shared, key=shared.__getitem__, default=None)
+        if best is None or not shared[best]:
+            return None
+        self._states.move_to_end(best)
+        return best, self._states[best]
+
+    def keep(self, tokens: tuple[int, ...], state: bytes) -> None:
+        self._states[tokens] = state
+        self._states.move_to_end(tokens)
+        while len(self._states) > 1 and sum(map(len, self._states.values())) > self.capacity:
+            self._states.popitem(last=False)
+
+    def clear(self) -> None:
+        self._states.clear()
 
 
 def _template(llama: Llama, path: Path) -> Jinja2ChatFormatter:
