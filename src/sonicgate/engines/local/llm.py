@@ -36,6 +36,7 @@ PORTABLE_FIX = "reinstall it with the portable build: `rm -rf .venv && make run`
 
 # Greedy: the small models answer facts and sums right more often when they take their
 # likeliest word (bench/answers.py: 0.5B 77 -> 81 %, 1.5B 93 -> 97 % right, from 0.6).
+# ``ChatModel.stream`` always takes it; peers in the benchmarks are given this setting.
 TEMPERATURE = 0.0
 CHARS_PER_TOKEN = 4  # about, in English: remote models' tokenizers are not here
 # Text for timing the model (~60 tokens): its first tokens are decoded one by one.
@@ -151,7 +152,7 @@ class ChatModel:
         ``cancel`` is set.
 
         The GGUF's own chat template frames the turns; the caller's system message
-        sets the spoken style. Greedy (``TEMPERATURE``), so the loop is ours: the first
+        sets the spoken style. Greedy (see ``TEMPERATURE``), so the loop is ours: the first
         token comes from the logits after the prompt's last token, which the words'
         reading (``sentence_end``) has read already on most turns, and each token is
         handed on before the model reads it for the next.
