@@ -116,8 +116,8 @@ class ChatModel:
         self.n_ctx = n_ctx
         self._template = _template(self._llama, path)
         self._ends: NDArray[np.bool_] | None = None  # see _sentence_ends
-        # The logits after the context's last token, once read: (context length, logits).
-        self._next: tuple[int, NDArray[np.float32]] | None = None
+        # The logits after the context's last token, while the context is as _eval left it.
+        self._next: NDArray[np.float32] | None = None
 
     def use_threads(self, threads: Threads) -> None:
         llama_set_n_threads(self._llama.ctx, threads.decode, threads.prompt)
@@ -135,6 +135,7 @@ class ChatModel:
             decode = _rate(DECODE_PROBE_TOKENS, self._decode_one_by_one, tokens)
         finally:
             self._llama.reset()  # type: ignore[no-untyped-call]
+            self._next = None
             self.use_threads(kept)
         return Speed(decode=decode, prompt=prompt)
 
@@ -215,16 +216,20 @@ class ChatModel:
         None without messages or words found."""
         if not messages:
             return None
+        prompt, add_bos = self._render(messages)
+        begins = prompt.rfind(messages[-1]["content"])
+        return None if begins < 0 else (prompt, begins, add_bos)
+
+    def _render(self, messages: list[dict[str, str]]) -> tuple[str, bool]:
+        """The reply's prompt, and whether its tokens need a BOS first."""
         rendered = self._template(messages=messages)  # type: ignore[arg-type]
-        begins = rendered.prompt.rfind(messages[-1]["content"])
-        return None if begins < 0 else (rendered.prompt, begins, not rendered.added_special)
+        return rendered.prompt, not rendered.added_special
 
     def _tokens(self, text: str, add_bos: bool) -> list[int]:
         return self._llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
     def _prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
-        rendered = self._template(messages=messages)  # type: ignore[arg-type]
-        return self._tokens(rendered.prompt, not rendered.added_special)
+        return self._tokens(*self._render(messages))
 
     def _sentence_ends(self) -> NDArray[np.bool_]:
         """Which tokens end a sentence (see ``SENTENCE_ENDS``), the end of text too."""
@@ -249,7 +254,7 @@ class ChatModel:
             self._restore(*saved)
             held = llama.longest_token_prefix(saved[0], tokens)
         if at is None and held == len(tokens) == llama.n_tokens and self._next is not None:
-            return self._next[1]  # the context holds the prompt, and its logits were kept
+            return self._next  # the context holds the prompt, and its logits were kept
         wanted = len(tokens) - 1 if at is None else at
         past = min(held, wanted)
         return self._eval(tokens[past:], past, keep=(wanted,))[wanted]
@@ -299,7 +304,7 @@ class ChatModel:
                 found[start + row] = np.ctypeslib.as_array(logits, shape=(llama.n_vocab(),)).copy()
             llama.input_ids[start : start + len(batch)] = batch
             llama.n_tokens = start + len(batch)
-        self._next = (end, found[end - 1])
+        self._next = found[end - 1]
         return found
 
 
