@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import wave
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 import numpy.typing as npt
+import pybase64
 import soxr
 
 RATE = 16_000  # the gateway's internal format: 16 kHz mono signed 16-bit little-endian
@@ -221,4 +221,4 @@ def mp3_data_url(pcm: bytes, rate: int) -> str:
                 container.mux(packet)
         for packet in stream.encode(None):
             container.mux(packet)
-    return "data:audio/mp3;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return "data:audio/mp3;base64," + pybase64.b64encode_as_string(buffer.getvalue())

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
+import pybase64
 
 from sonicgate.domain import Capabilities, ErrorCode, GatewayError, VoiceSession
 from sonicgate.events import ClientEvent, EngineEvent
@@ -124,6 +124,6 @@ def get_base64(message: JsonObject, key: str) -> bytes:
     if text.startswith("data:"):  # tolerate data URLs from browsers' FileReader
         text = text.partition(",")[2]
     try:
-        return base64.b64decode(text, validate=True)
+        return pybase64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ProtocolError(ErrorCode.BAD_BASE64, f"'{key}' is not valid base64") from exc

@@ -13,9 +13,10 @@ their own (server VAD, or ``input_audio_buffer.commit``, or a text item), so
 
 from __future__ import annotations
 
-import base64
 import itertools
 from typing import Any
+
+import pybase64
 
 from sonicgate.audio.formats import StreamResampler
 from sonicgate.domain import ErrorCode
@@ -89,7 +90,7 @@ class RealtimeDialect:
         if kind == "input_audio_buffer.append":
             audio = get_str(message, "audio", required=True) or ""
             try:
-                return AudioIn(data=base64.b64decode(audio, validate=True))
+                return AudioIn(data=pybase64.b64decode(audio, validate=True))
             except ValueError as exc:
                 raise ProtocolError(ErrorCode.BAD_BASE64, "'audio' is not valid base64") from exc
         if kind == "input_audio_buffer.commit":
@@ -169,7 +170,7 @@ class RealtimeDialect:
                 return [*opened, self._part(f"response.{kind}.delta", delta=text)]
             case AudioOut(pcm=pcm, sample_rate=rate):
                 opened = self._open_response()
-                delta = base64.b64encode(self._to_output_rate(pcm, rate)).decode("ascii")
+                delta = pybase64.b64encode_as_string(self._to_output_rate(pcm, rate))
                 return [*opened, self._part("response.output_audio.delta", delta=delta)]
             case ResponseTextFinal(text=text):
                 response = self._response

@@ -18,12 +18,13 @@ takes the call from there:
 from __future__ import annotations
 
 import asyncio
-import base64
 import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+
+import pybase64
 
 from sonicgate.audio.telephony import FRAME_SECONDS, CallerAudio, ReplyAudio
 from sonicgate.domain import ErrorCode
@@ -144,7 +145,7 @@ class Playout:
                 self._queued.clear()
             if isinstance(item, bytes):
                 self._playhead = max(self._playhead, self._clock()) + FRAME_SECONDS
-                payload = base64.b64encode(item).decode("ascii")
+                payload = pybase64.b64encode_as_string(item)
                 await send(self._message("media", media={"payload": payload}))
             else:
                 await send(self._message("mark", mark={"name": item}))

@@ -8,7 +8,7 @@ latency stages), plus ``isFinal`` flags.
 
 from __future__ import annotations
 
-import base64
+import pybase64
 
 from sonicgate.domain import ErrorCode, utc_now
 from sonicgate.events import (
@@ -130,7 +130,7 @@ class TypedDialect:
                     {
                         "type": "audio_response",
                         "sessionId": session_id,
-                        "audio": base64.b64encode(pcm).decode("ascii"),
+                        "audio": pybase64.b64encode_as_string(pcm),
                         "format": "pcm16",
                         "sampleRate": rate,
                         "channels": 1,

@@ -7,11 +7,12 @@ builders return the JSON of one input event (``{"event": {...}}``), and
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import pybase64
 
 from sonicgate.domain import Message, Role
 from sonicgate.events import (
@@ -128,7 +129,11 @@ def audio_start(prompt: str, content: str) -> NovaEvent:
 def audio_input(prompt: str, content: str, pcm: bytes) -> NovaEvent:
     return _event(
         "audioInput",
-        {"promptName": prompt, "contentName": content, "content": base64.b64encode(pcm).decode()},
+        {
+            "promptName": prompt,
+            "contentName": content,
+            "content": pybase64.b64encode_as_string(pcm),
+        },
     )
 
 
@@ -227,7 +232,7 @@ class OutputMapper:
                 if self._cut:
                     return []
                 self._in_turn = True
-                pcm = base64.b64decode(body.get("content", ""))
+                pcm = pybase64.b64decode(body.get("content", ""))
                 return [AudioOut(pcm, OUTPUT_SAMPLE_RATE)] if pcm else []
             case "toolUse":
                 return [

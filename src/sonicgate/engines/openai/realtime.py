@@ -12,13 +12,13 @@ the service's memory of the conversation matches what the user heard.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
 from typing import Any
 
 import openai
+import pybase64
 import websockets
 from openai.resources.realtime.realtime import AsyncRealtimeConnection
 from openai.types.realtime import (
@@ -165,9 +165,7 @@ class OpenAIRealtimeSession(BaseEngineSession):
         wire = self._to_wire.feed(pcm)
         if wire:
             await self._send(
-                self._connection.input_audio_buffer.append(
-                    audio=base64.b64encode(wire).decode("ascii")
-                )
+                self._connection.input_audio_buffer.append(audio=pybase64.b64encode_as_string(wire))
             )
             self._appended = True
 
@@ -285,7 +283,7 @@ class OpenAIRealtimeSession(BaseEngineSession):
                 self._reply_text += event.get("delta", "")
                 return [ResponseTextDelta(event.get("delta", ""))]
             case "response.output_audio.delta":
-                pcm = base64.b64decode(event.get("delta", ""))
+                pcm = pybase64.b64decode(event.get("delta", ""))
                 self._reply_ms += len(pcm) / 2 / RATE * 1000
                 return [AudioOut(pcm, RATE)]
             case "response.output_audio_transcript.done":
