@@ -6,15 +6,19 @@ many sessions per core stream in real time before it breaks.
 * Memory per session: the server's RSS with N idle-but-open sessions, minus
   before, over N; for the local engine (the default) and for the echo engine
   (the gateway's own share).
-* Sessions per core: echo sessions streaming the seed's 256 ms chunks, and then
+* Real-time sessions: echo sessions streaming the seed's 256 ms chunks, and then
   the 32 ms ones browsers and phones send (at the same message rate), at rising
   counts, until a chunk is lost or reordered or the p99 round trip exceeds one
-  chunk's duration (the client would hear gaps). The load generator runs on the
-  same cores, so this is a lower bound.
+  chunk's duration (the client would hear gaps). With one server process and
+  with ``serve --workers`` (one per core by default; they share a Redis bus),
+  each on a fresh server. Each level records the server's CPU per chunk (all
+  its processes) and the load generator's share of a core: it runs on the same
+  cores (with a client that costs it little, ``bench.lean_ws``), and so does the
+  kernel's loopback, so the figures are a lower bound.
 
 Writes ``bench/results/capacity.json``.
 
-    python -m bench.capacity [--levels 100 200 400 800 1600]
+    python -m bench.capacity [--levels 250 500 750 1000 1250 1500 2000] [--workers 1 2]
 """
 
 from __future__ import annotations
@@ -30,11 +34,22 @@ from typing import Any
 import websockets
 
 from bench.echo_load import SEED_CHUNK_SAMPLES, echo_load
-from bench.harness import UNLIMITED, percentile, rss_mb, start_server, wait_ready, write_results
+from bench.harness import (
+    UNLIMITED,
+    cpu_seconds,
+    percentile,
+    rss_mb,
+    start_server,
+    tree_cpu_seconds,
+    wait_ready,
+    write_results,
+)
 from bench.speech import silence
 
 LEVEL_SECONDS = 15.0
 SETTLE_SECONDS = 2.0
+REDIS_BUS = "redis://127.0.0.1:6379/0"
+BUS_PREFIX = "sonicgate-bench-capacity"
 
 
 async def memory_per_session(url: str, pid: int, engine: str, sessions: int) -> float:
@@ -56,18 +71,29 @@ async def memory_per_session(url: str, pid: int, engine: str, sessions: int) -> 
     return (after - before) / sessions
 
 
-async def real_time_levels(url: str, levels: list[int], chunk_samples: int) -> list[dict[str, Any]]:
+async def real_time_levels(
+    url: str, server_pid: int, workers: int, levels: list[int], chunk_samples: int
+) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     for level in levels:
         # Smaller chunks at the same message rate as the seed's at this level.
         sessions = max(1, level * chunk_samples // SEED_CHUNK_SAMPLES)
+        server_before, load_before = tree_cpu_seconds(server_pid), cpu_seconds(os.getpid())
+        started = time.monotonic()
         stats = await echo_load(url, sessions, LEVEL_SECONDS, chunk_samples)
+        wall = time.monotonic() - started
+        server_cpu = tree_cpu_seconds(server_pid) - server_before
+        load_cpu = cpu_seconds(os.getpid()) - load_before
         p99 = percentile(stats.round_trip_ms, 99) if stats.round_trip_ms else float("inf")
         real_time = stats.lost == 0 and stats.reordered == 0 and p99 < stats.chunk_seconds * 1000
         results.append(
             {
+                "workers": workers,
                 "sessions": sessions,
                 "chunk_ms": chunk_samples / 16,
+                "server_cpu_ms_per_chunk": round(server_cpu / max(1, stats.received) * 1000, 3),
+                "server_cores_busy": round(server_cpu / wall, 2),
+                "load_generator_cores_busy": round(load_cpu / wall, 2),
                 "chunks_lost": stats.lost,
                 "chunks_reordered": stats.reordered,
                 "round_trip_ms_p50": round(percentile(stats.round_trip_ms, 50), 2),
@@ -86,7 +112,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--levels", type=int, nargs="+", default=[100, 200, 400, 800, 1600])
+    cores = os.cpu_count() or 1
+    levels = [250, 500, 750, 1000, 1250, 1500, 2000]
+    parser.add_argument("--levels", type=int, nargs="+", default=levels)
     parser.add_argument("--port", type=int, default=8769)
     parser.add_argument(
         "--chunk-samples",
@@ -96,6 +124,16 @@ def main() -> None:
         help="16 kHz samples a chunk: the seed's 4096 (256 ms), and 512 (32 ms) as "
         "browsers and phones send; smaller chunks run at the levels' message rates "
         "(a level of 800 sessions is 100 sessions of 32 ms chunks)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=sorted({1, cores}),
+        help="server processes (serve --workers) to measure, each on a fresh server",
+    )
+    parser.add_argument(
+        "--bus", default=REDIS_BUS, help="the Redis that several workers share (its events)"
     )
     args = parser.parse_args()
     url = f"ws://127.0.0.1:{args.port}/api/nova-sonic/stream"
@@ -109,47 +147,71 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait()
-    by_size = {
-        size: levels_on_a_fresh_server(args.port, args.levels, size) for size in args.chunk_samples
+    runs = {
+        (workers, size): levels_on_a_fresh_server(args.port, workers, args.bus, args.levels, size)
+        for workers in args.workers
+        for size in args.chunk_samples
     }
-    cores = os.cpu_count() or 1
+    by_workers = {
+        str(workers): {
+            str(size / 16): {
+                "real_time_sessions": real_time_sessions(levels),
+                "first_level_that_broke": next(
+                    (level["sessions"] for level in levels if not level["real_time"]), None
+                ),
+            }
+            for (each, size), levels in runs.items()
+            if each == workers
+        }
+        for workers in args.workers
+    }
+    seed_ms = str(SEED_CHUNK_SAMPLES / 16)
+    sessions = max(
+        (sizes[seed_ms]["real_time_sessions"] for sizes in by_workers.values() if seed_ms in sizes),
+        default=0,
+    )
     write_results(
         "capacity",
         {
             "start_up_seconds": round(start_up, 2),
             "memory_mb_per_local_session": round(local_mb, 2),
             "memory_mb_per_echo_session": round(echo_mb, 3),
-            "real_time_sessions": real_time_sessions(by_size[args.chunk_samples[0]]),
-            "real_time_sessions_per_core": real_time_sessions(by_size[args.chunk_samples[0]])
-            / cores,
-            "by_chunk_ms": {
-                str(size / 16): {
-                    "real_time_sessions": real_time_sessions(levels),
-                    "first_level_that_broke": next(
-                        (level["sessions"] for level in levels if not level["real_time"]), None
-                    ),
-                }
-                for size, levels in by_size.items()
-            },
+            "real_time_sessions": sessions,
+            "real_time_sessions_per_core": sessions / cores,
+            "by_workers": by_workers,
         },
-        levels=[level for levels in by_size.values() for level in levels],
+        levels=[level for levels in runs.values() for level in levels],
         seconds_per_level=LEVEL_SECONDS,
     )
 
 
 def levels_on_a_fresh_server(
-    port: int, levels: list[int], chunk_samples: int
+    port: int, workers: int, bus: str, levels: list[int], chunk_samples: int
 ) -> list[dict[str, Any]]:
-    """A server of its own for each chunk size: one that broke is still working off
-    its backlog (seconds of it), and the next size's first level would pay for it."""
-    server = start_server(port, *UNLIMITED)
+    """A server of its own for each run: one that broke is still working off its
+    backlog (seconds of it), and the next run's first level would pay for it."""
+    several = ("--workers", str(workers), "--bus", bus, "--bus-prefix", BUS_PREFIX)
+    server = start_server(port, *UNLIMITED, *(several if workers > 1 else ()))
     try:
         url = f"ws://127.0.0.1:{port}/api/nova-sonic/stream"
         asyncio.run(wait_ready(url))
-        return asyncio.run(real_time_levels(url, levels, chunk_samples))
+        quiet(server.pid)  # the first worker listens while the others still start
+        return asyncio.run(real_time_levels(url, server.pid, workers, levels, chunk_samples))
     finally:
         server.terminate()
         server.wait()
+
+
+def quiet(pid: int, within: float = 300.0) -> None:
+    """Waits until a server and its workers are idle (under a tenth of a core for a
+    second): all started, their models loaded and warmed up."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        before = tree_cpu_seconds(pid)
+        time.sleep(1.0)
+        if tree_cpu_seconds(pid) - before < 0.1:
+            return
+    raise TimeoutError(f"server {pid} still busy after {within:g} s")
 
 
 def real_time_sessions(levels: list[dict[str, Any]]) -> int:

@@ -13,15 +13,20 @@ import asyncio
 import base64
 import contextlib
 import json
-import time
 from dataclasses import dataclass, field
 
-import websockets
-
+from bench.lean_ws import LeanWebSocket, frame
 from bench.nova_overhead import marked_chunk, read_mark
 
 SEED_CHUNK_SAMPLES = 4096  # the second seed's chunk: 256 ms at 16 kHz
 DRAIN_SECONDS = 2.0  # after the last send, for the last echoes
+AUDIO_RESPONSE = b'"audio_response"'
+AUDIO_KEY = b'"audio":"'
+MARK_CHARS = 12  # base64 characters that hold the mark's 8 bytes (and one more)
+
+
+def encoded(mark: int, chunk_samples: int) -> str:
+    return base64.b64encode(marked_chunk(mark, chunk_samples)).decode()
 
 
 @dataclass
@@ -45,56 +50,79 @@ class EchoStats:
 
 
 async def echo_session(
-    url: str, index: int, sessions: int, seconds: float, chunk_samples: int, ready: asyncio.Barrier
+    url: str,
+    index: int,
+    sessions: int,
+    frames: list[bytes],
+    chunk_seconds: float,
+    ready: asyncio.Barrier,
 ) -> EchoStats:
-    chunk_seconds = chunk_samples / 16_000
+    """One session sending ``frames`` (chunk n's ``audio_chunk``, framed) in real time.
+
+    Sends are timer callbacks and replies are read in the protocol's callback: no
+    task wakes per chunk, so the load generator's own CPU stays small beside the
+    server's (they share the machine)."""
     stats = EchoStats(1, chunk_seconds)
-    sent_at: dict[int, float] = {}
-    count = int(seconds / chunk_seconds)
+    count = len(frames)
+    sent_at = [0.0] * count
+    ws = await LeanWebSocket.connect(url)
+    opening = {"type": "initialize", "engine": "echo", "userId": f"load-{index}"}
+    ws.send(json.dumps(opening).encode())
+    reply = json.loads(await ws.recv())
+    assert reply["type"] == "initialized", reply
+    loop = asyncio.get_running_loop()
     all_back = asyncio.Event()
-    async with websockets.connect(url, max_size=None) as ws:
-        await ws.send(
-            json.dumps({"type": "initialize", "engine": "echo", "userId": f"load-{index}"})
-        )
-        reply = json.loads(await ws.recv())
-        assert reply["type"] == "initialized", reply
+    expected = 0
 
-        async def read() -> None:
-            expected = 0
-            async for raw in ws:
-                message = json.loads(raw)
-                if message["type"] != "audio_response":
-                    continue
-                mark = read_mark(base64.b64decode(message["audio"]))
-                stats.round_trip_ms.append((time.monotonic() - sent_at[mark]) * 1000)
-                stats.received += 1
-                stats.reordered += mark != expected
-                expected = mark + 1
-                if stats.received == count:
-                    all_back.set()
+    def on_message(raw: bytes) -> None:
+        nonlocal expected
+        if AUDIO_RESPONSE not in raw:
+            return
+        at = raw.find(AUDIO_KEY) + len(AUDIO_KEY)
+        mark = read_mark(base64.b64decode(raw[at : at + MARK_CHARS]))
+        stats.round_trip_ms.append((loop.time() - sent_at[mark]) * 1000)
+        stats.received += 1
+        stats.reordered += mark != expected
+        expected = mark + 1
+        if stats.received == count:
+            all_back.set()
 
-        reader = asyncio.create_task(read())
-        await ready.wait()
-        start = time.monotonic() + index * chunk_seconds / sessions  # spread the sessions
-        for n in range(count):
-            await asyncio.sleep(max(0.0, start + n * chunk_seconds - time.monotonic()))
-            sent_at[n] = time.monotonic()
-            payload = base64.b64encode(marked_chunk(n, chunk_samples)).decode()
-            await ws.send(json.dumps({"type": "audio_chunk", "audio": payload}))
-            stats.sent += 1
-        with contextlib.suppress(TimeoutError):  # what is still missing then counts as lost
-            await asyncio.wait_for(all_back.wait(), DRAIN_SECONDS)
-        reader.cancel()
-        await ws.send(json.dumps({"type": "end_conversation"}))
+    ws.on_message = on_message
+    await ready.wait()
+    start = loop.time() + index * chunk_seconds / sessions  # spread the sessions
+    sent = loop.create_future()
+
+    def send(n: int) -> None:
+        sent_at[n] = loop.time()
+        ws.send_frame(frames[n])
+        stats.sent += 1
+        if n + 1 < count:
+            loop.call_at(start + (n + 1) * chunk_seconds, send, n + 1)
+        else:
+            sent.set_result(None)
+
+    loop.call_at(start, send, 0)
+    await sent
+    with contextlib.suppress(TimeoutError):  # what is still missing then counts as lost
+        await asyncio.wait_for(all_back.wait(), DRAIN_SECONDS)
+    ws.on_message = None
+    ws.send(json.dumps({"type": "end_conversation"}).encode())
+    await ws.close()
     return stats
 
 
 async def echo_load(
     url: str, sessions: int, seconds: float, chunk_samples: int = SEED_CHUNK_SAMPLES
 ) -> EchoStats:
+    chunk_seconds = chunk_samples / 16_000
+    # Encoded and framed once: every session sends the same marked chunks.
+    frames = [
+        frame(json.dumps({"type": "audio_chunk", "audio": encoded(n, chunk_samples)}).encode())
+        for n in range(int(seconds / chunk_seconds))
+    ]
     ready = asyncio.Barrier(sessions)
     results = await asyncio.gather(
-        *(echo_session(url, i, sessions, seconds, chunk_samples, ready) for i in range(sessions))
+        *(echo_session(url, i, sessions, frames, chunk_seconds, ready) for i in range(sessions))
     )
     total = EchoStats(sessions, chunk_samples / 16_000)
     for result in results:

@@ -84,6 +84,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and of its children alive now (a server's workers)."""
+    children = (
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    )
+    return cpu_seconds(pid) + sum(tree_cpu_seconds(child) for child in children)
+
+
 async def wait_ready(url: str, within: float = 120) -> None:
     deadline = time.monotonic() + within
     while True:

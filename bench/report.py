@@ -134,10 +134,11 @@ def summary() -> str:
             f"- Memory per session: {s['memory_mb_per_local_session']} MB (local engine), "
             f"{s['memory_mb_per_echo_session']} MB (gateway alone, echo engine)",
             *(
-                f"- Real-time sessions (echo engine, {chunk_ms} ms chunks): "
-                f"{size['real_time_sessions']}; first level that broke: "
-                f"{size['first_level_that_broke']}"
-                for chunk_ms, size in s["by_chunk_ms"].items()
+                f"- Real-time sessions (echo engine, {chunk_ms} ms chunks, {workers} server "
+                f"process{'es' if workers != '1' else ''}): {size['real_time_sessions']}; "
+                f"first level that broke: {size['first_level_that_broke']}"
+                for workers, sizes in s["by_workers"].items()
+                for chunk_ms, size in sizes.items()
             ),
             "",
         ]

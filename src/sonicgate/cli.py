@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +32,8 @@ from sonicgate.sessions.manager import check_node_id
 from sonicgate.store import AUDIO_STORE_FORMS, STORE_FORMS, check_store_url, parse_audio_store
 
 if TYPE_CHECKING:  # loaded only to serve: `models` commands start fast
+    from multiprocessing.synchronize import Event
+
     from sonicgate.engines.base import Engine
     from sonicgate.engines.local import LocalEngine
 
@@ -53,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_server_options(serve)
+    _add_node_options(serve)
     _add_storage_options(serve)
     _add_model_choice(serve)
     serve.add_argument(
@@ -100,13 +105,6 @@ def _add_server_options(serve: argparse.ArgumentParser) -> None:
         "session and turn ids",
     )
     serve.add_argument(
-        "--node-id",
-        type=_checked(check_node_id),
-        default=defaults.node_id,
-        help="this node's name (default: the host name); gateway nodes sharing a "
-        "PostgreSQL store need distinct ones",
-    )
-    serve.add_argument(
         "--stale-after",
         metavar="SECONDS",
         type=float,
@@ -126,6 +124,27 @@ def _add_server_options(serve: argparse.ArgumentParser) -> None:
         type=int,
         default=defaults.max_connections,
         help="WebSocket connections open at once on this node; more are refused with HTTP 503",
+    )
+
+
+def _add_node_options(serve: argparse.ArgumentParser) -> None:
+    defaults = Settings()
+    serve.add_argument(
+        "--node-id",
+        type=_checked(check_node_id),
+        default=defaults.node_id,
+        help="this node's name (default: the host name); gateway nodes sharing a "
+        "PostgreSQL store need distinct ones",
+    )
+    serve.add_argument(
+        "--workers",
+        metavar="N",
+        type=int,
+        default=1,
+        help="gateway processes sharing the port, each a node of its own (NODE-w0, "
+        "NODE-w1, ...): one process relays on one core, whatever the machine has. More "
+        "than one needs a shared bus (--bus redis://...). Each loads the local models: "
+        "for relaying to Nova Sonic or OpenAI, not for a local engine on few cores",
     )
 
 
@@ -502,6 +521,43 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.workers == 1:
+        return _serve_node(args)
+    from sonicgate.server.workers import Supervisor, check_port_free
+
+    logs.configure(args.log_level, args.log_format)
+    if args.workers < 1:
+        print("error: --workers must be 1 or more", file=sys.stderr)
+        return 1
+    if args.bus == "memory" or args.port == 0:
+        print(
+            "error: --workers above 1 needs a shared bus (--bus redis://...), so that "
+            "/api/events and the limits per client see every worker's sessions, and a "
+            "port other than 0",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        check_port_free(args.host, args.port)
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return Supervisor(partial(_serve_worker, args), args.workers, args.host, args.port).run()
+
+
+def _serve_worker(args: argparse.Namespace, index: int, sock: socket.socket, ready: Event) -> int:
+    from sonicgate.server.workers import worker_node_id
+
+    args = argparse.Namespace(**vars(args) | {"node_id": worker_node_id(args.node_id, index)})
+    return _serve_node(args, [sock], ready.set)
+
+
+def _serve_node(
+    args: argparse.Namespace,
+    sockets: list[socket.socket] | None = None,
+    on_ready: Callable[[], object] | None = None,
+) -> int:
+    """One gateway process; on ``sockets`` if given, else on its host and port."""
     from sonicgate.engines.local import LocalEngine
     from sonicgate.engines.local.turns import TurnOptions
     from sonicgate.server.access import AccessPolicy
@@ -526,7 +582,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     app = create_app(settings, _engines(args, local))
-    GracefulServer(server_config(app, settings), app.state.manager).run()
+    GracefulServer(server_config(app, settings), app.state.manager, on_ready).run(sockets)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -19,9 +20,21 @@ class GracefulServer(uvicorn.Server):
     """On SIGTERM or SIGINT, uvicorn closes every WebSocket before the app's own
     shutdown runs; this ends the sessions first: COMPLETED, the client told."""
 
-    def __init__(self, config: uvicorn.Config, manager: SessionManager) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        manager: SessionManager,
+        on_ready: Callable[[], object] | None = None,
+    ) -> None:
+        """``on_ready``: called once the server listens (a worker tells its supervisor)."""
         super().__init__(config)
         self.manager = manager
+        self._on_ready = on_ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self._on_ready is not None:
+            self._on_ready()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self.manager.shutdown()

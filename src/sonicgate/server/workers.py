@@ -1,0 +1,135 @@
+"""``serve --workers N``: N gateway processes on one port.
+
+One Python process relays on one core, whatever the machine has; workers, each
+with its own event loop, put the others to use. Each worker is a node of its
+own (``NODE-wK``) and shares the store and the bus as nodes do; the kernel
+spreads new connections over them (SO_REUSEPORT). They start one after
+another, so each measures its CPU threads and migrates the store on a machine
+the others do not load yet. One that dies is started again, and marks its
+lost sessions as a node restarting after a crash does.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+RESTART_SECONDS = 1.0  # before a worker that died is started again
+# A worker reports ready once it listens: loading the local models and measuring
+# their threads takes a minute on a slow machine.
+READY_SECONDS = 600.0
+
+# Runs in the worker: serve on the socket, call the event once listening, return
+# the exit code. Must be picklable (a module's function, or a partial of one).
+Worker = Callable[[int, socket.socket, Event], int]
+
+
+def worker_node_id(node_id: str, index: int) -> str:
+    return f"{node_id}-w{index}"
+
+
+def shared_socket(host: str, port: int) -> socket.socket:
+    """A socket on ``host:port`` that the other workers' sockets may bind too; the
+    kernel hands each new connection to one of them."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    return sock
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raises ``OSError`` if anything listens on ``host:port``: the workers' shared
+    sockets would otherwise join another gateway's (SO_REUSEPORT, same user)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
+
+
+def _run(worker: Worker, index: int, host: str, port: int, ready: Event) -> None:
+    # Alone in its process group: a terminal's Ctrl-C reaches the supervisor, which
+    # passes one SIGTERM on (a second signal would make uvicorn quit at once).
+    os.setpgrp()
+    raise SystemExit(worker(index, shared_socket(host, port), ready))
+
+
+class Supervisor:
+    def __init__(self, worker: Worker, count: int, host: str, port: int) -> None:
+        self._worker = worker
+        self._count = count
+        self._host = host
+        self._port = port
+        self._context = multiprocessing.get_context("spawn")  # no inherited loop or threads
+        self._workers: dict[int, BaseProcess] = {}
+        self._stopping = False
+
+    def run(self) -> int:
+        """Starts the workers, keeps them running until SIGTERM or SIGINT, then stops
+        them gracefully. 1 if a worker could not start."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._stop)
+        for index in range(self._count):
+            if not self._start(index, wait_ready=True):
+                failed = not self._stopping  # else stopped while starting: not a failure
+                self._stop(signal.SIGTERM, None)
+                self._join()
+                return 1 if failed else 0
+        log.info("%d workers listening on %s:%d", self._count, self._host, self._port)
+        while not self._stopping:
+            wait([process.sentinel for process in self._workers.values()])
+            for index, process in list(self._workers.items()):
+                if process.is_alive() or self._stopping:
+                    continue
+                log.error("worker %d exited (code %s): starting it again", index, process.exitcode)
+                time.sleep(RESTART_SECONDS)
+                self._start(index, wait_ready=False)
+        self._join()
+        return 0
+
+    def _start(self, index: int, wait_ready: bool) -> bool:
+        ready = self._context.Event()
+        process = self._context.Process(
+            target=_run,
+            args=(self._worker, index, self._host, self._port, ready),
+            name=f"sonicgate-worker-{index}",
+        )
+        process.start()
+        self._workers[index] = process
+        if not wait_ready:
+            return True
+        deadline = time.monotonic() + READY_SECONDS
+        while not ready.wait(0.2):
+            if not process.is_alive() or self._stopping or time.monotonic() > deadline:
+                log.error("worker %d did not start (exit code %s)", index, process.exitcode)
+                return False
+        return True
+
+    def _stop(self, signum: int, frame: FrameType | None) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("stopping %d workers (%s)", len(self._workers), signal.Signals(signum).name)
+        for process in self._workers.values():
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+
+    def _join(self) -> None:
+        for process in self._workers.values():
+            process.join()
