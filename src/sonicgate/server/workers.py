@@ -11,6 +11,7 @@ lost sessions as a node restarting after a crash does.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -25,6 +26,7 @@ from types import FrameType
 
 log = logging.getLogger(__name__)
 
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 RESTART_SECONDS = 1.0  # before a worker that died is started again
 # A worker reports ready once it listens: loading the local models and measuring
 # their threads takes a minute on a slow machine.
@@ -63,10 +65,15 @@ def check_port_free(host: str, port: int) -> None:
         probe.bind(address)
 
 
-def _run(worker: Worker, index: int, host: str, port: int, ready: Event) -> None:
+def _run(worker: Worker, index: int, host: str, port: int, ready: Event, supervisor: int) -> None:
     # Alone in its process group: a terminal's Ctrl-C reaches the supervisor, which
     # passes one SIGTERM on (a second signal would make uvicorn quit at once).
     os.setpgrp()
+    # A supervisor killed outright takes its workers along (gracefully): else they
+    # would hold the port, unsupervised.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before the line above
+        raise SystemExit(1)
     raise SystemExit(worker(index, shared_socket(host, port), ready))
 
 
@@ -107,7 +114,7 @@ class Supervisor:
         ready = self._context.Event()
         process = self._context.Process(
             target=_run,
-            args=(self._worker, index, self._host, self._port, ready),
+            args=(self._worker, index, self._host, self._port, ready, os.getpid()),
             name=f"sonicgate-worker-{index}",
         )
         process.start()
