@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import socket
@@ -582,6 +583,12 @@ def _serve_node(
         print(f"error: {exc}", file=sys.stderr)
         return 1
     app = create_app(settings, _engines(args, local))
+    # The models and modules loaded by now are some 220,000 objects that live as long as
+    # the process. Out of the collector's sight, a full collection no longer walks them:
+    # it took 150 ms on an EPYC, a stall of every session on this process at once. The
+    # garbage of start-up goes first, or it would be kept for good.
+    gc.collect()
+    gc.freeze()
     GracefulServer(server_config(app, settings), app.state.manager, on_ready).run(sockets)
     return 0
 
