@@ -35,21 +35,22 @@ import websockets
 
 from bench.echo_load import SEED_CHUNK_SAMPLES, echo_load
 from bench.harness import (
+    REDIS_BUS,
     UNLIMITED,
     cpu_seconds,
     percentile,
+    quiet,
     rss_mb,
     start_server,
     tree_cpu_seconds,
     wait_ready,
+    worker_options,
     write_results,
 )
 from bench.speech import silence
 
 LEVEL_SECONDS = 15.0
 SETTLE_SECONDS = 2.0
-REDIS_BUS = "redis://127.0.0.1:6379/0"
-BUS_PREFIX = "sonicgate-bench-capacity"
 
 
 async def memory_per_session(url: str, pid: int, engine: str, sessions: int) -> float:
@@ -190,8 +191,7 @@ def levels_on_a_fresh_server(
 ) -> list[dict[str, Any]]:
     """A server of its own for each run: one that broke is still working off its
     backlog (seconds of it), and the next run's first level would pay for it."""
-    several = ("--workers", str(workers), "--bus", bus, "--bus-prefix", BUS_PREFIX)
-    server = start_server(port, *UNLIMITED, *(several if workers > 1 else ()))
+    server = start_server(port, *UNLIMITED, *worker_options(workers, bus))
     try:
         url = f"ws://127.0.0.1:{port}/api/nova-sonic/stream"
         asyncio.run(wait_ready(url))
@@ -200,18 +200,6 @@ def levels_on_a_fresh_server(
     finally:
         server.terminate()
         server.wait()
-
-
-def quiet(pid: int, within: float = 300.0) -> None:
-    """Waits until a server and its workers are idle (under a tenth of a core for a
-    second): all started, their models loaded and warmed up."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        before = tree_cpu_seconds(pid)
-        time.sleep(1.0)
-        if tree_cpu_seconds(pid) - before < 0.1:
-            return
-    raise TimeoutError(f"server {pid} still busy after {within:g} s")
 
 
 def real_time_sessions(levels: list[dict[str, Any]]) -> int:

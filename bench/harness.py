@@ -94,6 +94,28 @@ def tree_cpu_seconds(pid: int) -> float:
     return cpu_seconds(pid) + sum(tree_cpu_seconds(child) for child in children)
 
 
+def quiet(pid: int, within: float = 300.0) -> None:
+    """Waits until a server and its workers are idle (under a tenth of a core for a
+    second): all started, their models loaded and warmed up."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        before = tree_cpu_seconds(pid)
+        time.sleep(1.0)
+        if tree_cpu_seconds(pid) - before < 0.1:
+            return
+    raise TimeoutError(f"server {pid} still busy after {within:g} s")
+
+
+REDIS_BUS = "redis://127.0.0.1:6379/0"
+
+
+def worker_options(workers: int, bus: str) -> tuple[str, ...]:
+    """``serve``'s options for ``workers`` processes (several share a Redis bus)."""
+    if workers == 1:
+        return ()
+    return ("--workers", str(workers), "--bus", bus, "--bus-prefix", "sonicgate-bench")
+
+
 async def wait_ready(url: str, within: float = 120) -> None:
     deadline = time.monotonic() + within
     while True:

@@ -30,7 +30,17 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from bench.harness import UNLIMITED, cpu_seconds, percentile, wait_ready, write_results
+from bench.harness import (
+    REDIS_BUS,
+    UNLIMITED,
+    cpu_seconds,
+    percentile,
+    quiet,
+    tree_cpu_seconds,
+    wait_ready,
+    worker_options,
+    write_results,
+)
 from bench.lean_ws import LeanWebSocket
 
 SEED_CHUNK_SAMPLES = 4096  # the second seed's recommendation: 256 ms at 16 kHz
@@ -120,6 +130,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--port", type=int, default=8767)
     parser.add_argument("--chunk-samples", type=int, default=SEED_CHUNK_SAMPLES)
+    parser.add_argument("--workers", type=int, default=1, help="server processes")
+    parser.add_argument("--bus", default=REDIS_BUS, help="the Redis that several workers share")
     args = parser.parse_args()
 
     ours, theirs = multiprocessing.Pipe()
@@ -131,20 +143,28 @@ def main() -> None:
         *("--engine", "nova-sonic", "--nova-fallback", "none", "--log-level", "warning"),
         *("--nova-endpoint", endpoint, "--nova-ca-file", ca_file),
         *UNLIMITED,
+        *worker_options(args.workers, args.bus),
     ]
     server = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"ws://127.0.0.1:{args.port}/api/nova-sonic/stream"
     levels: list[dict[str, Any]] = []
     try:
         asyncio.run(wait_ready(url))
+        quiet(server.pid)  # the first worker listens while the others still start
+        assert emulator.pid is not None
+        emulator_pid = emulator.pid
+
+        def cpu_used() -> tuple[float, float, float]:
+            """The server's (its workers too), the emulator's and this process's own."""
+            own = cpu_seconds(os.getpid())
+            return tree_cpu_seconds(server.pid), cpu_seconds(emulator_pid), own
+
         for level, sessions in enumerate(args.levels):
-            assert emulator.pid is not None
-            before = [cpu_seconds(pid) for pid in (server.pid, emulator.pid, os.getpid())]
+            before = cpu_used()
             wall_before = time.monotonic()
             sends = asyncio.run(load(url, sessions, args.seconds, level << 24, args.chunk_samples))
             cpu, emulator_cpu, load_cpu = (
-                cpu_seconds(pid) - used
-                for pid, used in zip((server.pid, emulator.pid, os.getpid()), before, strict=True)
+                after - used for after, used in zip(cpu_used(), before, strict=True)
             )
             wall = time.monotonic() - wall_before
             ours.send("report")
@@ -163,6 +183,7 @@ def main() -> None:
                 steady.remove(value)
             result = {
                 "sessions": sessions,
+                "workers": args.workers,
                 "chunks_sent": len(sends),
                 "chunks_arrived": len(added),
                 "added_ms_p50": round(percentile(added, 50), 3),
