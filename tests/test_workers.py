@@ -152,3 +152,15 @@ async def test_workers_stop_when_their_supervisor_is_killed(workers: Workers) ->
 
 def _alive(pids: list[int]) -> list[int]:
     return [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+
+
+def test_a_worker_that_cannot_start_stops_the_rest(
+    redis_url: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    port = str(free_port())
+    arguments = ["serve", "--workers", "2", "--bus", redis_url, "--port", port]
+    assert cli.main([*arguments, "--data-dir", str(tmp_path)]) == 1  # no models there
+    errors = capfd.readouterr().err
+    assert "run `make run`" in errors  # the worker's own error
+    assert "worker 0 did not start" in errors and "worker 1" not in errors
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the caller's handlers back

@@ -27,6 +27,7 @@ from types import FrameType
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 RESTART_SECONDS = 1.0  # before a worker that died is started again
 # A worker reports ready once it listens: loading the local models and measuring
 # their threads takes a minute on a slow machine.
@@ -90,8 +91,14 @@ class Supervisor:
     def run(self) -> int:
         """Starts the workers, keeps them running until SIGTERM or SIGINT, then stops
         them gracefully. 1 if a worker could not start."""
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._stop)
+        handlers = {signum: signal.signal(signum, self._stop) for signum in STOP_SIGNALS}
+        try:
+            return self._supervise()
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+
+    def _supervise(self) -> int:
         for index in range(self._count):
             if not self._start(index, wait_ready=True):
                 failed = not self._stopping  # else stopped while starting: not a failure
@@ -123,7 +130,9 @@ class Supervisor:
             return True
         deadline = time.monotonic() + READY_SECONDS
         while not ready.wait(0.2):
-            if not process.is_alive() or self._stopping or time.monotonic() > deadline:
+            if self._stopping:
+                return False
+            if not process.is_alive() or time.monotonic() > deadline:
                 log.error("worker %d did not start (exit code %s)", index, process.exitcode)
                 return False
         return True
