@@ -36,7 +36,14 @@ from sonicgate.events import (
     TranscriptFinal,
     TurnEnded,
 )
-from sonicgate.protocol.base import JsonObject, ProtocolError, SessionView, get_object, get_str
+from sonicgate.protocol.base import (
+    JsonObject,
+    ProtocolError,
+    SessionView,
+    get_base64,
+    get_object,
+    get_str,
+)
 
 RATE = 24_000
 # GA name -> beta name, for the events whose names changed.
@@ -88,11 +95,7 @@ class RealtimeDialect:
         if kind == "session.update":
             return self._session_update(get_object(message, "session"))
         if kind == "input_audio_buffer.append":
-            audio = get_str(message, "audio", required=True) or ""
-            try:
-                return AudioIn(data=pybase64.b64decode(audio, validate=True))
-            except ValueError as exc:
-                raise ProtocolError(ErrorCode.BAD_BASE64, "'audio' is not valid base64") from exc
+            return AudioIn(data=get_base64(message, "audio"))
         if kind == "input_audio_buffer.commit":
             return AudioIn(data=b"", end_of_turn=True)
         if kind == "conversation.item.create":
