@@ -16,17 +16,13 @@ import json
 from dataclasses import dataclass, field
 
 from bench.lean_ws import LeanWebSocket, frame
-from bench.nova_overhead import marked_chunk, read_mark
+from bench.nova_overhead import encoded_chunk, read_mark
 
 SEED_CHUNK_SAMPLES = 4096  # the second seed's chunk: 256 ms at 16 kHz
 DRAIN_SECONDS = 2.0  # after the last send, for the last echoes
 AUDIO_RESPONSE = b'"audio_response"'
 AUDIO_KEY = b'"audio":"'
 MARK_CHARS = 12  # base64 characters that hold the mark's 8 bytes (and one more)
-
-
-def encoded(mark: int, chunk_samples: int) -> str:
-    return base64.b64encode(marked_chunk(mark, chunk_samples)).decode()
 
 
 @dataclass
@@ -116,10 +112,11 @@ async def echo_load(
 ) -> EchoStats:
     chunk_seconds = chunk_samples / 16_000
     # Encoded and framed once: every session sends the same marked chunks.
-    frames = [
-        frame(json.dumps({"type": "audio_chunk", "audio": encoded(n, chunk_samples)}).encode())
+    messages = (
+        {"type": "audio_chunk", "audio": encoded_chunk(n, chunk_samples)}
         for n in range(int(seconds / chunk_seconds))
-    ]
+    )
+    frames = [frame(json.dumps(message).encode()) for message in messages]
     ready = asyncio.Barrier(sessions)
     results = await asyncio.gather(
         *(echo_session(url, i, sessions, frames, chunk_seconds, ready) for i in range(sessions))

@@ -53,6 +53,11 @@ def marked_chunk(counter: int, samples: int) -> bytes:
     return marks + bytes((samples - MARK_SAMPLES) * 2)
 
 
+def encoded_chunk(counter: int, samples: int) -> str:
+    """``marked_chunk`` as an ``audio_chunk`` carries it: base64."""
+    return base64.b64encode(marked_chunk(counter, samples)).decode()
+
+
 def read_mark(pcm: bytes) -> int:
     return sum(int.from_bytes(pcm[2 * i : 2 * i + 2], "little") << (8 * i) for i in range(4))
 
@@ -109,7 +114,7 @@ async def load(
         for n in range(count):
             await asyncio.sleep(max(0.0, start + n * chunk_seconds - time.monotonic()))
             mark = base + index * count + n
-            payload = base64.b64encode(marked_chunk(mark, chunk_samples)).decode()
+            payload = encoded_chunk(mark, chunk_samples)
             sends[mark] = time.monotonic()
             ws.send(json.dumps({"type": "audio_chunk", "audio": payload}).encode())
         await asyncio.sleep(0.5)  # the last chunks reach the emulator

@@ -45,25 +45,29 @@ def worker_node_id(node_id: str, index: int) -> str:
 def shared_socket(host: str, port: int) -> socket.socket:
     """A socket on ``host:port`` that the other workers' sockets may bind too; the
     kernel hands each new connection to one of them."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(address)
-    return sock
+    return _bound(host, port, shared=True)
 
 
 def check_port_free(host: str, port: int) -> None:
     """Raises ``OSError`` if anything listens on ``host:port``: the workers' shared
     sockets would otherwise join another gateway's (SO_REUSEPORT, same user)."""
+    _bound(host, port, shared=False).close()
+
+
+def _bound(host: str, port: int, shared: bool) -> socket.socket:
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind(address)
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _run(worker: Worker, index: int, host: str, port: int, ready: Event, supervisor: int) -> None:
