@@ -22,6 +22,7 @@ from sonicgate import models
 from sonicgate.config import default_data_dir
 from sonicgate.engines.base import EngineConfig
 from sonicgate.engines.local import stt as whisper
+from sonicgate.engines.local import threads
 from sonicgate.engines.local.cpu import Cpu
 from sonicgate.engines.local.llm import ChatModel, SavedStates
 from sonicgate.engines.local.stt import Transcriber, tuned, unlooped
@@ -590,9 +591,10 @@ def whisper_timed_as(
     the real timing is not kept, by design, which these tests are not about); its cache
     under ``tmp_path``, whose file this returns."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(threads, "PROC_STAT", tmp_path / "absent")  # no other work seen
     monkeypatch.setattr(whisper, "read_cpu", lambda: Cpu("test", 2, frozenset()))
     monkeypatch.setattr(whisper, "_seconds", lambda transcriber: seconds[transcriber.threads])
-    return tmp_path / "sonicgate" / "stt-threads.v2.json"
+    return tmp_path / "sonicgate" / "stt-threads.v3.json"
 
 
 @pytest.mark.models

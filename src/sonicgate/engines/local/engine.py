@@ -137,9 +137,9 @@ class LocalEngine:
         chosen = tuple(name for kind, name in paths.names.items() if kind is not Kind.TURN)
         log.info("loading local models %s from %s", ", ".join(chosen), data_dir)
         llm_runs = RunCheck(paths.llm)  # a CPU it cannot run on: one clear error, not SIGILL
-        vad, stt = SileroVad(paths.vad), tuned(paths.stt)
-        tts = load_synthesizer(paths.names[Kind.TTS], paths.tts)
+        vad, tts = SileroVad(paths.vad), load_synthesizer(paths.names[Kind.TTS], paths.tts)
         llm_runs.result()
+        stt = tuned(paths.stt)  # timed with the check's process gone: see threads.OtherWork
         # llama.cpp's OpenMP keeps a team of threads for each thread that runs the model;
         # with more of them than cores, they wait for work asleep, not spinning: a token
         # took 41-43 ms from the engine's LLM thread once the model had also run on the

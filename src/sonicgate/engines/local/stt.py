@@ -131,23 +131,29 @@ def _samples(pcm: bytes) -> NDArray[np.float32]:
 
 def tuned(model_dir: Path) -> Transcriber:
     """A transcriber on as many threads as pay here: timed once per machine and model
-    (about a second), then read from ``~/.cache/sonicgate/stt-threads.v2.json``, kept the
+    (about a second), then read from ``~/.cache/sonicgate/stt-threads.v3.json``, kept the
     way the LLM's counts are (``threads``)."""
     key = cache_key(model_dir)
     kept = threads.read_kept(KIND, key)
     if isinstance(kept, dict) and isinstance(kept.get("threads"), int):
         return Transcriber(model_dir, kept["threads"])
     timed = {n: Transcriber(model_dir, n) for n in threads.counts(read_cpu().cores)}
-    seconds = {n: _seconds(transcriber) for n, transcriber in timed.items()}
+    with threads.OtherWork() as other:
+        seconds = {n: _seconds(transcriber) for n, transcriber in timed.items()}
     # More threads must clearly pay: the turn detector and a reply's TTS want a core too.
     best = min(seconds, key=lambda n: seconds[n] * (1 if n == 1 else STT_SPEEDUP))
     timings = ", ".join(f"{n} thread{'s' * (n > 1)} {s * 1000:.0f} ms" for n, s in seconds.items())
-    if all(s * threads.QUIET_RATIO <= seconds[1] for s in seconds.values()):
+    # More threads over a quarter slower than one: other work had the cores.
+    slowed = any(s * threads.QUIET_RATIO > seconds[1] for s in seconds.values())
+    if not slowed and other.cores <= threads.OTHER_WORK_CORES:
         threads.keep(KIND, key, {"threads": best, "seconds": seconds})
         log.info("stt threads: %d (a 2 s utterance: %s)", best, timings)
-    else:  # more threads over a quarter slower than one: other work had the cores
+    else:
         log.warning(
-            "stt threads: other work slowed the timing (%s); timed again next start", timings
+            "stt threads: other work took %.2f of a core during the timing (%s); "
+            "timed again next start",
+            other.cores,
+            timings,
         )
     return timed[best]
 
