@@ -77,7 +77,7 @@ async def test_the_keep_alive_goes_on_after_any_error(
         registry=StoreRegistry(store),
         bus=MemoryBus(),
         audio=FileAudioStore(tmp_path / "audio"),
-        metrics=GatewayMetrics(lambda: 0),
+        metrics=GatewayMetrics(),
     )
     renewals = 0
     third = asyncio.Event()

@@ -68,6 +68,17 @@ class Workers:
         pids = [int(pid) for pid in children.read_text().split()]
         return [pid for pid in pids if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
+    async def scraped(self, name: str, times: int = 6) -> set[float]:
+        """``name``'s value at each of ``times`` scrapes, each on a connection of its own
+        (so the kernel hands them to either worker)."""
+        values = set()
+        for _ in range(times):
+            async with httpx.AsyncClient() as http:
+                text = (await http.get(f"http://127.0.0.1:{self.port}/metrics")).text
+            lines = [line for line in text.splitlines() if line.startswith(name)]
+            values |= {float(line.split()[-1]) for line in lines}
+        return values
+
     async def connections_by_node(self) -> dict[str, int]:
         async with httpx.AsyncClient() as http:
             reply = await http.get(f"http://127.0.0.1:{self.port}/api/nova-sonic/status")
@@ -104,6 +115,9 @@ async def test_workers_share_the_port_and_stop_gracefully(
         await client.initialize(userId=f"user-{index}")
         clients.append(client)
     assert set(await workers.connections_by_node()) == {"gw-w0", "gw-w1"}
+    # Whichever worker a scrape reaches, it counts every worker's.
+    assert await workers.scraped("sonicgate_active_sessions ") == {16.0}
+    assert await workers.scraped("sonicgate_active_connections ") == {16.0}
     await clients[0].send({"type": "text_message", "text": "hello there"})
     assert (await clients[0].final_reply())[0]["text"] == "hello there"
 
@@ -118,6 +132,7 @@ async def test_workers_share_the_port_and_stop_gracefully(
 
     survivors = [client for client in clients if not await _dropped(client)]
     assert 0 < len(survivors) < len(clients)  # the other worker's sessions go on
+    assert await workers.scraped("sonicgate_active_sessions ") == {float(len(survivors))}
     pids = workers.worker_pids()
     workers.process.send_signal(signal.SIGTERM)
     for client in survivors:  # each ends its session and tells its clients

@@ -3,31 +3,68 @@
 One ``GatewayMetrics`` per application (its own registry, so several apps in
 one process, as in tests, do not mix). Live sessions feed it every engine
 event; connections feed it the errors they answer.
+
+``serve --workers`` runs its workers inside ``shared_between_processes``: each
+writes its figures to files in one directory (prometheus_client's multiprocess
+mode), and whichever worker a scrape reaches renders them all, summed.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from sonicgate.events import AudioOut, EngineEvent, Error, Metrics, TurnEnded, Usage
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds from the end of user speech: the interesting range is 0.1 to 3 s.
 STAGE_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
+# prometheus_client reads it when first imported: set before the processes start.
+SHARED_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextmanager
+def shared_between_processes() -> Iterator[None]:
+    """The processes started inside write their metrics to one directory (removed
+    at the end), and each renders everyone's."""
+    directory = tempfile.mkdtemp(prefix="sonicgate-metrics-")
+    os.environ[SHARED_DIR] = directory
+    try:
+        yield
+    finally:
+        del os.environ[SHARED_DIR]
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def process_ended(pid: int) -> None:
+    """A process of ``shared_between_processes`` is gone: its gauges stop counting;
+    what its counters counted stays in the totals."""
+    mark_process_dead(pid, os.environ[SHARED_DIR])  # type: ignore[no-untyped-call]
 
 
 class GatewayMetrics:
-    def __init__(self, live_sessions: Callable[[], int]) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        sessions = Gauge(
-            "sonicgate_active_sessions", "Live sessions on this node.", registry=self.registry
+        self._shared = os.environ.get(SHARED_DIR)
+        # Gauges summed over the live processes when shared ("livesum").
+        self.sessions = Gauge(
+            "sonicgate_active_sessions",
+            "Live sessions on this node (with --workers, on all of them).",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
-        sessions.set_function(live_sessions)
         self.connections = Gauge(
-            "sonicgate_active_connections", "Open client WebSockets.", registry=self.registry
+            "sonicgate_active_connections",
+            "Open client WebSockets.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.turns = Counter(
             "sonicgate_turns", "Answered turns.", ["engine", "interrupted"], registry=self.registry
@@ -92,4 +129,8 @@ class GatewayMetrics:
         return self.audio.labels(engine, direction)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self._shared is None:
+            return generate_latest(self.registry)
+        everyone = CollectorRegistry()
+        MultiProcessCollector(everyone, self._shared)  # type: ignore[no-untyped-call]
+        return generate_latest(everyone)

@@ -99,7 +99,7 @@ class Gateway:
         self.store = make_store(settings)
         # A node's connections outlive it as long as its sessions are taken to.
         self.registry = open_registry(settings, self.store, ttl_seconds=limits.node_silence_seconds)
-        self.metrics = GatewayMetrics(lambda: len(self.manager.live))
+        self.metrics = GatewayMetrics()
         self.services = Services(
             store=self.store,
             registry=self.registry,

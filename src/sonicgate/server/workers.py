@@ -24,6 +24,8 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
 from types import FrameType
 
+from sonicgate import metrics
+
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
@@ -97,7 +99,8 @@ class Supervisor:
         them gracefully. 1 if a worker could not start."""
         handlers = {signum: signal.signal(signum, self._stop) for signum in STOP_SIGNALS}
         try:
-            return self._supervise()
+            with metrics.shared_between_processes():  # a scrape of any worker sums all
+                return self._supervise()
         finally:
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
@@ -116,6 +119,8 @@ class Supervisor:
                 if process.is_alive() or self._stopping:
                     continue
                 log.error("worker %d exited (code %s): starting it again", index, process.exitcode)
+                if process.pid is not None:
+                    metrics.process_ended(process.pid)
                 time.sleep(RESTART_SECONDS)
                 self._start(index, wait_ready=False)
         self._join()

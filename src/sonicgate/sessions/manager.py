@@ -167,6 +167,7 @@ class SessionManager:
             max_turn_seconds=self.limits.max_turn_audio_seconds,
         )
         self.live[record.sessionId] = live
+        self.services.metrics.sessions.set(len(self.live))
         await live.replay(turn_audio)
         await self._announce(record, resumed)
         return live
@@ -269,6 +270,7 @@ class SessionManager:
     async def close(self, live: LiveSession, status: SessionStatus | None) -> None:
         if self.live.get(live.session_id) is live:
             del self.live[live.session_id]
+            self.services.metrics.sessions.set(len(self.live))
             await self.slots.release(live.client, live.session_id)
         await live.close(status)
 
