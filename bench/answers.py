@@ -10,8 +10,10 @@ what the user has not said must be answered as such, not made up. A reply is
 right when it holds every expected word (any of its spellings; numbers match
 as digits or words), speakable when it has no markdown, code, list, link or
 emoji. Candidates (model x system prompt) run side by side; a model needs a
-server of its own, a prompt goes in ``initialize``. Writes
-``bench/results/answers.json``.
+server of its own, a prompt goes in ``initialize``. Then the single questions
+again, all in one conversation, each reply graded: does a small model stay
+right with a long history before it (``one_conversation_right_percent``)?
+Writes ``bench/results/answers.json``.
 
     python -m bench.answers                  # every model with every prompt
     python -m bench.answers --llm qwen2.5-coder-0.5b-instruct-q4_k_m --prompt default
@@ -21,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import statistics
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +60,8 @@ def ask(topic: str, question: str, *need: str, wrong: tuple[str, ...] = ()) -> I
 def follow(told: str, question: str, *need: str, wrong: tuple[str, ...] = ()) -> Item:
     return Item("follow-up", (told, question), need, wrong)
 
+
+NOT_TOLD = "not told"  # questions about what the user never said
 
 ITEMS = (
     ask("arithmetic", "What is ten plus five?", "15"),
@@ -137,8 +143,8 @@ ITEMS = (
         ("ada", "30"),
     ),
     # Not told: the reply must say so, not make something up (or repeat a prompt's example).
-    ask("not told", "What is my name?", "told|know"),
-    ask("not told", "Where do I live?", "told|know"),
+    ask(NOT_TOLD, "What is my name?", "told|know"),
+    ask(NOT_TOLD, "Where do I live?", "told|know"),
     # Written after the system prompt was chosen, to check that it was not fitted to the
     # questions above: the 0.5B gets 9 of these 19 right, against 56 of the 71 above.
     ask("arithmetic", "What is eighty minus twenty-six?", "54"),
@@ -158,8 +164,8 @@ ITEMS = (
     follow("I had twenty dollars and spent five.", "How much money do I have left?", "15"),
     follow("My cat is called Luna.", "What is my cat's name?", "luna"),
     follow("I work as a nurse.", "What is my job?", "nurse"),
-    ask("not told", "How old am I?", "told|know"),
-    ask("not told", "What is my favourite food?", "told|know"),
+    ask(NOT_TOLD, "How old am I?", "told|know"),
+    ask(NOT_TOLD, "What is my favourite food?", "told|know"),
 )
 
 # System prompts to compare: the engine's own (rules and worked examples), and the
@@ -255,23 +261,45 @@ def unspeakable(reply: str) -> list[str]:
     return sorted({found.group().strip() for found in UNSPEAKABLE.finditer(reply)})
 
 
-async def converse(url: str, item: Item, prompt: str) -> dict[str, Any]:
-    """One conversation: every line typed in turn, each reply read whole."""
+@contextlib.asynccontextmanager
+async def conversation(
+    url: str, prompt: str
+) -> AsyncIterator[tuple[websockets.ClientConnection, dict[str, Any]]]:
+    """A text-only conversation under ``prompt``: the socket, and its ``initialized``."""
     async with websockets.connect(url, max_size=None) as ws:
         start = {"type": "initialize", "userId": "bench", "textOnly": True, "systemPrompt": prompt}
         await ws.send(json.dumps(start))
         ready = json.loads(await ws.recv())
         assert ready["type"] == "initialized", ready
-        replies = [await reply(ws, line) for line in item.lines]
+        yield ws, ready
         await ws.send(json.dumps({"type": "end_conversation"}))
-    last = replies[-1]["text"]
+
+
+async def converse(url: str, item: Item, prompt: str) -> dict[str, Any]:
+    """One conversation: every line typed in turn, each reply read whole."""
+    async with conversation(url, prompt) as (ws, ready):
+        replies = [await reply(ws, line) for line in item.lines]
+    return graded(item, replies, ready["capabilities"]["models"])
+
+
+async def one_conversation(url: str, prompt: str) -> list[dict[str, Any]]:
+    """The single questions one after another in one conversation, each reply graded."""
+    async with conversation(url, prompt) as (ws, ready):
+        return [
+            graded(item, [await reply(ws, item.lines[0])], ready["capabilities"]["models"])
+            for item in ITEMS
+            if len(item.lines) == 1 and item.topic != NOT_TOLD  # earlier turns may tell
+        ]
+
+
+def graded(item: Item, replies: list[dict[str, Any]], model: Any) -> dict[str, Any]:
     return {
         "topic": item.topic,
         "lines": list(item.lines),
         "need": list(item.need),
-        "right": grade(item, last),
+        "right": grade(item, replies[-1]["text"]),
         "replies": replies,
-        "model": ready["capabilities"]["models"],
+        "model": model,
     }
 
 
@@ -314,11 +342,10 @@ async def run_candidate(url: str, prompt: str) -> list[dict[str, Any]]:
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     replies = [r for result in results for r in result["replies"]]
-    right = [result["right"] for result in results]
     follow_ups = [result["right"] for result in results if result["topic"] == "follow-up"]
     return {
         "items": len(results),
-        "right_percent": round(100 * statistics.fmean(right), 1),
+        "right_percent": percent_right(results),
         "follow_ups_right_percent": round(100 * statistics.fmean(follow_ups), 1),
         "replies": len(replies),
         "median_reply_words": statistics.median(r["words"] for r in replies),
@@ -328,6 +355,10 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
             for stage in ("first_token_s", "first_piece_s", "reply_s")
         },
     }
+
+
+def percent_right(results: list[dict[str, Any]]) -> float:
+    return round(100 * statistics.fmean(result["right"] for result in results), 1)
 
 
 def measure_model(llm: str, prompts: list[str], port: int) -> list[dict[str, Any]]:
@@ -341,9 +372,18 @@ def measure_model(llm: str, prompts: list[str], port: int) -> list[dict[str, Any
         for name in prompts:
             print(f"==> {llm} with the {name!r} prompt", file=sys.stderr)
             results = asyncio.run(run_candidate(url, PROMPTS[name]))
-            summary = {"llm": llm, "prompt": name, "temperature": TEMPERATURE, **summarize(results)}
+            together = asyncio.run(one_conversation(url, PROMPTS[name]))
+            summary = {
+                "llm": llm,
+                "prompt": name,
+                "temperature": TEMPERATURE,
+                **summarize(results),
+                "one_conversation_right_percent": percent_right(together),
+            }
             print(json.dumps(summary), file=sys.stderr)
-            candidates.append({"summary": summary, "results": results})
+            candidates.append(
+                {"summary": summary, "results": results, "one_conversation": together}
+            )
         return candidates
     finally:
         server.terminate()
@@ -373,6 +413,10 @@ def main() -> None:
         prompts={name: PROMPTS[name] for name in args.prompt},
         results={
             f"{c['summary']['llm']} / {c['summary']['prompt']}": c["results"] for c in candidates
+        },
+        one_conversation={
+            f"{c['summary']['llm']} / {c['summary']['prompt']}": c["one_conversation"]
+            for c in candidates
         },
     )
 

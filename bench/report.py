@@ -259,12 +259,14 @@ def answers() -> list[str]:
         f"median {s['median_reply_words']:g} words, {s['replies_unspeakable']} unspeakable "
         "(goal ≥ 90 %, ≤ 25 words, none).",
         "",
-        "| model | prompt | right % | follow-ups right % | median words | unspeakable "
-        "| first token p50 (s) | first piece p50 (s) | reply p50 (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | prompt | right % | follow-ups right % | in one conversation right % "
+        "| median words | unspeakable | first token p50 (s) | first piece p50 (s) "
+        "| reply p50 (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *(
             f"| {c['llm']} | {c['prompt']} | {c['right_percent']:.0f} "
-            f"| {c['follow_ups_right_percent']:.0f} | {c['median_reply_words']:g} "
+            f"| {c['follow_ups_right_percent']:.0f} "
+            f"| {c['one_conversation_right_percent']:.0f} | {c['median_reply_words']:g} "
             f"| {c['replies_unspeakable']} | {c['first_token_s_p50']:.2f} "
             f"| {c['first_piece_s_p50']:.2f} | {c['reply_s_p50']:.2f} |"
             for c in run["candidates"]
