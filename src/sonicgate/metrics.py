@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
@@ -28,13 +29,19 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STAGE_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
 # prometheus_client reads it when first imported: set before the processes start.
 SHARED_DIR = "PROMETHEUS_MULTIPROC_DIR"
+SHARED_PREFIX = "sonicgate-metrics-"  # then the owner's pid: see shared_between_processes
 
 
 @contextmanager
 def shared_between_processes() -> Iterator[None]:
     """The processes started inside write their metrics to one directory (removed
-    at the end), and each renders everyone's."""
-    directory = tempfile.mkdtemp(prefix="sonicgate-metrics-")
+    at the end), and each renders everyone's. Directories left by a caller killed
+    outright (named by its pid) are removed first."""
+    for stale in Path(tempfile.gettempdir()).glob(f"{SHARED_PREFIX}*"):
+        owner = stale.name.removeprefix(SHARED_PREFIX).partition("-")[0]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            shutil.rmtree(stale, ignore_errors=True)
+    directory = tempfile.mkdtemp(prefix=f"{SHARED_PREFIX}{os.getpid()}-")
     os.environ[SHARED_DIR] = directory
     try:
         yield
