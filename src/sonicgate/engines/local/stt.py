@@ -143,9 +143,7 @@ def tuned(model_dir: Path) -> Transcriber:
     # More threads must clearly pay: the turn detector and a reply's TTS want a core too.
     best = min(seconds, key=lambda n: seconds[n] * (1 if n == 1 else STT_SPEEDUP))
     timings = ", ".join(f"{n} thread{'s' * (n > 1)} {s * 1000:.0f} ms" for n, s in seconds.items())
-    # More threads over a quarter slower than one: other work had the cores.
-    slowed = any(s * threads.QUIET_RATIO > seconds[1] for s in seconds.values())
-    if not slowed and other.cores <= threads.OTHER_WORK_CORES:
+    if not threads.disturbed({n: 1 / s for n, s in seconds.items()}, other.cores):
         threads.keep(KIND, key, {"threads": best, "seconds": seconds})
         log.info("stt threads: %d (a 2 s utterance: %s)", best, timings)
     else:

@@ -188,12 +188,17 @@ def fastest(
 
 
 def busy(timing: Timing) -> bool:
-    """Whether other work ran during the measurement: it took cores (``OtherWork``), or
-    more threads read a prompt (batched, compute-bound) clearly slower than one, as
-    they do when they wait for cores taken by others."""
-    speeds = timing.speeds
-    slowed = any(speed.prompt < speeds[1].prompt * QUIET_RATIO for speed in speeds.values())
-    return slowed or timing.other_cores > OTHER_WORK_CORES
+    """Whether other work ran while the model was timed (reading a prompt is batched)."""
+    prompt = {n: speed.prompt for n, speed in timing.speeds.items()}
+    return disturbed(prompt, timing.other_cores)
+
+
+def disturbed(rates: dict[int, float], other_cores: float) -> bool:
+    """Whether other work ran during a timing: it took cores (``OtherWork``), or more
+    threads did batched, compute-bound work (``rates``, by thread count) clearly slower
+    than one, as they do when they wait for cores taken by others."""
+    slowed = any(rate < rates[1] * QUIET_RATIO for rate in rates.values())
+    return slowed or other_cores > OTHER_WORK_CORES
 
 
 def counts(cores: int) -> list[int]:
