@@ -1,5 +1,6 @@
 """The talk page in a real browser: Debian's Chromium driven by Playwright, with a
-fake microphone that plays a WAV file the test speaks with espeak-ng."""
+fake microphone that plays a WAV file the test speaks (espeak-ng, or hibari where
+the words must be heard exactly)."""
 
 from __future__ import annotations
 
@@ -98,7 +99,9 @@ async def local(make_uvicorn: ServerFactory, local_models: LocalModels) -> Runni
 async def test_spoken_question_is_transcribed_and_the_reply_plays(
     local: RunningServer, tmp_path: Path
 ) -> None:
-    wav = microphone(tmp_path / "mic.wav", silence(1), speak("What is the capital of France?"))
+    # In hibari's voice: Whisper tiny.en hears espeak-ng's "France" as "friends" in some
+    # cuts of the utterance, and the model then answers another question.
+    wav = microphone(tmp_path / "mic.wav", silence(1), natural("What is the capital of France?"))
     async with chromium(wav) as browser:
         page = await open_page(browser, local.url)
         await page.click("#talk")
@@ -113,7 +116,7 @@ async def test_spoken_question_is_transcribed_and_the_reply_plays(
     assert state["captureRate"] == 16_000 and state["chunkSamples"] == 640
     assert state["partials"], "no partial transcript was shown while speaking"
     assert "capital" in state["transcripts"][0].lower(), state["transcripts"]
-    assert "paris" in state["replies"][0].lower(), state["replies"]
+    assert "paris" in state["replies"][0].lower(), (state["transcripts"], state["replies"])
     assert state["peak"] > 0.05, "the reply was scheduled but nothing audible played"
     assert 0 < state["latencies"][0] < 30
     assert "capital" in history.lower() and "first audio" in history

@@ -20,6 +20,7 @@ import json
 import time
 import uuid
 from collections import deque
+from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
@@ -128,9 +129,8 @@ class Phone:
         await self.send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
         await self.send_event("start", start=self.start_fields())
         self._tasks = [
-            asyncio.create_task(self._microphone()),
-            asyncio.create_task(self._listen()),
-            asyncio.create_task(self._speaker()),
+            asyncio.create_task(_until_hung_up(line()))
+            for line in (self._microphone, self._listen, self._speaker)
         ]
 
     def start_fields(self) -> dict[str, Any]:
@@ -246,3 +246,10 @@ class Phone:
         self.echoed.append(name)
         self.changed.set()
         await self.send_event("mark", mark={"name": name})
+
+
+async def _until_hung_up(line: Coroutine[Any, Any, None]) -> None:
+    """The phone's side of the line runs until the gateway closes the stream, as a
+    gateway that refuses a call does: then it goes quiet, as a real phone would."""
+    with contextlib.suppress(websockets.ConnectionClosed):
+        await line
