@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -21,8 +22,8 @@ from sonicgate.domain import History, Message, Role
 from sonicgate.engines.aws import AwsCredentials
 from sonicgate.engines.base import EngineConfig, EngineError
 from sonicgate.engines.fallback import FallbackEngine
+from sonicgate.engines.nova_sonic import crt_writer, grammar
 from sonicgate.engines.nova_sonic import engine as nova_engine
-from sonicgate.engines.nova_sonic import grammar
 from sonicgate.engines.nova_sonic.client import (
     NovaStreamError,
     crt_transport,
@@ -249,6 +250,25 @@ async def test_a_throttled_stream_continues_on_the_fallback(emulator: NovaEmulat
     [notice] = await until(events, Error)
     await session.close()
     assert notice.code == "engine_fallback" and "throttl" in notice.message.lower()
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+async def test_a_stream_the_service_ended_leaves_no_traceback(
+    emulator: NovaEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """awscrt's request writer fails on a stream the service ended first (see
+    crt_writer): the client has been told, so it goes to the debug log only."""
+    caplog.set_level(logging.DEBUG, logger=crt_writer.__name__)
+    emulator.script = [Turn("Hi", "Hello", fail=Failure(exception="throttlingException"))]
+    session = await nova(emulator).start(EngineConfig(credentials=CREDENTIALS))
+    events = session.events()
+    await say(session, speech() + quiet(0.6))
+    await until(events, Error)
+    await session.close()
+    del session, events
+    gc.collect()
+    assert "request writer ended on a completed stream" in caplog.text
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 
 async def test_seed_clients_talk_to_nova_through_sonicgate(

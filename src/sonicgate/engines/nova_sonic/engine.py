@@ -38,6 +38,7 @@ from sonicgate.engines.nova_sonic.client import (
     receive_events,
     send_event,
 )
+from sonicgate.engines.nova_sonic.crt_writer import quiet_writer_ends
 from sonicgate.engines.nova_sonic.grammar import NovaEvent, OutputMapper, ToolUse
 from sonicgate.engines.nova_sonic.nodelay import disable_nagle
 from sonicgate.engines.nova_sonic.settings import (
@@ -81,6 +82,7 @@ class NovaSonicEngine:
     def __init__(self, settings: NovaSettings, tools: Sequence[Tool] = ()) -> None:
         self.settings = settings
         self.tools = {tool.name: tool for tool in tools}
+        quiet_writer_ends()
 
     def capabilities(self) -> Capabilities:
         model = self.settings.model_id
@@ -400,11 +402,17 @@ class NovaSession(BaseEngineSession):
         self.emit(event)
 
     async def _failed(self, code: ErrorCode, message: str) -> None:
-        if self.closed or self._stream is None:
+        stream = self._stream
+        if self.closed or stream is None:
             return
         log.warning("Nova Sonic stream failed: %s: %s", code, message)
         self._stream = None
         self.emit(Error(code, f"Nova Sonic: {message}", fatal=True))
+        # Our side ends too, so that the SDK's writer for it finishes (see crt_writer)
+        # rather than wait for input until the process ends.
+        with contextlib.suppress(NovaStreamError, TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await close_stream(stream.raw)
 
     # Tools -------------------------------------------------------------------
 

@@ -1,0 +1,56 @@
+"""Quiet for one known awscrt failure (aws-crt-python#762, open in awscrt 0.32).
+
+When the service ends a bidirectional stream first (it refused or throttled it,
+or it broke), awscrt's HTTP/2 request writer still writes its end of stream on
+the way out. That write raises ``AWS_ERROR_HTTP_STREAM_HAS_COMPLETED``, and the
+error surfaces as "Task exception was never retrieved" or "Exception ignored in
+coroutine", a traceback each time. The stream's own outcome has already reached
+the client as a protocol-shaped error, so this says nothing new: it goes to the
+debug log instead. Any other error passes through untouched.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+WRITER = "AIOHttp2ClientStream._set_request_body_generator"
+COMPLETED = "AWS_ERROR_HTTP_STREAM_HAS_COMPLETED"
+
+
+def _is_writer_end(error: BaseException | None, coroutine: object) -> bool:
+    """Whether ``error``, raised by ``coroutine``, is the writer's end-of-stream write."""
+    name = getattr(coroutine, "__qualname__", "")
+    return isinstance(error, RuntimeError) and COMPLETED in str(error) and name == WRITER
+
+
+class _WriterTaskFilter(logging.Filter):
+    """asyncio's "Task exception was never retrieved", for the writer's task."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and WRITER in record.getMessage() and COMPLETED in str(error):
+            log.debug("awscrt's request writer ended on a completed stream")
+            return False
+        return True
+
+
+def _unraisable_hook(previous: Any) -> Any:
+    def hook(unraisable: Any) -> None:
+        if _is_writer_end(unraisable.exc_value, unraisable.object):
+            log.debug("awscrt's request writer ended on a completed stream")
+            return
+        previous(unraisable)
+
+    return hook
+
+
+@functools.cache
+def quiet_writer_ends() -> None:
+    """Install both filters, once per process."""
+    logging.getLogger("asyncio").addFilter(_WriterTaskFilter())
+    sys.unraisablehook = _unraisable_hook(sys.unraisablehook)
