@@ -87,6 +87,14 @@ async def test_a_gone_node_leaves_the_registry_alone(make_registry: RegistryMake
     assert [c.connectionId for c in await b.connections()] == ["conn-b:2"]
 
 
+async def test_a_burst_of_connections_is_saved_whole(make_registry: RegistryMaker) -> None:
+    """Hundreds of connections at once (a reconnect storm after a deploy, a load
+    test's ramp): every one is saved, beyond what the Redis client's pool holds."""
+    a = make_registry("a")
+    await asyncio.gather(*(a.add(connection("a", n)) for n in range(300)))
+    assert len(await a.connections()) == 300
+
+
 @pytest.fixture
 def redis_registry(redis_url: str, bus_prefix: str) -> Callable[..., RedisRegistry]:
     def make(node_id: str = "a", ttl_seconds: float = 30) -> RedisRegistry:

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -19,17 +19,24 @@ TIMEOUT_SECONDS = 1.0
 # After a failure, Redis is left alone this long: a silent Redis would otherwise cost
 # every message its timeout.
 RETRY_SECONDS = 5.0
+# Connections to Redis at once. A burst of commands beyond them waits its turn (up to
+# TIMEOUT_SECONDS): redis-py's default pool refuses the 101st ("Too many connections"),
+# and 2,000 sessions opening at once took that for Redis being down.
+POOL_SIZE = 64
 
 
 def connect(url: str) -> Redis:
     """A client that fails fast, and never retries on its own: the bus's outbox and
     reader, and the registry's renewals, do the retrying."""
-    return Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=POOL_SIZE,
+        timeout=TIMEOUT_SECONDS,
         socket_timeout=TIMEOUT_SECONDS,
         socket_connect_timeout=TIMEOUT_SECONDS,
         retry=Retry(NoBackoff(), 0),
     )
+    return Redis.from_pool(pool)
 
 
 class Outages:
