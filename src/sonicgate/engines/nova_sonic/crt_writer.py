@@ -14,7 +14,9 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from typing import Any
+from collections.abc import Callable
+
+UnraisableHook = Callable[["sys.UnraisableHookArgs"], object]  # a type to typeshed alone
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,8 @@ class _WriterTaskFilter(logging.Filter):
         return True
 
 
-def _unraisable_hook(previous: Any) -> Any:
-    def hook(unraisable: Any) -> None:
+def _unraisable_hook(previous: UnraisableHook) -> UnraisableHook:
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
         if _is_writer_end(unraisable.exc_value, unraisable.object):
             log.debug("awscrt's request writer ended on a completed stream")
             return
