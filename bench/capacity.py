@@ -75,38 +75,49 @@ async def memory_per_session(url: str, pid: int, engine: str, sessions: int) -> 
 async def real_time_levels(
     url: str, server_pid: int, workers: int, levels: list[int], chunk_samples: int
 ) -> list[dict[str, Any]]:
+    """Each level once, up to the first that breaks. One stall of a machine shared with
+    the load generator can break a 15 s level (p99 70 ms with half a core busy, where
+    the levels after it held when run again): a level breaks when it breaks twice in a
+    row. Both tries are kept."""
     results: list[dict[str, Any]] = []
     for level in levels:
         # Smaller chunks at the same message rate as the seed's at this level.
         sessions = max(1, level * chunk_samples // SEED_CHUNK_SAMPLES)
-        server_before, load_before = tree_cpu_seconds(server_pid), cpu_seconds(os.getpid())
-        started = time.monotonic()
-        stats = await echo_load(url, sessions, LEVEL_SECONDS, chunk_samples)
-        wall = time.monotonic() - started
-        server_cpu = tree_cpu_seconds(server_pid) - server_before
-        load_cpu = cpu_seconds(os.getpid()) - load_before
-        p99 = percentile(stats.round_trip_ms, 99) if stats.round_trip_ms else float("inf")
-        real_time = stats.lost == 0 and stats.reordered == 0 and p99 < stats.chunk_seconds * 1000
-        results.append(
-            {
-                "workers": workers,
-                "sessions": sessions,
-                "chunk_ms": chunk_samples / 16,
-                "server_cpu_ms_per_chunk": round(server_cpu / max(1, stats.received) * 1000, 3),
-                "server_cores_busy": round(server_cpu / wall, 2),
-                "load_generator_cores_busy": round(load_cpu / wall, 2),
-                "chunks_lost": stats.lost,
-                "chunks_reordered": stats.reordered,
-                "round_trip_ms_p50": round(percentile(stats.round_trip_ms, 50), 2),
-                "round_trip_ms_p99": round(p99, 2),
-                "real_time": real_time,
-            }
-        )
-        print(json.dumps(results[-1]))
-        if not real_time:
+        for attempt in (1, 2):
+            result = await measured(url, server_pid, workers, sessions, chunk_samples)
+            results.append({**result, "try": attempt})
+            print(json.dumps(results[-1]))
+            await asyncio.sleep(SETTLE_SECONDS)
+            if result["real_time"]:
+                break
+        else:
             break
-        await asyncio.sleep(SETTLE_SECONDS)
     return results
+
+
+async def measured(
+    url: str, server_pid: int, workers: int, sessions: int, chunk_samples: int
+) -> dict[str, Any]:
+    server_before, load_before = tree_cpu_seconds(server_pid), cpu_seconds(os.getpid())
+    started = time.monotonic()
+    stats = await echo_load(url, sessions, LEVEL_SECONDS, chunk_samples)
+    wall = time.monotonic() - started
+    server_cpu = tree_cpu_seconds(server_pid) - server_before
+    load_cpu = cpu_seconds(os.getpid()) - load_before
+    p99 = percentile(stats.round_trip_ms, 99) if stats.round_trip_ms else float("inf")
+    return {
+        "workers": workers,
+        "sessions": sessions,
+        "chunk_ms": chunk_samples / 16,
+        "server_cpu_ms_per_chunk": round(server_cpu / max(1, stats.received) * 1000, 3),
+        "server_cores_busy": round(server_cpu / wall, 2),
+        "load_generator_cores_busy": round(load_cpu / wall, 2),
+        "chunks_lost": stats.lost,
+        "chunks_reordered": stats.reordered,
+        "round_trip_ms_p50": round(percentile(stats.round_trip_ms, 50), 2),
+        "round_trip_ms_p99": round(p99, 2),
+        "real_time": stats.lost == 0 and stats.reordered == 0 and p99 < stats.chunk_seconds * 1000,
+    }
 
 
 def main() -> None:
@@ -157,9 +168,10 @@ def main() -> None:
         str(workers): {
             str(size / 16): {
                 "real_time_sessions": real_time_sessions(levels),
-                "first_level_that_broke": next(
-                    (level["sessions"] for level in levels if not level["real_time"]), None
-                ),
+                # The last level tried, if it broke (twice): see real_time_levels.
+                "first_level_that_broke": None
+                if levels[-1]["real_time"]
+                else levels[-1]["sessions"],
             }
             for (each, size), levels in runs.items()
             if each == workers
