@@ -24,10 +24,14 @@ WRITER = "AIOHttp2ClientStream._set_request_body_generator"
 COMPLETED = "AWS_ERROR_HTTP_STREAM_HAS_COMPLETED"
 
 
-def _is_writer_end(error: BaseException | None, coroutine: object) -> bool:
-    """Whether ``error``, raised by ``coroutine``, is the writer's end-of-stream write."""
-    name = getattr(coroutine, "__qualname__", "")
-    return isinstance(error, RuntimeError) and COMPLETED in str(error) and name == WRITER
+def _quieted(error: BaseException | None, where: str) -> bool:
+    """Whether ``error``, raised in ``where`` (a task's or coroutine's description), is
+    the writer's end-of-stream write; if so it goes to the debug log."""
+    # A RuntimeError when the write is refused at once, an AwsCrtError when it fails later.
+    if error is None or COMPLETED not in str(error) or WRITER not in where:
+        return False
+    log.debug("awscrt's request writer ended on a completed stream")
+    return True
 
 
 class _WriterTaskFilter(logging.Filter):
@@ -35,18 +39,15 @@ class _WriterTaskFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if error is not None and WRITER in record.getMessage() and COMPLETED in str(error):
-            log.debug("awscrt's request writer ended on a completed stream")
-            return False
-        return True
+        return not _quieted(error, record.getMessage())
 
 
 def _unraisable_hook(previous: UnraisableHook) -> UnraisableHook:
+    """Python's "Exception ignored in coroutine", for the writer's coroutine."""
+
     def hook(unraisable: sys.UnraisableHookArgs) -> None:
-        if _is_writer_end(unraisable.exc_value, unraisable.object):
-            log.debug("awscrt's request writer ended on a completed stream")
-            return
-        previous(unraisable)
+        if not _quieted(unraisable.exc_value, repr(unraisable.object)):
+            previous(unraisable)
 
     return hook
 
