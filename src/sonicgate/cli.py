@@ -6,6 +6,7 @@ import argparse
 import gc
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -484,7 +485,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "models":
         return _models(args)
-    return _serve(args)
+    try:
+        return _serve(args)
+    except KeyboardInterrupt:
+        # Ctrl+C: uvicorn shuts down gracefully, then raises it again for its caller. The
+        # shell's status for it (128 + SIGINT), without a traceback.
+        return 128 + signal.SIGINT
 
 
 def _env_list(name: str) -> list[str]:
