@@ -178,9 +178,12 @@ def main() -> None:
         }
         for workers in args.workers
     }
-    seed_ms = str(SEED_CHUNK_SAMPLES / 16)
     sessions = max(
-        (sizes[seed_ms]["real_time_sessions"] for sizes in by_workers.values() if seed_ms in sizes),
+        (
+            real_time_sessions(levels)
+            for (_, size), levels in runs.items()
+            if size == SEED_CHUNK_SAMPLES
+        ),
         default=0,
     )
     write_results(

@@ -53,7 +53,8 @@ class LeanWebSocket(asyncio.Protocol):
     async def connect(cls, url: str) -> LeanWebSocket:
         parts = urlsplit(url)
         loop = asyncio.get_running_loop()
-        _, client = await loop.create_connection(cls, parts.hostname, parts.port or 80)
+        host = parts.hostname or "localhost"
+        _, client = await loop.create_connection(cls, host, parts.port or 80)
         key = base64.b64encode(os.urandom(16)).decode()
         client._write(
             (

@@ -102,16 +102,17 @@ def profile_path(
             server.wait(60)
         chunk_seconds = SEED_CHUNK_SAMPLES / 16_000
         sampled_chunks = chunks * (seconds - 4) / seconds  # those sent while sampled
-        result = {
-            "chunks": chunks,
-            "server_cpu_ms_per_chunk": round(cpu_ms / max(sampled_chunks, 1), 4),
-            "chunk_ms": chunk_seconds * 1000,
-            "top": top(collapsed, count),
-        }
-    print(f"{name}: {result['server_cpu_ms_per_chunk']} ms of CPU a chunk", file=sys.stderr)
-    for row in result["top"]:
+        cpu_ms_per_chunk = round(cpu_ms / max(sampled_chunks, 1), 4)
+        rows = top(collapsed, count)
+    print(f"{name}: {cpu_ms_per_chunk} ms of CPU a chunk", file=sys.stderr)
+    for row in rows:
         print(f"  {row['own_share']:6.1%} {row['cumulative_share']:6.1%}  {row['function']}")
-    return result
+    return {
+        "chunks": chunks,
+        "server_cpu_ms_per_chunk": cpu_ms_per_chunk,
+        "chunk_ms": chunk_seconds * 1000,
+        "top": rows,
+    }
 
 
 def main() -> None:

@@ -91,7 +91,8 @@ class Held[T]:
                 await release.wait()
 
         task = asyncio.create_task(hold())
-        await asyncio.wait([entered, task], return_when=asyncio.FIRST_COMPLETED)
+        either: list[asyncio.Future[Any]] = [entered, task]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if not entered.done():
             task.result()  # entering failed: its exception
         return cls(entered.result(), release, task)
@@ -242,12 +243,13 @@ class InProcessServers:
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
         self.apps: dict[str, ASGIApp] = {}  # by ws:// origin
-        self.lifespans: list[Held[None]] = []
+        self.lifespans: list[Held[object]] = []
 
     async def __call__(self, engines: dict[str, Engine], **overrides: Any) -> RunningServer:
         settings = settings_for(self.tmp_path, engines, overrides)
         app = create_app(settings, engines)
-        self.lifespans.append(await Held.enter(app.router.lifespan_context(app)))
+        lifespan: contextlib.AbstractAsyncContextManager[object] = app.router.lifespan_context(app)
+        self.lifespans.append(await Held.enter(lifespan))
         server = RunningServer(settings, app, f"http://gateway-{len(self.lifespans)}.test")
         self.apps[server.ws("")] = with_denial_responses(app)
         return server
@@ -321,7 +323,7 @@ class Connection(Protocol):
 
     async def send(self, message: str | bytes) -> None: ...
 
-    async def recv(self) -> str | bytes: ...
+    async def recv(self) -> str | bytes | bytearray: ...
 
     async def close(self) -> None: ...
 
@@ -355,6 +357,7 @@ class AsgiConnection:
                     http,
                     max_message_size_bytes=MAX_MESSAGE_BYTES,
                     keepalive_ping_interval_seconds=None,  # the transport takes no pings
+                    session_class=AsyncWebSocketSession,  # the default, named for mypy
                 ) as opened,
             ):
                 yield opened
@@ -370,7 +373,7 @@ class AsgiConnection:
         else:
             await self._session.send_bytes(message)
 
-    async def recv(self) -> str | bytes:
+    async def recv(self) -> str | bytes | bytearray:
         event = await self._session.receive()
         if isinstance(event, TextMessage | BytesMessage):
             return event.data

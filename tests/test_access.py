@@ -17,14 +17,15 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from httpx_ws import WebSocketUpgradeError
+from starlette.types import Message
 
 from sonicgate.audio.formats import wav_bytes
 from sonicgate.config import Settings
 from sonicgate.server import app as app_module
 from sonicgate.server.access import AccessMiddleware, AccessPolicy
 from sonicgate.server.ratelimit import Counters, RateLimiter
-from tests.conftest import Client, Connect, ManualClock, RunningServer
-from tests.scripted_engine import tone
+from tests.conftest import Client, Connect, ManualClock, RunningServer, ServerFactory
+from tests.scripted_engine import ScriptedEngine, tone
 from tests.test_bad_input import B64, expect_error, still_works
 
 KEY = "test-api-key-0123456789"
@@ -79,13 +80,13 @@ def unsigned(header: dict[str, Any], claims: dict[str, Any], key: bytes | None =
 
 
 @pytest.fixture
-async def keyed(make_server, scripted) -> RunningServer:
+async def keyed(make_server: ServerFactory, scripted: ScriptedEngine) -> RunningServer:
     server: RunningServer = await make_server({"scripted": scripted}, api_keys=(KEY, OTHER_KEY))
     return server
 
 
 async def test_without_a_credential_nothing_but_a_refusal(
-    keyed: RunningServer, scripted, connect
+    keyed: RunningServer, scripted: ScriptedEngine, connect: Connect
 ) -> None:
     for path in ("/api/nova-sonic/stream", "/api/events"):
         status, body = await refused(connect, keyed.ws(path))
@@ -112,7 +113,7 @@ async def test_the_web_page_stays_public(keyed: RunningServer) -> None:
     assert (await get(keyed, "/apiary")).status_code == 404
 
 
-async def test_api_key_in_the_header_or_the_query(keyed: RunningServer, connect) -> None:
+async def test_api_key_in_the_header_or_the_query(keyed: RunningServer, connect: Connect) -> None:
     client = await connect(keyed.ws(), {"Authorization": f"Bearer {KEY}"})
     assert (await initialize(client))["type"] == "initialized"
     await still_works(client)
@@ -125,7 +126,9 @@ async def test_api_key_in_the_header_or_the_query(keyed: RunningServer, connect)
     assert cleanup.json()["status"] == "ok"
 
 
-async def test_hs256_tokens(make_server, scripted, connect) -> None:
+async def test_hs256_tokens(
+    make_server: ServerFactory, scripted: ScriptedEngine, connect: Connect
+) -> None:
     server = await make_server({"scripted": scripted}, jwt_secret=SECRET)
     client = await connect(server.ws() + f"?token={hs256()}")
     assert (await initialize(client))["type"] == "initialized"
@@ -145,14 +148,16 @@ async def test_hs256_tokens(make_server, scripted, connect) -> None:
     assert "expired" in body["error"]
 
 
-async def test_jwt_audience(make_server, scripted) -> None:
+async def test_jwt_audience(make_server: ServerFactory, scripted: ScriptedEngine) -> None:
     server = await make_server({"scripted": scripted}, jwt_secret=SECRET, jwt_audience="gw")
     assert (await get(server, STATUS, hs256(aud="gw"))).status_code == 200
     assert (await get(server, STATUS, hs256(aud="elsewhere"))).status_code == 401
     assert (await get(server, STATUS, hs256())).status_code == 401
 
 
-async def test_rs256_tokens(make_server, scripted, connect, tmp_path: Path) -> None:
+async def test_rs256_tokens(
+    make_server: ServerFactory, scripted: ScriptedEngine, connect: Connect, tmp_path: Path
+) -> None:
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -175,7 +180,9 @@ def test_settings_weaker_than_asked_for_are_refused() -> None:
         AccessPolicy.from_settings(Settings(api_keys=("",)))
 
 
-async def test_origin_allow_list(make_server, scripted, connect) -> None:
+async def test_origin_allow_list(
+    make_server: ServerFactory, scripted: ScriptedEngine, connect: Connect
+) -> None:
     server = await make_server({"scripted": scripted}, allowed_origins=("https://app.example",))
     status, body = await refused(connect, server.ws(), {"Origin": "https://evil.example"})
     assert (status, body["code"]) == (403, "forbidden_origin")
@@ -187,7 +194,7 @@ async def test_origin_allow_list(make_server, scripted, connect) -> None:
     assert (await initialize(client))["type"] == "initialized"
 
 
-async def test_http_rate_limit(make_server, scripted) -> None:
+async def test_http_rate_limit(make_server: ServerFactory, scripted: ScriptedEngine) -> None:
     server = await make_server({"scripted": scripted}, max_requests_per_second=1)
     codes = [(await get(server, STATUS)).status_code for _ in range(2)]  # the burst
     limited = await get(server, STATUS)
@@ -197,7 +204,9 @@ async def test_http_rate_limit(make_server, scripted) -> None:
     assert int(limited.headers["retry-after"]) >= 1
 
 
-async def test_failed_attempts_are_rate_limited_by_address(make_server, scripted, connect) -> None:
+async def test_failed_attempts_are_rate_limited_by_address(
+    make_server: ServerFactory, scripted: ScriptedEngine, connect: Connect
+) -> None:
     server = await make_server({"scripted": scripted}, api_keys=(KEY,), max_requests_per_second=1)
     codes = [(await get(server, STATUS, f"guess-{n}")).status_code for n in range(3)]
     assert codes == [401, 401, 429]
@@ -214,8 +223,11 @@ def message_clock(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
 
 
 async def test_a_message_flood_is_answered_in_the_typed_dialect(
-    make_server, scripted, connect, message_clock: ManualClock
-):
+    make_server: ServerFactory,
+    scripted: ScriptedEngine,
+    connect: Connect,
+    message_clock: ManualClock,
+) -> None:
     server = await make_server({"scripted": scripted}, max_messages_per_second=5)
     client = await connect(server.ws())
     assert (await initialize(client))["type"] == "initialized"
@@ -230,8 +242,11 @@ async def test_a_message_flood_is_answered_in_the_typed_dialect(
 
 
 async def test_a_message_flood_is_answered_in_the_action_dialect(
-    make_server, scripted, connect, message_clock: ManualClock
-):
+    make_server: ServerFactory,
+    scripted: ScriptedEngine,
+    connect: Connect,
+    message_clock: ManualClock,
+) -> None:
     server = await make_server({"scripted": scripted}, max_messages_per_second=5)
     client = await connect(server.ws())
     start = {"action": "voice_session_start", "data": {"audioFormat": "pcm16"}}
@@ -249,7 +264,9 @@ async def test_a_message_flood_is_answered_in_the_action_dialect(
     assert ended["data"]["status"] == "COMPLETED"
 
 
-async def test_sessions_per_client(make_server, scripted, connect) -> None:
+async def test_sessions_per_client(
+    make_server: ServerFactory, scripted: ScriptedEngine, connect: Connect
+) -> None:
     server = await make_server(
         {"scripted": scripted}, api_keys=(KEY, OTHER_KEY), max_sessions_per_client=1
     )
@@ -266,7 +283,9 @@ async def test_sessions_per_client(make_server, scripted, connect) -> None:
     assert (await second.recv())["type"] == "voice_session_initialized"
 
 
-async def test_a_turn_past_its_audio_limit_is_ended(make_server, scripted, connect) -> None:
+async def test_a_turn_past_its_audio_limit_is_ended(
+    make_server: ServerFactory, scripted: ScriptedEngine, connect: Connect
+) -> None:
     server = await make_server({"scripted": scripted}, max_turn_audio_seconds=1.0)
     client = await connect(server.ws())
     assert (await initialize(client))["type"] == "initialized"
@@ -280,7 +299,9 @@ async def test_a_turn_past_its_audio_limit_is_ended(make_server, scripted, conne
     await still_works(client)
 
 
-async def test_a_recording_past_the_turn_limit_is_dropped(make_server, scripted, connect):
+async def test_a_recording_past_the_turn_limit_is_dropped(
+    make_server: ServerFactory, scripted: ScriptedEngine, connect: Connect
+) -> None:
     server = await make_server({"scripted": scripted}, max_turn_audio_seconds=1.0)
     client = await connect(server.ws())
     await client.send({"action": "voice_session_start", "data": {"audioFormat": "wav"}})
@@ -292,7 +313,9 @@ async def test_a_recording_past_the_turn_limit_is_dropped(make_server, scripted,
     assert "dropped" in str(error["data"])
 
 
-async def test_a_session_past_its_time_limit_is_ended(make_server, scripted, connect) -> None:
+async def test_a_session_past_its_time_limit_is_ended(
+    make_server: ServerFactory, scripted: ScriptedEngine, connect: Connect
+) -> None:
     server = await make_server({"scripted": scripted}, max_session_seconds=0.5)
     client = await connect(server.ws())
     assert (await initialize(client))["type"] == "initialized"
@@ -302,11 +325,19 @@ async def test_a_session_past_its_time_limit_is_ended(make_server, scripted, con
     assert (await initialize(client))["type"] == "initialized"  # a new one may start
 
 
-async def test_without_auth_everything_is_open(server: RunningServer, connect) -> None:
+async def test_without_auth_everything_is_open(server: RunningServer, connect: Connect) -> None:
     assert (await get(server, STATUS)).status_code == 200
     assert (await get(server, CLEANUP, method="POST")).status_code == 200
     client = await connect(server.ws())
     assert (await initialize(client))["type"] == "initialized"
+
+
+async def nothing_received() -> Message:
+    raise AssertionError("the middleware read from the client")
+
+
+async def nothing_sent(message: Message) -> None:
+    raise AssertionError(f"the middleware sent {message}")
 
 
 async def test_the_token_is_kept_out_of_the_query_string() -> None:
@@ -319,21 +350,21 @@ async def test_the_token_is_kept_out_of_the_query_string() -> None:
     scope = {"type": "http", "path": STATUS, "headers": [], "client": ("10.0.0.1", 1)}
     middleware = AccessMiddleware(app, AccessPolicy(api_keys=(KEY,)))
     query = f"sessionId=s1&token={KEY}".encode()
-    await middleware({**scope, "query_string": query}, None, None)
+    await middleware({**scope, "query_string": query}, nothing_received, nothing_sent)
     assert seen == [b"sessionId=s1"]
 
 
 async def test_a_server_without_denial_responses_gets_a_policy_close() -> None:
-    sent: list[dict[str, Any]] = []
+    sent: list[Message] = []
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
     async def never(scope: Any, receive: Any, send: Any) -> None:
         raise AssertionError("a refused client reached the application")
 
     scope = {"type": "websocket", "path": "/api/events", "query_string": b"", "headers": []}
-    await AccessMiddleware(never, AccessPolicy(api_keys=(KEY,)))(scope, None, send)
+    await AccessMiddleware(never, AccessPolicy(api_keys=(KEY,)))(scope, nothing_received, send)
     assert [(m["type"], m["code"]) for m in sent] == [("websocket.close", 1008)]
     assert sent[0]["reason"].startswith("unauthorized")
 

@@ -24,7 +24,8 @@ from sonicgate.config import Settings
 from sonicgate.store import make_audio_store, parse_audio_store
 from sonicgate.store.audio import AudioStore, FileAudioStore
 from sonicgate.store.s3 import S3AudioStore
-from tests.conftest import free_port
+from tests.conftest import Connect, ServerFactory, free_port
+from tests.scripted_engine import ScriptedEngine
 
 PREFIX = "recordings"
 
@@ -208,7 +209,7 @@ def test_the_audio_store_url_picks_the_store(tmp_path: Path, bucket: Bucket) -> 
 
 
 async def test_a_server_records_turns_into_the_bucket(
-    make_server, scripted, connect, bucket: Bucket
+    make_server: ServerFactory, scripted: ScriptedEngine, connect: Connect, bucket: Bucket
 ) -> None:
     server = await make_server(
         {"scripted": scripted},

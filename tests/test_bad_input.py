@@ -6,25 +6,28 @@ import asyncio
 import base64
 import json
 import socket
+from typing import Any
 
 import pytest
 import websockets
 
 from sonicgate.server import stream
-from tests.conftest import Client, RunningServer
+from tests.conftest import Client, Connect, RunningServer, ServerFactory
 from tests.scripted_engine import ScriptedEngine
 
 B64 = base64.b64encode(b"\0\0" * 100).decode()
 
 
-async def typed(connect, server: RunningServer) -> Client:
+async def typed(connect: Connect, server: RunningServer) -> Client:
     client: Client = await connect(server.ws())
     await client.send({"type": "initialize"})
     assert (await client.recv())["type"] == "initialized"
     return client
 
 
-async def action(connect, server: RunningServer, audio_format: str = "pcm16") -> tuple[Client, str]:
+async def action(
+    connect: Connect, server: RunningServer, audio_format: str = "pcm16"
+) -> tuple[Client, str]:
     client: Client = await connect(server.ws())
     await client.send(
         {"action": "voice_session_start", "userId": "u", "data": {"audioFormat": audio_format}}
@@ -70,14 +73,18 @@ async def expect_error(client: Client, code: str, dialect: str = "type") -> dict
         (b"\x00\x01binary", "binary_frame"),
     ],
 )
-async def test_typed_bad_input(server: RunningServer, connect, frame, code) -> None:
+async def test_typed_bad_input(
+    server: RunningServer, connect: Connect, frame: dict[str, Any] | str | bytes, code: str
+) -> None:
     client = await typed(connect, server)
     await client.send(frame)
     await expect_error(client, code)
     await still_works(client)
 
 
-async def test_oversize_frame(make_server, scripted, connect) -> None:
+async def test_oversize_frame(
+    make_server: ServerFactory, scripted: ScriptedEngine, connect: Connect
+) -> None:
     server = await make_server({"scripted": scripted}, max_message_bytes=10_000)
     client = await typed(connect, server)
     await client.send({"type": "audio_chunk", "audio": base64.b64encode(bytes(20_000)).decode()})
@@ -86,7 +93,7 @@ async def test_oversize_frame(make_server, scripted, connect) -> None:
     await still_works(client)
 
 
-async def test_input_before_a_session(server: RunningServer, connect) -> None:
+async def test_input_before_a_session(server: RunningServer, connect: Connect) -> None:
     client = await connect(server.ws())
     await client.send({"type": "audio_chunk", "audio": B64})
     await expect_error(client, "no_session")
@@ -111,7 +118,9 @@ async def test_input_before_a_session(server: RunningServer, connect) -> None:
         ),
     ],
 )
-async def test_action_bad_input(server: RunningServer, connect, message, code) -> None:
+async def test_action_bad_input(
+    server: RunningServer, connect: Connect, message: dict[str, Any], code: str
+) -> None:
     client, session_id = await action(connect, server)
     await client.send({**message, "sessionId": session_id})
     await expect_error(client, code, "action")
@@ -120,7 +129,7 @@ async def test_action_bad_input(server: RunningServer, connect, message, code) -
     assert ended["data"]["status"] == "COMPLETED"
 
 
-async def test_corrupt_webm_stream(server: RunningServer, connect) -> None:
+async def test_corrupt_webm_stream(server: RunningServer, connect: Connect) -> None:
     client, session_id = await action(connect, server, "webm")
     garbage = base64.b64encode(b"this is not webm at all" * 200).decode()
     await client.send(
@@ -134,7 +143,7 @@ async def test_corrupt_webm_stream(server: RunningServer, connect) -> None:
     assert message["data"]["code"] == "audio_format"
 
 
-async def test_unsupported_session_settings(server: RunningServer, connect) -> None:
+async def test_unsupported_session_settings(server: RunningServer, connect: Connect) -> None:
     client = await connect(server.ws())
     for fields, code in [
         ({"language": "ja-JP"}, "unsupported_language"),
@@ -149,7 +158,7 @@ async def test_unsupported_session_settings(server: RunningServer, connect) -> N
     assert (await client.recv())["type"] == "initialized"
 
 
-async def test_chunks_after_the_session_ended(server: RunningServer, connect) -> None:
+async def test_chunks_after_the_session_ended(server: RunningServer, connect: Connect) -> None:
     client, session_id = await action(connect, server)
     await client.send({"action": "voice_session_end", "sessionId": session_id})
     await client.until("voice_session_ended")
@@ -160,7 +169,7 @@ async def test_chunks_after_the_session_ended(server: RunningServer, connect) ->
 
 
 async def test_engine_failure_keeps_the_connection(
-    server: RunningServer, connect, scripted: ScriptedEngine
+    server: RunningServer, connect: Connect, scripted: ScriptedEngine
 ) -> None:
     client = await typed(connect, server)
     scripted.fail_on_audio = True
@@ -171,7 +180,9 @@ async def test_engine_failure_keeps_the_connection(
     await still_works(client)
 
 
-async def test_a_client_that_never_reads_is_cut_off(make_uvicorn, scripted: ScriptedEngine) -> None:
+async def test_a_client_that_never_reads_is_cut_off(
+    make_uvicorn: ServerFactory, scripted: ScriptedEngine
+) -> None:
     # Through a real socket, whose buffers fill. No rate limit, and long replies: every
     # message below gets one, to fill the outbox.
     scripted.reply = " ".join(["word"] * 300)

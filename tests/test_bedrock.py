@@ -19,7 +19,7 @@ from sonicgate.engines.bedrock import BedrockChat, Runtimes, bedrock_cascade, co
 from sonicgate.engines.bedrock_settings import BedrockSettings
 from sonicgate.engines.fallback import FallbackEngine
 from sonicgate.engines.local import LocalEngine, LocalModels
-from tests.conftest import Client, RunningServer, ServerFactory, free_port
+from tests.conftest import Client, Connect, RunningServer, ServerFactory, free_port
 from tests.emulators.bedrock_converse import BedrockEmulator, reply_to
 from tests.emulators.nova_sonic import Failure, NovaEmulator, Turn
 from tests.test_nova_sonic import nova
@@ -201,7 +201,10 @@ async def say(client: Client, text: str) -> tuple[dict[str, Any], list[dict[str,
 
 @pytest.mark.models
 async def test_a_typed_message_gets_a_streamed_reply_and_local_speech(
-    emulator: BedrockEmulator, local_models: LocalModels, make_server: ServerFactory, connect
+    emulator: BedrockEmulator,
+    local_models: LocalModels,
+    make_server: ServerFactory,
+    connect: Connect,
 ) -> None:
     local = LocalEngine(local_models)
     server = await make_server({"bedrock": bedrock(emulator, local)})
@@ -227,7 +230,7 @@ async def test_nova_failing_mid_conversation_continues_on_bedrock_with_the_histo
     nova_emulator: NovaEmulator,
     local_models: LocalModels,
     make_server: ServerFactory,
-    connect,
+    connect: Connect,
 ) -> None:
     nova_emulator.script = [
         Turn("(typed)", "Hello Ada."),
@@ -260,7 +263,7 @@ async def test_when_bedrock_fails_the_local_engine_answers(
     emulator: BedrockEmulator,
     local_models: LocalModels,
     make_server: ServerFactory,
-    connect,
+    connect: Connect,
     failure: str,
     said: str,
 ) -> None:
@@ -282,7 +285,10 @@ async def test_when_bedrock_fails_the_local_engine_answers(
 
 @pytest.mark.models
 async def test_refused_credentials_are_a_clear_error_and_the_session_stays(
-    emulator: BedrockEmulator, local_models: LocalModels, make_server: ServerFactory, connect
+    emulator: BedrockEmulator,
+    local_models: LocalModels,
+    make_server: ServerFactory,
+    connect: Connect,
 ) -> None:
     server = await make_server({"bedrock": bedrock(emulator, LocalEngine(local_models))})
     client: Client = await connect(server.ws())
@@ -300,7 +306,7 @@ async def test_session_credentials_reach_bedrock_and_are_never_logged_or_stored(
     emulator: BedrockEmulator,
     local_models: LocalModels,
     make_server: ServerFactory,
-    connect,
+    connect: Connect,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

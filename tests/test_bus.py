@@ -68,14 +68,14 @@ def test_memory_bus_satisfies_the_protocol() -> None:
     assert typed is not None
 
 
-async def test_subscribers_see_events_published_before_they_iterate(make_bus) -> None:
+async def test_subscribers_see_events_published_before_they_iterate(make_bus: BusFactory) -> None:
     bus = make_bus()
     async with aclosing(bus.subscribe(Filter())) as subscription:
         await bus.publish(event(n=1))  # before the first __anext__
         assert await asyncio.wait_for(anext(subscription), 5) == event(n=1)
 
 
-async def test_filters_by_session_and_by_user(make_bus) -> None:
+async def test_filters_by_session_and_by_user(make_bus: BusFactory) -> None:
     bus = make_bus()
     everything = bus.subscribe(Filter())
     by_session = bus.subscribe(Filter(session_id="s1"))
@@ -92,7 +92,7 @@ async def test_filters_by_session_and_by_user(make_bus) -> None:
         await subscription.aclose()
 
 
-async def test_an_owners_subscription_sees_its_own_sessions_only(make_bus) -> None:
+async def test_an_owners_subscription_sees_its_own_sessions_only(make_bus: BusFactory) -> None:
     bus = make_bus()
     alices = bus.subscribe(Filter(owner="sub:alice"))
     snooping = bus.subscribe(Filter(session_id="s1", user_id="u1", owner="sub:bob"))
@@ -109,7 +109,9 @@ async def test_an_owners_subscription_sees_its_own_sessions_only(make_bus) -> No
         await subscription.aclose()
 
 
-async def test_a_slow_subscriber_drops_its_oldest_events_without_blocking(make_bus) -> None:
+async def test_a_slow_subscriber_drops_its_oldest_events_without_blocking(
+    make_bus: BusFactory,
+) -> None:
     bus = make_bus(maxsize=3)
     slow = bus.subscribe(Filter())
     await publish_all(bus, [event(n=n) for n in range(10)])
@@ -117,7 +119,7 @@ async def test_a_slow_subscriber_drops_its_oldest_events_without_blocking(make_b
     await slow.aclose()
 
 
-async def test_a_slow_subscriber_does_not_cost_a_fast_one_events(make_bus) -> None:
+async def test_a_slow_subscriber_does_not_cost_a_fast_one_events(make_bus: BusFactory) -> None:
     bus = make_bus(maxsize=2)
     slow = bus.subscribe(Filter())
     fast = bus.subscribe(Filter())
@@ -131,7 +133,7 @@ async def test_a_slow_subscriber_does_not_cost_a_fast_one_events(make_bus) -> No
     await fast.aclose()
 
 
-async def test_aclose_unsubscribes_and_ends_iteration(make_bus) -> None:
+async def test_aclose_unsubscribes_and_ends_iteration(make_bus: BusFactory) -> None:
     bus = make_bus()
     subscription = bus.subscribe(Filter())
     await subscription.aclose()
@@ -140,7 +142,7 @@ async def test_aclose_unsubscribes_and_ends_iteration(make_bus) -> None:
     await subscription.aclose()  # closing twice is harmless
 
 
-async def test_aclose_wakes_a_waiting_reader(make_bus) -> None:
+async def test_aclose_wakes_a_waiting_reader(make_bus: BusFactory) -> None:
     bus = make_bus()
     subscription = bus.subscribe(Filter(session_id="s1"))
     received = asyncio.Event()
@@ -159,7 +161,7 @@ async def test_aclose_wakes_a_waiting_reader(make_bus) -> None:
     assert [e.data for e in await asyncio.wait_for(reader, 1)] == [{"text": "hi"}]
 
 
-async def test_closing_the_bus_ends_every_subscription(make_bus) -> None:
+async def test_closing_the_bus_ends_every_subscription(make_bus: BusFactory) -> None:
     bus = make_bus()
     subscriptions = [bus.subscribe(Filter()), bus.subscribe(Filter(session_id="s1"))]
     readers = [asyncio.create_task(anext(s, None)) for s in subscriptions]

@@ -18,7 +18,7 @@ import websockets
 
 from bench.harness import UNLIMITED, wait_ready
 from sonicgate.config import default_data_dir
-from tests.conftest import REDIS_URL, free_port
+from tests.conftest import REDIS_URL, Connect, free_port
 
 pytestmark = pytest.mark.models  # each node loads the local models at start
 
@@ -57,7 +57,9 @@ def cluster(
             node.process.wait()
 
 
-async def test_a_conversation_survives_its_node(cluster: tuple[Node, Node], connect) -> None:
+async def test_a_conversation_survives_its_node(
+    cluster: tuple[Node, Node], connect: Connect
+) -> None:
     node_a, node_b = cluster
     for node in cluster:
         await wait_ready(node.ws("/api/nova-sonic/stream"), within=120)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import base64
 
 from sonicgate.engines.echo import EchoEngine
+from tests.conftest import Connect, ServerFactory
 
 
-async def test_audio_and_text_come_back_unchanged(make_server, connect) -> None:
+async def test_audio_and_text_come_back_unchanged(
+    make_server: ServerFactory, connect: Connect
+) -> None:
     server = await make_server({"echo": EchoEngine()})
     client = await connect(server.ws())
     await client.send({"type": "initialize", "language": "fr-FR"})  # any language will do

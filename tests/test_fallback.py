@@ -119,7 +119,7 @@ async def test_a_primary_that_cannot_start_hands_over_at_once() -> None:
 
 async def test_no_fallback_to_an_engine_that_does_not_speak_the_language() -> None:
     primary = BreakingEngine()
-    primary.fail_at_start = EngineError("unavailable", "no route to the service")
+    primary.fail_at_start = EngineError(ErrorCode.ENGINE_UNAVAILABLE, "no route to the service")
     with pytest.raises(EngineError, match="no route"):
         await FallbackEngine(primary, ScriptedEngine()).start(EngineConfig(language="fr-FR"))
 
@@ -132,7 +132,7 @@ async def test_input_to_a_failed_engine_goes_to_the_backup_at_once() -> None:
     failed = primary_session(session)
 
     async def dead(pcm: bytes) -> None:
-        raise EngineError("engine_unavailable", "the stream is closed")
+        raise EngineError(ErrorCode.ENGINE_UNAVAILABLE, "the stream is closed")
 
     failed.push_audio = dead  # type: ignore[method-assign]
     await session.push_audio(bytes(3200))  # not lost: the backup hears it

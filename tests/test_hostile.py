@@ -34,7 +34,8 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from sonicgate.config import default_data_dir
-from tests.conftest import Client
+from tests.conftest import Client, ServerFactory
+from tests.scripted_engine import ScriptedEngine
 
 SECRET = "the-hostile-suite-secret-32-bytes-long!"
 ISSUER = "sonicgate-tests"
@@ -185,6 +186,7 @@ def encoded(codec: str, container: str, seconds: int, rate: int) -> bytes:
     buffer = io.BytesIO()
     with av.open(buffer, "w", format=container) as out:
         stream = out.add_stream(codec, rate=rate, layout="mono")
+        assert isinstance(stream, av.AudioStream)
         if codec == "libopus":
             stream.bit_rate = 6000
         second = np.zeros((1, rate), dtype=np.int16)
@@ -525,7 +527,9 @@ async def test_connections_per_node_are_capped(gateway: Gateway) -> None:
             await client.connection.close()
 
 
-async def test_forwarded_for_from_loopback_is_not_believed(make_uvicorn, scripted) -> None:
+async def test_forwarded_for_from_loopback_is_not_believed(
+    make_uvicorn: ServerFactory, scripted: ScriptedEngine
+) -> None:
     server = await make_uvicorn(  # uvicorn reads the proxy headers
         {"scripted": scripted}, api_keys=("right-key-0123456789",), max_requests_per_second=5
     )

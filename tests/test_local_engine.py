@@ -36,6 +36,7 @@ from sonicgate.events import (
     TurnEnded,
 )
 from sonicgate.models import Selection, install
+from tests.conftest import Connect, ServerFactory
 from tests.test_metrics import scrape
 
 pytestmark = pytest.mark.models
@@ -184,7 +185,7 @@ async def test_a_recording_with_no_speech_says_so(engine: LocalEngine) -> None:
 
 
 async def test_seed_client_talks_to_the_local_engine_through_the_server(
-    engine: LocalEngine, make_server, connect
+    engine: LocalEngine, make_server: ServerFactory, connect: Connect
 ) -> None:
     # Its own executors: the server shuts them down when it stops.
     server = await make_server({"local": LocalEngine(engine.models)})
@@ -343,6 +344,7 @@ async def test_where_the_detector_is_unsure_the_words_end_the_turn(
     await session.close()
     assert bool(done) is whole
     if whole:
+        assert isinstance(events[-1], TranscriptFinal)
         assert heard(events[-1].text, "what is the capital of france"), events
 
 

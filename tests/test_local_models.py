@@ -329,11 +329,14 @@ def test_reading_ahead_leaves_the_reply_as_it_was(llm: ChatModel) -> None:
     assert reply == plain
     rest = llm.count_tokens(" capital of France?") + 5  # <|im_end|>\n<|im_start|>assistant\n
     assert read <= rest < whole - 10, (read, rest, whole)
+
     # Words the context already holds, and more after them (the reply), are read again
     # from where they end.
-    again, _ = reply_after(
-        llm, messages, lambda: (plain_reply(llm, messages), llm.read_ahead(ask("What is the cap.")))
-    )
+    def reply_then_read_ahead() -> None:
+        plain_reply(llm, messages)
+        llm.read_ahead(ask("What is the cap."))
+
+    again, _ = reply_after(llm, messages, reply_then_read_ahead)
     assert again == plain
 
 
@@ -355,7 +358,8 @@ def test_the_next_turn_reads_only_what_is_new(llm: ChatModel) -> None:
         )
     )
     first = [{"role": "system", "content": system}, {"role": "user", "content": "Hi there!"}]
-    llm._llama.reset()  # nothing cached from the tests before, in the context
+    # Nothing cached from the tests before, in the context:
+    llm._llama.reset()  # type: ignore[no-untyped-call]
     llm._states.clear()  # nor saved
     with prompts_read(llm) as read:
         reply = "".join(llm.stream(first, threading.Event(), max_tokens=8))
@@ -501,7 +505,7 @@ CLICK = 0.01  # a step between two samples at a join (-40 dBFS): below it, no cl
 
 
 def samples(pcm: bytes) -> NDArray[np.float32]:
-    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / np.float32(32768)
 
 
 def frame_db(audio: NDArray[np.float32], rate: int) -> NDArray[np.float64]:

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from sonicgate import logs
+from tests.conftest import Connect, ServerFactory
+from tests.scripted_engine import ScriptedEngine
 
 
 @pytest.fixture
@@ -29,7 +31,7 @@ def json_lines() -> Iterator[io.StringIO]:
 
 
 async def test_a_conversation_logs_its_session_and_turn(
-    make_server, scripted, connect, json_lines: io.StringIO
+    make_server: ServerFactory, scripted: ScriptedEngine, connect: Connect, json_lines: io.StringIO
 ) -> None:
     server = await make_server({"scripted": scripted})
     client = await connect(server.ws())

@@ -11,7 +11,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from sonicgate import metrics
-from tests.conftest import RunningServer
+from tests.conftest import Connect, RunningServer
 from tests.scripted_engine import tone
 from tests.test_seed_typed import initialize
 
@@ -29,7 +29,7 @@ async def scrape(server: RunningServer) -> dict[tuple[str, tuple[tuple[str, str]
 
 
 async def test_metrics_count_sessions_turns_audio_and_errors(
-    server: RunningServer, connect
+    server: RunningServer, connect: Connect
 ) -> None:
     client = await connect(server.ws())
     await initialize(client)

@@ -17,7 +17,7 @@ import pytest
 
 from sonicgate.domain import Connection, SessionStatus, VoiceSession
 from sonicgate.store.postgres import PostgresStore
-from tests.conftest import Client, RunningServer, ServerFactory
+from tests.conftest import Client, Connect, RunningServer, ServerFactory
 from tests.scripted_engine import ScriptedEngine, tone
 from tests.test_access import refused
 from tests.test_bad_input import B64, expect_error
@@ -33,7 +33,7 @@ async def two_nodes(
 
 
 async def test_a_conversation_resumes_on_another_node_with_its_history(
-    make_server: ServerFactory, scripted: ScriptedEngine, connect, postgres_schema: str
+    make_server: ServerFactory, scripted: ScriptedEngine, connect: Connect, postgres_schema: str
 ) -> None:
     node_a, node_b = await two_nodes(make_server, scripted, store=postgres_schema)
     first = await connect(node_a.ws())
@@ -55,7 +55,7 @@ async def test_a_conversation_resumes_on_another_node_with_its_history(
 async def test_status_on_any_node_counts_the_connections_of_every_node(
     make_server: ServerFactory,
     scripted: ScriptedEngine,
-    connect,
+    connect: Connect,
     postgres_schema: str,
     registry: str,
     request: pytest.FixtureRequest,
@@ -132,7 +132,7 @@ async def test_the_sessions_of_a_node_that_fell_silent_are_marked_lost(
 
 
 async def test_audio_acknowledged_before_a_node_is_lost_is_heard_on_the_next(
-    make_server: ServerFactory, scripted: ScriptedEngine, connect, postgres_schema: str
+    make_server: ServerFactory, scripted: ScriptedEngine, connect: Connect, postgres_schema: str
 ) -> None:
     """The first seed's numbered chunks: the turn under way moves with the session."""
     node_a, node_b = await two_nodes(make_server, scripted, store=postgres_schema)
@@ -203,7 +203,7 @@ def sharing_redis(
 
 
 async def test_a_clients_handshake_rate_holds_across_nodes(
-    sharing_redis: NodePair, connect
+    sharing_redis: NodePair, connect: Connect
 ) -> None:
     node_a, node_b = await sharing_redis(max_requests_per_second=1)  # 2 in any 2 seconds
     for node in (node_a, node_b):
@@ -213,7 +213,9 @@ async def test_a_clients_handshake_rate_holds_across_nodes(
         assert (status, body["code"]) == (429, "rate_limited")
 
 
-async def test_a_clients_message_rate_holds_across_nodes(sharing_redis: NodePair, connect) -> None:
+async def test_a_clients_message_rate_holds_across_nodes(
+    sharing_redis: NodePair, connect: Connect
+) -> None:
     node_a, node_b = await sharing_redis(max_messages_per_second=5)  # 10 in any 2 seconds
     clients = [await connect(node.ws()) for node in (node_a, node_b)]
     for client in clients:
@@ -226,7 +228,9 @@ async def test_a_clients_message_rate_holds_across_nodes(sharing_redis: NodePair
     assert [error["code"] for error in errors] == ["rate_limited"] * 4
 
 
-async def test_a_clients_session_cap_holds_across_nodes(sharing_redis: NodePair, connect) -> None:
+async def test_a_clients_session_cap_holds_across_nodes(
+    sharing_redis: NodePair, connect: Connect
+) -> None:
     node_a, node_b = await sharing_redis(max_sessions_per_client=2)
     first = await connect(node_a.ws())
     await first.initialize()

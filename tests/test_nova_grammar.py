@@ -10,6 +10,7 @@ from sonicgate.engines.nova_sonic import grammar
 from sonicgate.engines.nova_sonic.grammar import OutputMapper, ToolUse
 from sonicgate.events import (
     AudioOut,
+    EngineEvent,
     Interrupted,
     ResponseTextDelta,
     ResponseTextFinal,
@@ -20,22 +21,24 @@ from sonicgate.events import (
 from sonicgate.tools import CURRENT_TIME
 
 
-def content_start(content_id: str, role: str, kind: str, stage: str | None = None) -> dict:
+def content_start(
+    content_id: str, role: str, kind: str, stage: str | None = None
+) -> grammar.NovaEvent:
     body = {"contentId": content_id, "role": role, "type": kind}
     if stage:
         body["additionalModelFields"] = json.dumps({"generationStage": stage})
     return {"contentStart": body}
 
 
-def text(content_id: str, role: str, content: str) -> dict:
+def text(content_id: str, role: str, content: str) -> grammar.NovaEvent:
     return {"textOutput": {"contentId": content_id, "role": role, "content": content}}
 
 
-def end(content_id: str, reason: str) -> dict:
+def end(content_id: str, reason: str) -> grammar.NovaEvent:
     return {"contentEnd": {"contentId": content_id, "stopReason": reason}}
 
 
-def feed(mapper: OutputMapper, *events: dict) -> list:
+def feed(mapper: OutputMapper, *events: grammar.NovaEvent) -> list[EngineEvent | ToolUse]:
     return [mapped for event in events for mapped in mapper.map(event)]
 
 
@@ -58,6 +61,7 @@ def test_a_turn_maps_to_transcript_speculative_text_audio_and_final_text() -> No
         end("f", "END_TURN"),
         {"usageEvent": {"totalInputTokens": 12, "totalOutputTokens": 5}},
     )
+    assert isinstance(out[0], TranscriptFinal)
     assert out == [
         TranscriptFinal("What time is it?", 1.0, out[0].reason),
         ResponseTextDelta("It is noon."),  # speculative: shown early

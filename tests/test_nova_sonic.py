@@ -45,7 +45,7 @@ from sonicgate.events import (
     Usage,
 )
 from sonicgate.tools import CURRENT_TIME
-from tests.conftest import ManualClock
+from tests.conftest import Connect, ManualClock, ServerFactory
 from tests.emulators.nova_sonic import Failure, NovaEmulator, ToolCall, Turn
 from tests.scripted_engine import ScriptedEngine
 
@@ -81,7 +81,9 @@ async def say(session: Any, pcm: bytes) -> None:
         await session.push_audio(pcm[start : start + CHUNK])
 
 
-async def until(events: AsyncIterator[EngineEvent], kind: type, within: float = 10) -> list:
+async def until(
+    events: AsyncIterator[EngineEvent], kind: type, within: float = 10
+) -> list[EngineEvent]:
     seen: list[EngineEvent] = []
     async with asyncio.timeout(within):
         async for event in events:
@@ -115,10 +117,11 @@ async def test_a_conversation_follows_the_grammar_and_maps_every_output(
         ResponseTextFinal,  # FINAL text, what the history keeps
         TurnEnded,
     ]
+    assert isinstance(turn[0], TranscriptFinal) and isinstance(turn[-2], ResponseTextFinal)
     assert turn[0].text == "What time is it?" and turn[-2].text == "It is noon."
     audio = [e for e in turn if isinstance(e, AudioOut)]
     assert audio and all(e.sample_rate == 24_000 for e in audio)
-    assert usage[-1].output_tokens > 0
+    assert isinstance(usage[-1], Usage) and usage[-1].output_tokens > 0
 
     order = sent(emulator)
     assert order[:3] == ["sessionStart", "promptStart", "contentStart"]
@@ -174,6 +177,7 @@ async def test_a_typed_turn_in_text_only_mode_gets_words_and_no_audio(
     await session.push_text("What is new?")
     turn = await until(events, TurnEnded)
     await session.close()
+    assert isinstance(turn[0], TranscriptFinal)
     assert turn[0] == TranscriptFinal("What is new?", 1.0, turn[0].reason)
     assert ResponseTextFinal("Typed answer.") in turn
     assert not any(isinstance(e, AudioOut) for e in turn)
@@ -249,6 +253,7 @@ async def test_a_throttled_stream_continues_on_the_fallback(emulator: NovaEmulat
     await say(session, speech() + quiet(0.6))
     [notice] = await until(events, Error)
     await session.close()
+    assert isinstance(notice, Error)
     assert notice.code == "engine_fallback" and "throttl" in notice.message.lower()
 
 
@@ -274,7 +279,10 @@ async def test_a_stream_the_service_ended_leaves_no_traceback(
 
 
 async def test_seed_clients_talk_to_nova_through_sonicgate(
-    emulator: NovaEmulator, make_server, connect, monkeypatch: pytest.MonkeyPatch
+    emulator: NovaEmulator,
+    make_server: ServerFactory,
+    connect: Connect,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The first seed's client sends no credentials: the server's own (standard chain) serve.
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")

@@ -12,7 +12,7 @@ from sonicgate.engines.fallback import FallbackEngine
 from sonicgate.engines.local import LocalEngine, LocalModels
 from sonicgate.engines.openai.cascade import openai_cascade
 from sonicgate.engines.openai.client import OpenAISettings
-from tests.conftest import Client, RunningServer, ServerFactory
+from tests.conftest import Client, Connect, RunningServer, ServerFactory
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.test_metrics import scrape
 
@@ -34,14 +34,17 @@ async def talk(client: Client, text: str) -> None:
     await client.stream_audio(silence(0.3) + speak(text) + silence(1.0))
 
 
-async def start(connect, server: RunningServer, **fields: object) -> Client:
+async def start(connect: Connect, server: RunningServer, **fields: object) -> Client:
     client: Client = await connect(server.ws())
     await client.initialize(engine="openai", **fields)
     return client
 
 
 async def test_a_spoken_question_goes_through_whisper_chat_and_tts(
-    emulator: OpenAIEmulator, local_models: LocalModels, make_server: ServerFactory, connect
+    emulator: OpenAIEmulator,
+    local_models: LocalModels,
+    make_server: ServerFactory,
+    connect: Connect,
 ) -> None:
     server = await make_server({"openai": cascade(emulator, local_models)})
     client = await start(connect, server)
@@ -67,7 +70,10 @@ async def test_a_spoken_question_goes_through_whisper_chat_and_tts(
 
 
 async def test_typed_text_and_text_only_replies(
-    emulator: OpenAIEmulator, local_models: LocalModels, make_server: ServerFactory, connect
+    emulator: OpenAIEmulator,
+    local_models: LocalModels,
+    make_server: ServerFactory,
+    connect: Connect,
 ) -> None:
     server = await make_server({"openai": cascade(emulator, local_models)})
     client = await start(connect, server, textOnly=True)
@@ -79,7 +85,10 @@ async def test_typed_text_and_text_only_replies(
 
 
 async def test_a_refused_key_is_a_clear_error_and_the_session_stays(
-    emulator: OpenAIEmulator, local_models: LocalModels, make_server: ServerFactory, connect
+    emulator: OpenAIEmulator,
+    local_models: LocalModels,
+    make_server: ServerFactory,
+    connect: Connect,
 ) -> None:
     server = await make_server({"openai": cascade(emulator, local_models)})
     client = await start(connect, server, openaiApiKey="sk-wrong-one")
@@ -100,7 +109,7 @@ async def test_provider_failures_fall_back_to_local_with_the_history(
     emulator: OpenAIEmulator,
     local_models: LocalModels,
     make_server: ServerFactory,
-    connect,
+    connect: Connect,
     fail: dict[str, int],
     drop: int | None,
 ) -> None:

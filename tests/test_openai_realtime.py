@@ -14,7 +14,7 @@ from sonicgate.engines.fallback import FallbackEngine
 from sonicgate.engines.local import LocalEngine, LocalModels
 from sonicgate.engines.openai.client import OpenAISettings
 from sonicgate.engines.openai.realtime import OpenAIRealtimeEngine
-from tests.conftest import Client, RunningServer, ServerFactory
+from tests.conftest import Client, Connect, RunningServer, ServerFactory
 from tests.emulators.openai_api import OpenAIEmulator
 
 
@@ -30,7 +30,7 @@ def realtime(emulator: OpenAIEmulator) -> OpenAIRealtimeEngine:
     )
 
 
-async def start(connect, server: RunningServer, **fields: object) -> Client:
+async def start(connect: Connect, server: RunningServer, **fields: object) -> Client:
     client: Client = await connect(server.ws())
     await client.initialize(engine="openai-realtime", **fields)
     return client
@@ -41,7 +41,7 @@ async def talk(client: Client, text: str) -> None:
 
 
 async def test_a_voice_turn_through_the_realtime_api(
-    emulator: OpenAIEmulator, make_server: ServerFactory, connect
+    emulator: OpenAIEmulator, make_server: ServerFactory, connect: Connect
 ) -> None:
     server = await make_server({"openai-realtime": realtime(emulator)})
     client = await start(connect, server)
@@ -66,7 +66,7 @@ async def test_a_voice_turn_through_the_realtime_api(
 
 
 async def test_speech_during_the_reply_interrupts_and_truncates_it(
-    emulator: OpenAIEmulator, make_server: ServerFactory, connect
+    emulator: OpenAIEmulator, make_server: ServerFactory, connect: Connect
 ) -> None:
     emulator.reply = " ".join(["and then the dragon flew on"] * 20)
     emulator.word_delay = 0.05
@@ -84,7 +84,7 @@ async def test_speech_during_the_reply_interrupts_and_truncates_it(
 
 
 async def test_typed_text_and_text_only(
-    emulator: OpenAIEmulator, make_server: ServerFactory, connect
+    emulator: OpenAIEmulator, make_server: ServerFactory, connect: Connect
 ) -> None:
     server = await make_server({"openai-realtime": realtime(emulator)})
     client = await start(connect, server, textOnly=True)
@@ -97,7 +97,7 @@ async def test_typed_text_and_text_only(
 
 
 async def test_a_refused_key_is_a_clear_error(
-    emulator: OpenAIEmulator, make_server: ServerFactory, connect
+    emulator: OpenAIEmulator, make_server: ServerFactory, connect: Connect
 ) -> None:
     server = await make_server({"openai-realtime": realtime(emulator)})
     client: Client = await connect(server.ws())
@@ -111,7 +111,10 @@ async def test_a_refused_key_is_a_clear_error(
 
 @pytest.mark.models
 async def test_a_dropped_socket_falls_back_to_local_with_the_history(
-    emulator: OpenAIEmulator, local_models: LocalModels, make_server: ServerFactory, connect
+    emulator: OpenAIEmulator,
+    local_models: LocalModels,
+    make_server: ServerFactory,
+    connect: Connect,
 ) -> None:
     engine = FallbackEngine(realtime(emulator), LocalEngine(local_models))
     server = await make_server({"openai-realtime": engine})

@@ -19,8 +19,8 @@ from sonicgate.bus import redis as redis_bus
 from sonicgate.bus.base import RESPONSE_EVENT, SESSION_EVENT, TRANSCRIPTION_EVENT, BusEvent, Filter
 from sonicgate.bus.memory import MemoryBus
 from sonicgate.bus.redis import RedisBus
-from tests.conftest import Client, eventually, free_port
-from tests.scripted_engine import tone
+from tests.conftest import Client, Connect, ServerFactory, eventually, free_port
+from tests.scripted_engine import ScriptedEngine, tone
 
 
 def event(n: int) -> BusEvent:
@@ -69,7 +69,7 @@ async def test_publishing_never_waits_on_an_unreachable_redis_and_warns_once(
 
 
 async def test_a_conversation_goes_on_while_redis_is_unreachable(
-    make_server, scripted, connect
+    make_server: ServerFactory, scripted: ScriptedEngine, connect: Connect
 ) -> None:
     server = await make_server({"scripted": scripted}, bus=f"redis://127.0.0.1:{free_port()}/0")
     client = await connect(server.ws())
@@ -158,7 +158,12 @@ async def subscribed(redis_url: str, channel: str, count: int = 1) -> None:
 
 
 async def test_events_on_one_node_reach_a_subscriber_on_another(
-    make_server, scripted, connect, redis_url: str, bus_prefix: str, tmp_path
+    make_server: ServerFactory,
+    scripted: ScriptedEngine,
+    connect: Connect,
+    redis_url: str,
+    bus_prefix: str,
+    tmp_path: Path,
 ) -> None:
     shared = {"bus": redis_url, "bus_prefix": bus_prefix}
     node_a = await make_server({"scripted": scripted}, data_dir=tmp_path / "a", **shared)

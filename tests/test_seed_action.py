@@ -9,7 +9,7 @@ import wave
 import av
 import numpy as np
 
-from tests.conftest import Client, RunningServer
+from tests.conftest import Client, Connect, RunningServer
 from tests.scripted_engine import ScriptedEngine, tone
 
 
@@ -52,7 +52,9 @@ async def send_chunks(client: Client, session_id: str, data: bytes, size: int, f
         )
 
 
-async def test_session_initialized_has_the_seed_shape(server: RunningServer, connect) -> None:
+async def test_session_initialized_has_the_seed_shape(
+    server: RunningServer, connect: Connect
+) -> None:
     client = await connect(server.ws())
     ready = await start(client)
     assert ready["type"] == "voice_session_initialized"
@@ -68,11 +70,12 @@ async def test_session_initialized_has_the_seed_shape(server: RunningServer, con
 
 
 async def test_chunks_give_partials_and_a_triggered_response(
-    server: RunningServer, connect, scripted: ScriptedEngine
+    server: RunningServer, connect: Connect, scripted: ScriptedEngine
 ) -> None:
     client = await connect(server.ws())
     ready = await start(client)
     session_id = ready["sessionId"]
+    assert isinstance(session_id, str)
     await send_chunks(client, session_id, tone(2.0, 16_000), 8192, "pcm16")
     response, before = await client.until("voice_response_triggered")
     partials = [m for m in before if m["type"] == "voice_transcription_partial"]
@@ -86,12 +89,14 @@ async def test_chunks_give_partials_and_a_triggered_response(
     assert data["triggerReason"] == "explicit_end"
     assert data["audioResponse"].startswith("data:audio/mp3;base64,")
     mp3 = base64.b64decode(data["audioResponse"].partition(",")[2])
-    with av.open(io.BytesIO(mp3)) as container:
+    with av.open(io.BytesIO(mp3), mode="r") as container:
         assert container.format.name == "mp3"
         assert container.duration and container.duration > 0
 
 
-async def test_voice_data_takes_a_complete_recording(server: RunningServer, connect) -> None:
+async def test_voice_data_takes_a_complete_recording(
+    server: RunningServer, connect: Connect
+) -> None:
     client = await connect(server.ws())
     ready = await start(client, audioFormat="wav")
     await client.send(
@@ -109,7 +114,7 @@ async def test_voice_data_takes_a_complete_recording(server: RunningServer, conn
 
 
 async def test_out_of_order_chunks_are_reordered_and_gaps_reported(
-    server: RunningServer, connect
+    server: RunningServer, connect: Connect
 ) -> None:
     client = await connect(server.ws())
     ready = await start(client)
@@ -140,7 +145,9 @@ async def test_out_of_order_chunks_are_reordered_and_gaps_reported(
     assert "4" in gap["data"]["message"]
 
 
-async def test_session_end_and_resume(server: RunningServer, connect, scripted) -> None:
+async def test_session_end_and_resume(
+    server: RunningServer, connect: Connect, scripted: ScriptedEngine
+) -> None:
     client = await connect(server.ws())
     ready = await start(client)
     session_id = ready["sessionId"]
@@ -188,7 +195,7 @@ def webm_opus(seconds: float) -> bytes:
     return buffer.getvalue()
 
 
-async def test_webm_split_across_chunks(server: RunningServer, connect) -> None:
+async def test_webm_split_across_chunks(server: RunningServer, connect: Connect) -> None:
     client = await connect(server.ws())
     ready = await start(client, audioFormat="webm")
     await send_chunks(client, str(ready["sessionId"]), webm_opus(2.0), 1000, "webm")
@@ -199,7 +206,7 @@ async def test_webm_split_across_chunks(server: RunningServer, connect) -> None:
 
 
 async def test_speech_pending_at_session_end_is_still_answered(
-    server: RunningServer, connect
+    server: RunningServer, connect: Connect
 ) -> None:
     client = await connect(server.ws())
     session_id = (await start(client))["sessionId"]

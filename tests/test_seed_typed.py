@@ -10,7 +10,7 @@ import wave
 
 import pytest
 
-from tests.conftest import Client, RunningServer
+from tests.conftest import Client, Connect, RunningServer
 from tests.scripted_engine import ScriptedEngine, tone
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -43,7 +43,9 @@ async def stream_speech(client: Client, seconds: float) -> None:
         )
 
 
-async def test_conversation(server: RunningServer, connect, scripted: ScriptedEngine) -> None:
+async def test_conversation(
+    server: RunningServer, connect: Connect, scripted: ScriptedEngine
+) -> None:
     client = await connect(server.ws())
     ready = await initialize(client)
     assert ready["type"] == "initialized"
@@ -74,7 +76,9 @@ async def test_conversation(server: RunningServer, connect, scripted: ScriptedEn
     assert ended["status"] == "COMPLETED"
 
 
-async def test_text_message_and_text_only(server: RunningServer, connect, scripted) -> None:
+async def test_text_message_and_text_only(
+    server: RunningServer, connect: Connect, scripted: ScriptedEngine
+) -> None:
     client = await connect(server.ws())
     await initialize(client, textOnly=True)
     await client.send({"type": "text_message", "text": "What time is it?"})
@@ -83,7 +87,9 @@ async def test_text_message_and_text_only(server: RunningServer, connect, script
     assert not [m for m in seen if m["type"] == "audio_response"]
 
 
-async def test_barge_in_reaches_the_client(server: RunningServer, connect, scripted) -> None:
+async def test_barge_in_reaches_the_client(
+    server: RunningServer, connect: Connect, scripted: ScriptedEngine
+) -> None:
     scripted.word_delay = 0.2
     client = await connect(server.ws())
     await initialize(client)
@@ -97,7 +103,7 @@ async def test_barge_in_reaches_the_client(server: RunningServer, connect, scrip
 
 
 async def test_credentials_are_never_stored_or_logged(
-    server: RunningServer, connect, caplog: pytest.LogCaptureFixture
+    server: RunningServer, connect: Connect, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     client = await connect(server.ws())
@@ -114,10 +120,11 @@ async def test_credentials_are_never_stored_or_logged(
             assert SECRET.encode() not in path.read_bytes(), path
     with sqlite3.connect(database) as db:
         dump = "\n".join(db.iterdump())
+    assert isinstance(ready["sessionId"], str)
     assert SECRET not in dump and ready["sessionId"] in dump
 
 
-async def test_status_and_cleanup(server: RunningServer, connect) -> None:
+async def test_status_and_cleanup(server: RunningServer, connect: Connect) -> None:
     client = await connect(server.ws())
     await initialize(client)
     async with server.http() as http:
@@ -131,7 +138,7 @@ async def test_status_and_cleanup(server: RunningServer, connect) -> None:
         assert cleanup["endedSessions"] == 0
 
 
-async def test_events_websocket_filters_by_session(server: RunningServer, connect) -> None:
+async def test_events_websocket_filters_by_session(server: RunningServer, connect: Connect) -> None:
     client = await connect(server.ws())
     ready = await initialize(client, userId="alice")
     events = await connect(server.ws(f"/api/events?sessionId={ready['sessionId']}"))
@@ -147,7 +154,7 @@ async def test_events_websocket_filters_by_session(server: RunningServer, connec
     json.dumps(response)
 
 
-async def test_each_turn_audio_is_saved_as_wav(server: RunningServer, connect) -> None:
+async def test_each_turn_audio_is_saved_as_wav(server: RunningServer, connect: Connect) -> None:
     client = await connect(server.ws())
     ready = await initialize(client)
     await stream_speech(client, 1.0)

@@ -23,11 +23,15 @@ from sonicgate.store.audio import FileAudioStore
 from sonicgate.store.base import SessionExists
 from sonicgate.store.registry import StoreRegistry
 from sonicgate.store.sqlite import SqliteStore
+from tests.conftest import Connect, ServerFactory
 from tests.scripted_engine import ScriptedEngine, tone
 
 
 async def test_a_store_that_fails_unexpectedly_silences_nothing(
-    make_server, scripted: ScriptedEngine, connect, monkeypatch: pytest.MonkeyPatch
+    make_server: ServerFactory,
+    scripted: ScriptedEngine,
+    connect: Connect,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """One sink failing on one event: the other sinks, and the events after it, go on."""
     calls = 0
@@ -50,7 +54,10 @@ async def test_a_store_that_fails_unexpectedly_silences_nothing(
 
 
 async def test_a_racing_start_of_one_session_id_gets_an_error_not_a_dropped_connection(
-    make_server, scripted: ScriptedEngine, connect, monkeypatch: pytest.MonkeyPatch
+    make_server: ServerFactory,
+    scripted: ScriptedEngine,
+    connect: Connect,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Two clients start the same new id at once: the store takes one; the other is told."""
 

@@ -20,6 +20,8 @@ from sonicgate.events import (
 from sonicgate.sessions import sinks as session_module
 from sonicgate.sessions.sequencer import Sequencer
 from sonicgate.sessions.state import StateMachine
+from tests.conftest import Connect, ServerFactory
+from tests.scripted_engine import ScriptedEngine
 
 
 def test_a_turn_walks_idle_receiving_processing_responding_idle() -> None:
@@ -99,7 +101,10 @@ def test_unnumbered_chunks_pass_straight_through() -> None:
 
 
 async def test_a_turn_recording_keeps_only_its_last_stretch(
-    make_server, scripted, connect, monkeypatch: pytest.MonkeyPatch
+    make_server: ServerFactory,
+    scripted: ScriptedEngine,
+    connect: Connect,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A microphone left open between turns must not grow the session's memory."""
     monkeypatch.setattr(session_module, "RECORDING_LIMIT_SECONDS", 1)

@@ -13,7 +13,8 @@ from redis.asyncio import Redis
 from sonicgate.server.ratelimit import Counters, RateLimiter
 from sonicgate.sessions.slots import LocalSlots, RedisSlots, open_slots
 from sonicgate.shared_redis import RETRY_SECONDS, Outages, connect
-from tests.conftest import free_port
+from tests.conftest import Connect, ServerFactory, free_port
+from tests.scripted_engine import ScriptedEngine
 from tests.test_bad_input import expect_error
 
 
@@ -131,7 +132,10 @@ def test_sessions_count_in_redis_only_when_shared_and_limited(shared: Redis) -> 
 
 
 async def test_a_node_holds_the_limits_alone_while_its_redis_is_unreachable(
-    make_server, scripted, connect, caplog: pytest.LogCaptureFixture
+    make_server: ServerFactory,
+    scripted: ScriptedEngine,
+    connect: Connect,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     server = await make_server(
         {"scripted": scripted},

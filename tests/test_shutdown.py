@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sonicgate.domain import SessionStatus, VoiceSession
 from sonicgate.store.sqlite import SqliteStore
-from tests.conftest import stop_server
+from tests.conftest import Connect, ServerFactory, stop_server
+from tests.scripted_engine import ScriptedEngine
 from tests.test_seed_typed import initialize
 
 
 async def test_a_clean_stop_ends_every_session_and_tells_its_client(
-    make_uvicorn, scripted, connect
+    make_uvicorn: ServerFactory, scripted: ScriptedEngine, connect: Connect
 ) -> None:
     server = await make_uvicorn({"scripted": scripted})  # stopped as on SIGTERM
     typed = await connect(server.ws())
     typed_id = (await initialize(typed))["sessionId"]
+    assert isinstance(typed_id, str)
     action = await connect(server.ws())
     await action.send({"action": "voice_session_start", "userId": "u1", "data": {}})
     action_id = (await action.recv())["sessionId"]
@@ -36,7 +40,7 @@ async def test_a_clean_stop_ends_every_session_and_tells_its_client(
 
 
 async def test_sessions_left_active_by_a_crash_are_marked_error_at_start(
-    make_server, scripted, tmp_path
+    make_server: ServerFactory, scripted: ScriptedEngine, tmp_path: Path
 ) -> None:
     store = SqliteStore(tmp_path / "data" / "sonicgate.db")
     await store.open()

@@ -28,7 +28,8 @@ from sonicgate.store.base import SessionExists, Store
 from sonicgate.store.postgres import PostgresStore
 from sonicgate.store.sql import MIGRATIONS
 from sonicgate.store.sqlite import SqliteStore
-from tests.conftest import POSTGRES
+from tests.conftest import POSTGRES, Connect, ServerFactory
+from tests.scripted_engine import ScriptedEngine
 
 StoreMaker = Callable[[], Store]
 
@@ -297,7 +298,7 @@ async def test_postgres_refuses_a_newer_schema(postgres_schema: str) -> None:
 
 
 async def test_a_server_keeps_its_conversations_in_postgres(
-    make_server, scripted, connect, postgres_schema: str
+    make_server: ServerFactory, scripted: ScriptedEngine, connect: Connect, postgres_schema: str
 ) -> None:
     server = await make_server({"scripted": scripted}, store=postgres_schema)
     client = await connect(server.ws())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Client, ServerFactory, free_port
+from tests.conftest import Client, Connect, ServerFactory, free_port
 from tests.scripted_engine import ScriptedEngine
 
 BINARIES = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
@@ -94,7 +94,7 @@ async def reply_to(client: Client, text: str) -> dict[str, object]:
 
 
 async def test_conversations_outlive_a_postgres_outage(
-    make_server: ServerFactory, scripted: ScriptedEngine, connect, postgres: Postgres
+    make_server: ServerFactory, scripted: ScriptedEngine, connect: Connect, postgres: Postgres
 ) -> None:
     server = await make_server({"scripted": scripted}, store=postgres.url)
     talking = await connect(server.ws())

@@ -17,6 +17,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from tests.conftest import Connect, ServerFactory
+from tests.scripted_engine import ScriptedEngine
+
 
 @pytest.fixture(scope="module")
 def spans() -> InMemorySpanExporter:
@@ -29,7 +32,10 @@ def spans() -> InMemorySpanExporter:
 
 
 async def test_each_turn_is_a_span_with_its_session(
-    make_server, scripted, connect, spans: InMemorySpanExporter
+    make_server: ServerFactory,
+    scripted: ScriptedEngine,
+    connect: Connect,
+    spans: InMemorySpanExporter,
 ) -> None:
     server = await make_server({"scripted": scripted})
     client = await connect(server.ws())

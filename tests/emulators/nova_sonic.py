@@ -107,6 +107,11 @@ def exception_frame(kind: str, message: str) -> bytes:
     )
 
 
+def header_text(value: bytes | str) -> str:
+    """A header's name or value: h2 decodes them (``header_encoding``), typed as bytes."""
+    return value if isinstance(value, str) else value.decode()
+
+
 class _Buffer:
     """Splits a byte stream into eventstream messages (4-byte total length first)."""
 
@@ -204,10 +209,10 @@ class NovaStream:
                 content["text"] += str(data.get("content", ""))
             case "contentEnd":
                 self._check_prompt(data)
-                content = self.contents.pop(str(data.get("contentName")), None)
-                if content is None:
+                ended = self.contents.pop(str(data.get("contentName")), None)
+                if ended is None:
                     raise GrammarError("contentEnd for a content that is not open")
-                await self._content_end(content)
+                await self._content_end(ended)
             case "promptEnd":
                 self._check_prompt(data)
             case "sessionEnd":
@@ -437,7 +442,9 @@ class _Connection:
     async def on_event(self, event: h2.events.Event) -> None:
         match event:
             case h2.events.RequestReceived(stream_id=stream_id, headers=headers):
-                await self.on_request(stream_id, dict(headers or []))
+                await self.on_request(
+                    stream_id, {header_text(k): header_text(v) for k, v in headers or []}
+                )
             case h2.events.DataReceived(stream_id=stream_id, data=data):
                 self.h2.acknowledge_received_data(event.flow_controlled_length, stream_id)
                 found = self.streams.get(stream_id)

@@ -239,7 +239,9 @@ class Phone:
             while self._playback and isinstance(self._playback[0], str):
                 await self._echo(str(self._playback.popleft()))
             if self._playback:
-                self.played += self._playback.popleft()
+                frame = self._playback.popleft()
+                assert isinstance(frame, bytes)  # marks were echoed above
+                self.played += frame
             await asyncio.sleep(max(0.0, started + tick * FRAME_SECONDS - time.perf_counter()))
 
     async def _echo(self, name: str) -> None:
