@@ -93,6 +93,19 @@ async def test_oversize_frame(
     await still_works(client)
 
 
+async def test_the_size_limit_counts_bytes_not_characters(
+    make_server: ServerFactory, scripted: ScriptedEngine, connect: Connect
+) -> None:
+    """A browser's JSON.stringify sends text as UTF-8: 4000 euro signs are 12000 bytes."""
+    server = await make_server({"scripted": scripted}, max_message_bytes=10_000)
+    client = await typed(connect, server)
+    text = json.dumps({"type": "text_message", "text": "\u20ac" * 4000}, ensure_ascii=False)
+    assert len(text.encode()) > 10_000
+    await client.send(text)
+    message = await expect_error(client, "frame_too_large")
+    assert "10000" in str(message["message"])
+
+
 async def test_input_before_a_session(server: RunningServer, connect: Connect) -> None:
     client = await connect(server.ws())
     await client.send({"type": "audio_chunk", "audio": B64})
@@ -206,3 +219,20 @@ async def test_a_client_that_never_reads_is_cut_off(
     async with server.http() as http:
         status = (await http.get("/api/nova-sonic/status")).json()
     assert status["activeSessions"] == 0
+
+
+async def test_ending_a_session_on_a_dead_engine_keeps_the_connection(
+    server: RunningServer, connect: Connect, scripted: ScriptedEngine
+) -> None:
+    """A chunk held for a gap reaches the engine as the session ends: an engine that
+    died meanwhile is an error for the client, and the session still ends."""
+    client = await typed(connect, server)
+    await client.send({"type": "audio_chunk", "audio": B64, "sequenceNumber": 3})  # 1, 2 awaited
+    scripted.fail_on_audio = True
+    await client.send({"type": "end_conversation"})
+    ended, before = await client.until("conversation_ended")
+    assert ended["status"] == "COMPLETED"
+    assert [m["code"] for m in before if m["type"] == "error"] == ["engine_failed"], before
+    scripted.fail_on_audio = False
+    await client.send({"type": "initialize"})
+    assert (await client.recv())["type"] == "initialized"

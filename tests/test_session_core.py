@@ -4,6 +4,7 @@ a connection, stopped a node's heartbeat or lost audio."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from sonicgate.store.audio import FileAudioStore
 from sonicgate.store.base import SessionExists
 from sonicgate.store.registry import StoreRegistry
 from sonicgate.store.sqlite import SqliteStore
-from tests.conftest import Connect, ServerFactory
+from tests.conftest import Connect, ServerFactory, eventually
 from tests.scripted_engine import ScriptedEngine, tone
 
 
@@ -150,3 +151,106 @@ async def test_the_decoders_tail_reaches_the_engine_at_the_end_of_a_turn(
     await chain.push(AudioIn(b"", end_of_turn=True))
     await store.close()
     assert len(engine.audio) == len(resample(speech, 24_000, 16_000))
+
+
+async def test_a_dropped_connection_on_a_dead_engine_still_closes_its_session(
+    make_server: ServerFactory, scripted: ScriptedEngine, connect: Connect
+) -> None:
+    """The socket closes with a chunk held for a gap and an engine that died: the
+    session still stops its engine (its pump task does not outlive the connection)."""
+    server = await make_server({"scripted": scripted})
+    client = await connect(server.ws())
+    session_id = (await client.initialize())["sessionId"]
+    audio = base64.b64encode(bytes(3200)).decode()
+    await client.send({"type": "audio_chunk", "audio": audio, "sequenceNumber": 3})
+    await client.send({"type": "text_message", "text": "hi"})  # the chunk above is in
+    await client.final_reply()
+    scripted.fail_on_audio = True
+    await client.close()
+
+    def pump_running() -> bool:
+        return any(t.get_name() == f"engine-{session_id}" for t in asyncio.all_tasks())
+
+    await eventually(lambda: not pump_running(), "the engine's pump ended")
+
+
+async def test_a_resume_whose_engine_fails_on_the_kept_turn_leaves_nothing_live(
+    make_server: ServerFactory, scripted: ScriptedEngine, connect: Connect
+) -> None:
+    """The turn kept for a resume is replayed into a fresh engine; an engine that fails
+    on it is an error for the client, and no half-open session stays live."""
+    server = await make_server({"scripted": scripted})
+    manager = server.app.state.manager
+    first = await connect(server.ws())
+    session_id = (await first.initialize())["sessionId"]
+    audio = base64.b64encode(bytes(3200)).decode()
+    await first.send({"type": "audio_chunk", "audio": audio, "sequenceNumber": 0})
+    await first.send({"type": "dance"})  # its error: the chunk above is in, and kept
+    assert (await first.until("error"))[0]["code"] == "unknown_type"
+    await first.close()
+    await eventually(lambda: not manager.live, "the first connection's session detached")
+    scripted.fail_on_audio = True
+    second = await connect(server.ws())
+    await second.send({"type": "initialize", "sessionId": session_id})
+    error, _ = await second.until("error")
+    assert error["code"] == "engine_failed", error
+    assert session_id not in manager.live
+
+
+async def test_a_chunk_is_kept_before_a_partial_acknowledges_it(
+    make_server: ServerFactory,
+    scripted: ScriptedEngine,
+    connect: Connect,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """README: numbered chunks are kept in the store before partials acknowledge them,
+    so that a node dying after the acknowledgement loses nothing the client will not
+    send again."""
+    original = SqliteStore.save_turn_audio
+
+    async def slow_write(self: SqliteStore, session_id: str, sequence: int, pcm: bytes) -> None:
+        await asyncio.sleep(0.5)  # a shared database's round trip, under load
+        await original(self, session_id, sequence, pcm)
+
+    monkeypatch.setattr(SqliteStore, "save_turn_audio", slow_write)
+    server = await make_server({"scripted": scripted})
+    store = server.app.state.manager.services.store
+    client = await connect(server.ws())
+    await client.send({"action": "voice_session_start", "data": {"audioFormat": "pcm16"}})
+    session_id = (await client.recv())["sessionId"]
+    second = base64.b64encode(bytes(32_000)).decode()  # a partial's worth
+    for sequence in (0, 1):
+        data = {"audioData": second, "sequenceNumber": sequence}
+        await client.send({"action": "voice_chunk", "sessionId": session_id, "data": data})
+    acknowledged = None
+    while acknowledged is None:  # the first partial may come before any chunk is kept
+        partial, _ = await client.until("voice_transcription_partial")
+        acknowledged = partial["data"]["sequenceNumber"]
+    kept = [sequence for sequence, _ in await store.turn_audio(session_id)]
+    assert acknowledged in kept, f"chunk {acknowledged} acknowledged before it was kept"
+
+
+async def test_two_simultaneous_resumes_of_one_session_leave_one_live_and_no_slot_held(
+    make_server: ServerFactory, scripted: ScriptedEngine, connect: Connect
+) -> None:
+    """A client's two tabs resume one session at once: one of them has it (the other is
+    told), and once both are gone the client holds no session."""
+    server = await make_server({"scripted": scripted}, max_sessions_per_client=1)
+    manager = server.app.state.manager
+    first = await connect(server.ws())
+    session_id = (await first.initialize())["sessionId"]
+    await first.close()
+    await eventually(lambda: not manager.live, "the session detached")
+    tabs = [await connect(server.ws()), await connect(server.ws())]
+    await asyncio.gather(
+        *(tab.send({"type": "initialize", "sessionId": session_id}) for tab in tabs)
+    )
+    answers = [await tab.recv() for tab in tabs]
+    assert [a["type"] for a in answers] == ["initialized", "initialized"], answers
+    for tab in tabs:
+        await tab.close()
+    await eventually(lambda: not manager.live, "both tabs' sessions detached")
+    again = await connect(server.ws())
+    await again.send({"type": "initialize"})  # a new session: the client holds none now
+    answer = await again.recv()
+    assert answer["type"] == "initialized", answer

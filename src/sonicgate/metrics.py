@@ -22,6 +22,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from sonicgate.domain import ErrorCode
 from sonicgate.events import AudioOut, EngineEvent, Error, Metrics, TurnEnded, Usage
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -114,7 +115,7 @@ class GatewayMetrics:
                 self.turns.labels(engine, str(interrupted).lower()).inc()
             case Error(code=code):
                 self.errors.labels(code).inc()
-                if code == "engine_fallback":
+                if code == ErrorCode.ENGINE_FALLBACK:
                     self.fallbacks.labels(engine).inc()
             case AudioOut(pcm=pcm, sample_rate=rate):
                 self._audio(engine, "out").inc(len(pcm) / 2 / rate)

@@ -47,7 +47,7 @@ class FallbackEngine:
         try:
             session.current = await self.primary.start(config)
         except EngineError as exc:
-            if exc.code == "unknown_voice" or not session.can_switch():
+            if exc.code == ErrorCode.UNKNOWN_VOICE or not session.can_switch():
                 raise  # the client asked for something the backup cannot do either
             await session.switch(exc.message)
         return session

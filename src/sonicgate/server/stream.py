@@ -205,11 +205,13 @@ class ClientConnection:
                 f"binary frames are not accepted ({size} bytes): send JSON text messages "
                 "with audio as base64",
             )
-        if len(text) > self._limits.max_message_bytes:
+        # The limit is in bytes, as sent (UTF-8); isascii() costs nothing on a str.
+        size = len(text) if text.isascii() else len(text.encode())
+        if size > self._limits.max_message_bytes:
             limit = self._limits.max_message_bytes
             raise ProtocolError(
                 ErrorCode.FRAME_TOO_LARGE,
-                f"message of {len(text)} bytes exceeds the limit of {limit} bytes",
+                f"message of {size} bytes exceeds the limit of {limit} bytes",
             )
         return parse_json(text)
 

@@ -16,7 +16,7 @@ from sonicgate.audio.formats import (
     decode_file,
 )
 from sonicgate.domain import ErrorCode, SessionError, StreamingContext
-from sonicgate.engines.base import EngineError, EngineSession
+from sonicgate.engines.base import EngineSession
 from sonicgate.events import AudioIn, EngineEvent, TranscriptFinal, TriggerReason
 from sonicgate.sessions.sequencer import Notice, Sequencer
 from sonicgate.store.base import Store, saved
@@ -50,6 +50,9 @@ class AudioInput:
         self._decoder = InputDecoder(context.audioFormat, self._limit)
         last = max(context.chunks) + 1 if context.chunks else None
         self._sequencer: Sequencer[bytes] = Sequencer(reorder_window, last)
+        # Acknowledged once kept: a node that dies after the acknowledgement loses nothing
+        # the client will not send again. The sequencer's count runs ahead of it.
+        self._kept_through = self._sequencer.last_released
         self._turn_bytes = 0  # all of this turn's audio: the limit holds at any value
         self._kept_bytes = 0  # of it in the store, for a resume elsewhere
         self._max_turn_bytes = int(max_turn_seconds * BYTES_PER_SECOND)  # 0: no limit
@@ -57,8 +60,8 @@ class AudioInput:
 
     @property
     def last_sequence(self) -> int | None:
-        """The last numbered chunk passed on: what partial transcripts acknowledge."""
-        return self._sequencer.last_released
+        """The last numbered chunk passed on and kept: what partial transcripts acknowledge."""
+        return self._kept_through
 
     async def push(self, event: AudioIn) -> None:
         """Raises ``SessionError`` for the client (bad audio, a turn past its limit)."""
@@ -84,7 +87,9 @@ class AudioInput:
         if event.end_of_turn:
             released += await self._flush()
         if event.sequence is not None:
+            through = self._sequencer.last_released
             await self._keep(event.sequence, bytes(released))
+            self._kept_through = through
             chunks = [*self._context.chunks, event.sequence]
             self._context.chunks = chunks[-KEPT_SEQUENCE_NUMBERS:]
         if event.end_of_turn:
@@ -121,9 +126,10 @@ class AudioInput:
 
     async def release(self) -> None:
         """The session ends: chunks still waiting for a gap, and what the decoder holds
-        back, go to the engine as they are."""
+        back, go to the engine as they are. Audio that does not decode is dropped; an
+        engine that fails on it raises."""
         held, _ = self._sequencer.drain()
-        with contextlib.suppress(SessionError, EngineError):
+        with contextlib.suppress(SessionError):
             for data in held:
                 await self._forward(data)
             await self._flush()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -61,6 +62,37 @@ def check_node_id(node_id: str) -> str:
     return node_id
 
 
+async def _replay(live: LiveSession, turn_audio: list[tuple[int, bytes]]) -> None:
+    """The turn kept for a resume, heard again; an engine that fails on it leaves
+    nothing half-open."""
+    try:
+        await live.replay(turn_audio)
+    except BaseException:
+        await live.close(None)
+        raise
+
+
+class KeyedLock:
+    """An asyncio lock for each key, kept only while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
 class SessionManager:
     def __init__(
         self,
@@ -80,6 +112,7 @@ class SessionManager:
         self.limits = limits
         self.node_id = check_node_id(node_id)
         self.live: dict[str, LiveSession] = {}
+        self._opening = KeyedLock()
         self.stopping = False  # a clean stop is under way: no new sessions
         self.slots = slots or LocalSlots(limits.max_sessions_per_client)
 
@@ -107,7 +140,10 @@ class SessionManager:
                 f"this client already has {held} sessions; the limit is {limit}",
             )
         try:
-            return await self._open(start, session_id, connection_id, dialect, send, principal)
+            # One opening of a session at a time: two tabs resuming it at once would
+            # otherwise both miss the other's, and both run it.
+            async with self._opening.hold(session_id):
+                return await self._open(start, session_id, connection_id, dialect, send, principal)
         except BaseException:
             await self.slots.release(client, session_id)
             raise
@@ -166,9 +202,9 @@ class SessionManager:
             client=principal.id,
             max_turn_seconds=self.limits.max_turn_audio_seconds,
         )
+        await _replay(live, turn_audio)
         self.live[record.sessionId] = live
         self.services.metrics.sessions.set(len(self.live))
-        await live.replay(turn_audio)
         await self._announce(record, resumed)
         return live
 

@@ -13,13 +13,21 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
 from sonicgate import tracing
 from sonicgate.audio.formats import BYTES_PER_SECOND
 from sonicgate.bus.base import SESSION_EVENT, Bus
-from sonicgate.domain import ErrorCode, SessionError, SessionStatus, StreamingContext, VoiceSession
-from sonicgate.engines.base import EngineSession
+from sonicgate.domain import (
+    ErrorCode,
+    GatewayError,
+    SessionError,
+    SessionStatus,
+    StreamingContext,
+    VoiceSession,
+)
+from sonicgate.engines.base import EngineError, EngineSession
 from sonicgate.events import (
     AudioIn,
     Cancel,
@@ -157,8 +165,16 @@ class LiveSession:
                 )
 
     async def replay(self, turn_audio: list[tuple[int, bytes]]) -> None:
-        """The turn under way when the session left another node or connection."""
-        await self._input.replay(turn_audio)
+        """The turn under way when the session left another node or connection; raises
+        ``EngineError`` if the engine fails on it."""
+        try:
+            await self._input.replay(turn_audio)
+        except GatewayError:
+            raise
+        except Exception as exc:
+            log.exception("engine failed on session %s's kept turn", self.session_id)
+            message = f"the engine failed on the turn kept for this resume: {exc}"
+            raise EngineError(ErrorCode.ENGINE_FAILED, message) from exc
 
     def _heard(self, pcm: bytes) -> None:
         seconds = len(pcm) / BYTES_PER_SECOND
@@ -171,12 +187,17 @@ class LiveSession:
         await self._send(self._dialect.error(notice.code, notice.message, self.session_id))
 
     async def _run_engine(self) -> None:
-        try:
+        async with self._engine_failure_told():
             async for event in self._engine.events():
                 await self._route(event)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the engine itself broke: told, and the connection stays
+
+    @contextlib.asynccontextmanager
+    async def _engine_failure_told(self) -> AsyncIterator[None]:
+        """The engine itself broke: the client is told, and the connection stays (and a
+        session that is ending still ends)."""
+        try:
+            yield
+        except Exception as exc:
             log.exception("engine failed in session %s", self.session_id)
             await self._route(Error(ErrorCode.ENGINE_FAILED, f"the engine failed: {exc}"))
 
@@ -194,10 +215,11 @@ class LiveSession:
 
     async def finish(self) -> None:
         """The client ends the session: speech it has not heard answered yet still is."""
-        await self._input.release()
-        if await self._engine.end_turn(TriggerReason.SESSION_END):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._last_reply.wait(), LAST_REPLY_TIMEOUT)
+        async with self._engine_failure_told():
+            await self._input.release()
+            if await self._engine.end_turn(TriggerReason.SESSION_END):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._last_reply.wait(), LAST_REPLY_TIMEOUT)
 
     async def tell_ended(self) -> None:
         """Tell the client the session is over (the server is stopping)."""
@@ -213,9 +235,11 @@ class LiveSession:
         if self.closed:
             return
         self.closed = True
-        await self._input.release()
+        async with self._engine_failure_told():
+            await self._input.release()
         self._input.close()
-        await self._engine.close()  # its events end after those already out
+        async with self._engine_failure_told():
+            await self._engine.close()  # its events end after those already out
         try:  # which are all routed: nothing the engine said is lost
             await asyncio.wait_for(self._pump, DRAIN_TIMEOUT)
         except TimeoutError:
