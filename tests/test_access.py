@@ -332,6 +332,22 @@ async def test_without_auth_everything_is_open(server: RunningServer, connect: C
     assert (await initialize(client))["type"] == "initialized"
 
 
+async def test_without_auth_a_userid_given_at_the_start_must_be_repeated_to_resume(
+    server: RunningServer, connect: Connect
+) -> None:
+    """README: with access control off, "a userId given at the start must then be
+    repeated to resume"; leaving it out is no way around it."""
+    alice = await connect(server.ws())
+    session_id = (await alice.initialize(userId="alice"))["sessionId"]
+    await alice.close()  # detached: resumable
+    for claim in ({}, {"userId": "anonymous"}, {"userId": "bob"}):
+        intruder = await connect(server.ws())
+        await intruder.send({"type": "initialize", "sessionId": session_id, **claim})
+        await expect_error(intruder, "forbidden")
+    again = await connect(server.ws())
+    assert (await again.initialize(sessionId=session_id, userId="alice"))["resumed"] is True
+
+
 async def nothing_received() -> Message:
     raise AssertionError("the middleware read from the client")
 

@@ -398,11 +398,11 @@ async def _logged(step: Awaitable[None], what: str) -> None:
 
 def _may_resume(principal: Principal, start: Start, record: VoiceSession) -> bool:
     """With access control on, only the owner resumes a session; off, the label
-    ``userId`` decides, as the seeds have it (anyone who knows the id, unless the
-    session was given a userId and another one is claimed)."""
+    ``userId`` decides, as the seeds have it: the one given at the start, repeated
+    (a session started without one is "anonymous", and resumed without one)."""
     if principal.authenticated:
         return principal.owns(record.owner)
-    return start.user_id in ("anonymous", record.userId)
+    return start.user_id == record.userId
 
 
 def _epoch(timestamp: str) -> float:
