@@ -192,3 +192,35 @@ async def test_events_on_one_node_reach_a_subscriber_on_another(
     assert [f["text"] for f in finals] == [scripted.transcript]
     responses = [e["data"]["text"] for e in seen if e["type"] == RESPONSE_EVENT]
     assert responses == [scripted.reply]
+
+
+async def test_a_full_outbox_drops_only_its_oldest_event_while_one_is_being_sent(
+    redis_url: str, bus_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README: the outbox keeps up to its size, then the oldest go. An event published
+    while the outbox is full and its first event is on its way to Redis must not cost
+    another event, one that was never sent."""
+    monkeypatch.setattr(redis_bus, "OUTBOX_SIZE", 3)
+    bus = RedisBus(redis_url, bus_prefix)
+    subscription = bus.subscribe(Filter())
+    await subscribed(redis_url, f"{bus_prefix}:events")
+    sending, go_on = asyncio.Event(), asyncio.Event()
+    publish = bus._redis.publish
+
+    async def slow_publish(channel: str, message: str) -> object:  # a busy Redis
+        sending.set()
+        await go_on.wait()
+        return await publish(channel, message)
+
+    monkeypatch.setattr(bus._redis, "publish", slow_publish)
+    for n in (1, 2, 3):
+        await bus.publish(event(n))  # the outbox is full
+    await asyncio.wait_for(sending.wait(), 5)  # event 1 is on its way
+    await bus.publish(event(4))  # one too many: the oldest goes
+    go_on.set()
+    seen = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            seen.append((await asyncio.wait_for(anext(subscription), 1)).data["n"])
+    await bus.aclose()
+    assert seen[-3:] == [2, 3, 4], seen

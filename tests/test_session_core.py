@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,19 +14,19 @@ import pytest
 
 from sonicgate.audio.formats import resample
 from sonicgate.bus.memory import MemoryBus
-from sonicgate.domain import ErrorCode, StreamingContext
+from sonicgate.domain import ErrorCode, SessionStatus, StreamingContext, VoiceSession
 from sonicgate.engines.base import BaseEngineSession, EngineConfig
-from sonicgate.events import AudioIn, TriggerReason
+from sonicgate.events import AudioIn, AudioOut, TriggerReason
 from sonicgate.metrics import GatewayMetrics
 from sonicgate.sessions.input import AudioInput
 from sonicgate.sessions.manager import Limits, SessionManager
 from sonicgate.sessions.session import Services
 from sonicgate.store.audio import FileAudioStore
-from sonicgate.store.base import SessionExists
+from sonicgate.store.base import SessionExists, StoreUnavailable
 from sonicgate.store.registry import StoreRegistry
 from sonicgate.store.sqlite import SqliteStore
 from tests.conftest import Connect, ServerFactory, eventually
-from tests.scripted_engine import ScriptedEngine, tone
+from tests.scripted_engine import RATE, ScriptedEngine, ScriptedSession, tone
 
 
 async def test_a_store_that_fails_unexpectedly_silences_nothing(
@@ -254,3 +255,124 @@ async def test_two_simultaneous_resumes_of_one_session_leave_one_live_and_no_slo
     await again.send({"type": "initialize"})  # a new session: the client holds none now
     answer = await again.recv()
     assert answer["type"] == "initialized", answer
+
+
+class Speaking(ScriptedSession):
+    """A reply whose audio has begun and that goes on until the session closes."""
+
+    async def _respond(self) -> None:
+        self.emit(AudioOut(tone(0.2), RATE))
+        await asyncio.Event().wait()
+
+
+class SpeakingEngine(ScriptedEngine):
+    async def start(self, config: EngineConfig) -> ScriptedSession:
+        self.configs.append(config)
+        return Speaking(self, config)
+
+
+@pytest.fixture
+def unreachable_audio(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every recording fails, as with an S3 service that went away."""
+
+    async def refused(
+        self: FileAudioStore, session_id: str, turn: int, role: str, wav: bytes
+    ) -> str:
+        raise OSError("the audio store is unreachable")
+
+    monkeypatch.setattr(FileAudioStore, "save", refused)
+
+
+async def test_a_session_ended_mid_reply_while_recordings_fail_still_ends(
+    make_server: ServerFactory, connect: Connect, unreachable_audio: None
+) -> None:
+    """Recordings are a sink like the others: their store failing as a session ends
+    must not leave the session ACTIVE, nor its client without its answer."""
+    server = await make_server({"scripted": SpeakingEngine()})
+    store = server.app.state.manager.services.store
+    client = await connect(server.ws())
+    session_id = (await client.initialize())["sessionId"]
+    await client.send({"type": "text_message", "text": "hi"})
+    await client.until("audio_response")  # the reply has begun
+    await client.send({"type": "end_conversation"})
+    ended, _ = await client.until("conversation_ended", within=10)
+    assert ended["sessionId"] == session_id
+    record = await store.get_session(session_id)
+    assert record is not None and record.status is SessionStatus.COMPLETED
+
+
+async def test_a_connection_dropped_mid_reply_while_recordings_fail_leaves_the_registry(
+    make_server: ServerFactory, connect: Connect, unreachable_audio: None
+) -> None:
+    """A closed connection leaves the registry (status counts it no more), whatever the
+    audio store does."""
+    server = await make_server({"scripted": SpeakingEngine()})
+    manager = server.app.state.manager
+    client = await connect(server.ws())
+    await client.initialize()
+    await client.send({"type": "text_message", "text": "hi"})
+    await client.until("audio_response")
+    await client.close()
+    await eventually(lambda: not manager.live, "the session detached")
+    await asyncio.sleep(0.2)  # for the connection's last steps
+    assert await manager.services.registry.connections() == []
+
+
+async def test_a_silent_nodes_sessions_are_marked_lost_even_if_the_store_blinks_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README: the sessions of a node not heard from for 30 s are marked lost by one of
+    the others. The store hands the silent node out once: a store that fails right
+    after (a PostgreSQL restarting) must not leave its sessions ACTIVE for good."""
+    store = SqliteStore(tmp_path / "db.sqlite")
+    await store.open()
+    ghost = VoiceSession(
+        sessionId="s-ghost", novaSonicSessionId="ns", connectionId="conn-ghost:1", userId="u"
+    )
+    await store.create_session(ghost)
+    await store.heartbeat("ghost")  # its last heartbeat: it dies now
+    await asyncio.sleep(0.1)
+    listings = 0
+    original = SqliteStore.list_sessions
+
+    async def blinking(self: SqliteStore, status: SessionStatus | None = None) -> Any:
+        nonlocal listings
+        listings += 1
+        if listings == 1:
+            raise StoreUnavailable("PostgreSQL is unreachable")
+        return await original(self, status)
+
+    beats = 0
+    beat = SqliteStore.heartbeat
+
+    async def counted(self: SqliteStore, node_id: str) -> None:
+        nonlocal beats
+        beats += 1
+        await beat(self, node_id)
+
+    monkeypatch.setattr(SqliteStore, "list_sessions", blinking)
+    monkeypatch.setattr(SqliteStore, "heartbeat", counted)
+    services = Services(
+        store=store,
+        registry=StoreRegistry(store),
+        bus=MemoryBus(),
+        audio=FileAudioStore(tmp_path / "audio"),
+        metrics=GatewayMetrics(),
+    )
+    manager = SessionManager(
+        {"scripted": ScriptedEngine()},
+        "scripted",
+        services,
+        Limits(heartbeat_seconds=0.01, node_silence_seconds=0.05),
+        "node-a",
+    )
+    keep_alive = asyncio.create_task(manager.keep_alive())
+    try:
+        await eventually(lambda: beats >= 10, "several heartbeats after the blink")
+        record = await store.get_session("s-ghost")
+    finally:
+        keep_alive.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keep_alive
+        await store.close()
+    assert record is not None and record.status is SessionStatus.ERROR

@@ -194,14 +194,18 @@ async def test_concurrent_appends_are_all_counted(store: Store) -> None:
     assert sorted(texts) == sorted(f"m{i}" for i in range(200))
 
 
-async def test_silent_nodes_are_handed_out_once(store: Store) -> None:
+async def test_silent_nodes_are_listed_until_forgotten(store: Store) -> None:
     await store.heartbeat("a")
     await store.heartbeat("b")
     assert await store.silent_nodes(time.time() - 60) == []  # both spoke just now
-    assert await store.silent_nodes(time.time() + 1) == ["a", "b"]
-    assert await store.silent_nodes(time.time() + 1) == []  # forgotten as returned
-    await store.heartbeat("a")
-    assert await store.silent_nodes(time.time() + 1) == ["a"]
+    since = time.time() + 1
+    assert await store.silent_nodes(since) == ["a", "b"]
+    assert await store.silent_nodes(since) == ["a", "b"]  # until their sessions are marked
+    await store.forget_silent_node("a", since)
+    assert await store.silent_nodes(since) == ["b"]
+    await store.heartbeat("b")  # it spoke again after all: not forgotten
+    await store.forget_silent_node("b", time.time() - 60)
+    assert await store.silent_nodes(time.time() + 1) == ["b"]
 
 
 async def test_turn_audio_is_kept_in_order_until_cleared(store: Store) -> None:

@@ -89,8 +89,15 @@ class RedisBus:
                     await asyncio.sleep(RESUBSCRIBED_SECONDS)
                     self._after_outage = False
                 while self._outbox:
-                    await self._redis.publish(self.channel, self._outbox[0])
-                    self._outbox.popleft()
+                    # Taken out first: events published while this one is sent may fill
+                    # the outbox, which drops its oldest, and this one is no longer there.
+                    message = self._outbox.popleft()
+                    try:
+                        await self._redis.publish(self.channel, message)
+                    except RedisError:
+                        if len(self._outbox) < (self._outbox.maxlen or 0):
+                            self._outbox.appendleft(message)  # else it is the oldest: it goes
+                        raise
             except RedisError as exc:
                 self._lost(exc)
                 await asyncio.sleep(RETRY_SECONDS)

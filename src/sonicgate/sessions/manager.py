@@ -344,11 +344,14 @@ class SessionManager:
     async def _heartbeat(self) -> None:
         store = self.services.store
         await store.heartbeat(self.node_id)
-        # The store hands each silent node to one node only.
-        for node in await store.silent_nodes(time.time() - self.limits.node_silence_seconds):
+        since = time.time() - self.limits.node_silence_seconds
+        # Forgotten once its sessions are marked: if the store fails midway, the next
+        # beat (of this node or another) marks them. Two nodes at once mark them twice.
+        for node in await store.silent_nodes(since):
             if node != self.node_id:
                 log.warning("node %s fell silent: its sessions are lost", node)
                 await self._mark_lost(node)
+                await store.forget_silent_node(node, since)
 
     async def _mark_lost(self, node_id: str) -> None:
         """A node is gone: its ACTIVE sessions end in ERROR (clients can still resume

@@ -248,7 +248,10 @@ class LiveSession:
         if status is not None:  # ended: no other node will resume its turn
             self.record.status = status
             await self._input.new_turn()
-        await self._recorder.save_reply()  # a reply cut short by the close
+        try:  # a reply cut short by the close; as in _route, a recording lost is logged
+            await self._recorder.save_reply()
+        except Exception:
+            log.exception("session %s: the last reply's recording was not saved", self.session_id)
         await self._store.remember_heard(closing=True)
         await self._store.persist()
         event = "ended" if status is not None else "detached"

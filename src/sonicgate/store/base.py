@@ -78,4 +78,8 @@ class Store(Protocol):
         """The node is alive now (a registry of the nodes sharing this store)."""
 
     async def silent_nodes(self, since_epoch: float) -> list[str]:
-        """Nodes not heard from since then, forgotten as they are returned."""
+        """Nodes not heard from since then, until ``forget_silent_node``."""
+
+    async def forget_silent_node(self, node_id: str, since_epoch: float) -> None:
+        """The node's sessions are taken care of: it is no longer listed (unless it has
+        spoken since then)."""

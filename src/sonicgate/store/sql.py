@@ -216,7 +216,10 @@ class Statements:
         )
         self.clear_turn_audio = sql('DELETE FROM turn_audio WHERE "sessionId" = :sessionId')
         self.heartbeat = sql(_upsert("nodes", ("nodeId", "seenAt")))
-        self.silent_nodes = sql('DELETE FROM nodes WHERE "seenAt" < :since RETURNING "nodeId"')
+        self.silent_nodes = sql('SELECT "nodeId" FROM nodes WHERE "seenAt" < :since')
+        self.forget_silent_node = sql(
+            'DELETE FROM nodes WHERE "nodeId" = :nodeId AND "seenAt" < :since'
+        )
 
     def migrations_after(self, version: int) -> list[str]:
         """The scripts that take a database from schema ``version`` to the newest, each
@@ -344,3 +347,7 @@ class SqlStore(ABC):
     async def silent_nodes(self, since_epoch: float) -> list[str]:
         rows = await self._rows(self._sql.silent_nodes, {"since": since_epoch})
         return sorted(row["nodeId"] for row in rows)
+
+    async def forget_silent_node(self, node_id: str, since_epoch: float) -> None:
+        params = {"nodeId": node_id, "since": since_epoch}
+        await self._execute((self._sql.forget_silent_node, params))
