@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -148,3 +149,85 @@ def primary_session(session: object) -> ScriptedSession:
     current = session.current  # type: ignore[attr-defined]
     assert isinstance(current, ScriptedSession)
     return current
+
+
+class SlowStartEngine(ScriptedEngine):
+    """A backup whose sessions take a while to open (a model loading, a network call)."""
+
+    name = "slow"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.starting = asyncio.Event()
+        self.go_on = asyncio.Event()
+        self.sessions: list[ScriptedSession] = []
+
+    async def start(self, config: EngineConfig) -> ScriptedSession:
+        self.starting.set()
+        await self.go_on.wait()
+        session = await super().start(config)
+        self.sessions.append(session)
+        return session
+
+
+async def test_a_close_during_the_switch_ends_the_events_and_the_backup() -> None:
+    backup = SlowStartEngine()
+    session = await FallbackEngine(BreakingEngine(), backup).start(EngineConfig())
+    seen: list[EngineEvent] = []
+
+    async def read() -> None:
+        async for event in session.events():
+            seen.append(event)
+
+    reader = asyncio.create_task(read())
+    primary_session(session).emit(Error(ErrorCode.PROVIDER_ERROR, "connection reset", fatal=True))
+    async with asyncio.timeout(5):
+        await backup.starting.wait()  # the reader is moving the conversation over
+    await session.close()  # the client hangs up meanwhile
+    backup.go_on.set()
+    try:
+        async with asyncio.timeout(2):
+            await reader  # after close the events end
+    finally:
+        reader.cancel()
+    [opened] = backup.sessions
+    assert opened.closed  # nothing is left running for a conversation that ended
+
+
+async def test_a_turn_the_reader_has_not_seen_yet_is_not_lost_in_a_switch() -> None:
+    primary = ScriptedEngine()
+    backup = ScriptedEngine()
+    history = History()
+    session = await FallbackEngine(primary, backup).start(EngineConfig(history=history))
+    seen: list[EngineEvent] = []
+    turn_ended = asyncio.Event()
+
+    async def read() -> None:
+        async for event in session.events():
+            seen.append(event)
+            if isinstance(event, TurnEnded):
+                turn_ended.set()
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0)  # the reader waits on the primary's events
+    failed = primary_session(session)
+
+    async def dead(pcm: bytes) -> None:
+        raise EngineError(ErrorCode.ENGINE_UNAVAILABLE, "the stream is closed")
+
+    failed.push_audio = dead  # type: ignore[method-assign]
+    # The typed turn reaches the primary; it breaks at the next input, before the
+    # events reader has had its turn to read the primary's transcript of it.
+    await session.push_text("what time is it")
+    await session.push_audio(bytes(3200))
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(2):
+            await turn_ended.wait()
+    await session.close()
+    reader.cancel()
+    # The typed question is answered (by the backup), once, and the history agrees.
+    assert any(isinstance(e, TranscriptFinal) and e.text == "what time is it" for e in seen), seen
+    assert backup.texts == ["what time is it"]
+    # The audio that failed on the primary reaches the backup as it answers: a barge-in.
+    question, answer = (m.text for m in history)
+    assert question == "what time is it" and backup.reply.startswith(answer), list(history)

@@ -428,3 +428,29 @@ def _peer_port(sock: socket.socket) -> int | None:
         return int(sock.getpeername()[1])
     except OSError:
         return None
+
+
+async def test_a_stream_that_cannot_rotate_is_a_fatal_error(
+    emulator: NovaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new stream is refused (the session's keys expired or were revoked since it
+    began): the client is told, fatally, so a fallback can take over; close still works."""
+    emulator.script = [Turn("First question", "First answer.")]
+    clock = ManualClock()
+    monkeypatch.setattr(nova_engine, "time", SimpleNamespace(monotonic=clock))
+    session = await nova(emulator, rotate_after=0.5).start(EngineConfig(credentials=CREDENTIALS))
+    events = session.events()
+    await say(session, speech() + quiet(0.6))
+    await until(events, TurnEnded)
+    emulator.allowed_keys.clear()  # the keys no longer open streams
+    clock.now += 0.6  # the stream is old enough to rotate
+    await say(session, quiet(0.6))  # quiet: the writer rotates here
+    failure: list[EngineEvent] = []
+    with contextlib.suppress(TimeoutError):
+        failure = await until(events, Error, within=3)
+    async with asyncio.timeout(5):
+        [closing] = await asyncio.gather(session.close(), return_exceptions=True)
+    assert failure, "no Error: the writer task died with the refusal, the user is unheard"
+    assert isinstance(failure[-1], Error) and failure[-1].fatal
+    assert failure[-1].code == "unauthorized"
+    assert closing is None, closing  # close ends the session, whatever the stream did

@@ -3,9 +3,12 @@ the real ``openai`` SDK against the Realtime emulator on the other."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 from collections.abc import AsyncIterator
 
+import numpy as np
 import pytest
 
 from bench.speech import silence, speak
@@ -14,6 +17,7 @@ from sonicgate.engines.fallback import FallbackEngine
 from sonicgate.engines.local import LocalEngine, LocalModels
 from sonicgate.engines.openai.client import OpenAISettings
 from sonicgate.engines.openai.realtime import OpenAIRealtimeEngine
+from sonicgate.events import AudioOut, EngineEvent, Interrupted, SpeechStarted, TurnEnded
 from tests.conftest import Client, Connect, RunningServer, ServerFactory
 from tests.emulators.openai_api import OpenAIEmulator
 
@@ -127,3 +131,34 @@ async def test_a_dropped_socket_falls_back_to_local_with_the_history(
     assert notice["code"] == "engine_fallback"
     answer, _ = await client.final_reply()
     assert "ada" in str(answer["text"]).lower()
+
+
+async def test_speech_over_a_reply_sent_whole_but_still_playing_stops_playback(
+    emulator: OpenAIEmulator,
+) -> None:
+    """The service sends a reply faster than it plays: the user who talks over what is
+    still playing must be able to stop it (an ``Interrupted``, as the contract says)."""
+    session = await realtime(emulator).start(EngineConfig())
+    events = session.events()
+    seen: list[EngineEvent] = []
+    await session.push_text("Tell me about Paris.")
+    async with asyncio.timeout(10):
+        async for event in events:
+            seen.append(event)
+            if isinstance(event, TurnEnded):
+                break
+    played = sum(len(e.pcm) / 2 / e.sample_rate for e in seen if isinstance(e, AudioOut))
+    assert played > 1.0  # sent in a fraction of that: the client plays on for a second
+    t = np.arange(int(0.3 * 16_000)) / 16_000
+    await session.push_audio((np.sin(2 * np.pi * 220 * t) * 9000).astype("<i2").tobytes())
+    after: list[EngineEvent] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(0.5):
+            async for event in events:
+                after.append(event)
+    await session.close()
+    assert any(isinstance(e, SpeechStarted) for e in after)  # the service heard the user
+    assert any(isinstance(e, Interrupted) for e in after), after  # yet the audio plays on
+    # The service forgets what the user did not hear: the reply up to where it stopped.
+    truncate = [e for e in emulator.realtime_events if e["type"] == "conversation.item.truncate"]
+    assert len(truncate) == 1 and truncate[0]["audio_end_ms"] < played * 1000, truncate

@@ -25,7 +25,6 @@ from sonicgate.engines.base import (
 from sonicgate.events import (
     EngineEvent,
     Error,
-    ResponseTextFinal,
     TranscriptFinal,
     TriggerReason,
 )
@@ -60,11 +59,11 @@ class FallbackSession:
     def __init__(self, engine: FallbackEngine, config: EngineConfig) -> None:
         self._engine = engine
         self._config = config
-        self._unanswered: str | None = None  # a user turn not answered yet
         self._notices: list[EngineEvent] = []  # to tell the client, first thing
         self._asked_again: str | None = None  # the backup's echo of it is dropped
         self.current: EngineSession | None = None
         self.on_backup = False
+        self._closed = False
 
     def _session(self) -> EngineSession:
         if self.current is None:
@@ -98,6 +97,7 @@ class FallbackSession:
         await self._call(lambda session: session.interrupt())
 
     async def close(self) -> None:
+        self._closed = True  # a switch under way closes the backup it is starting
         await self._session().close()
 
     async def events(self) -> AsyncIterator[EngineEvent]:
@@ -108,14 +108,18 @@ class FallbackSession:
             self._notices.clear()
             async for event in session.events():
                 if session is not self.current:
-                    break  # the input side already moved to the backup
+                    # The input side moved to the backup: what this one said before
+                    # then still goes out (a turn it heard is asked again), but not
+                    # its failure, which the notice tells.
+                    if not (isinstance(event, Error) and event.fatal):
+                        yield event
+                    continue
                 if isinstance(event, Error) and event.fatal and self.can_switch():
                     await self.switch(event.message)
                     break
                 if isinstance(event, TranscriptFinal) and event.text == self._asked_again:
                     self._asked_again = None  # the client saw this turn already
                     continue
-                self._follow(event)
                 yield event
             if session is self.current:
                 return  # the session was closed
@@ -124,14 +128,6 @@ class FallbackSession:
         # Never answer in another language than asked: then the failure stands.
         backup = self._engine.backup.capabilities()
         return not self.on_backup and supports_language(backup, self._config.language)
-
-    def _follow(self, event: EngineEvent) -> None:
-        """Note a user turn not answered yet: a failure before its reply asks it again."""
-        match event:
-            case TranscriptFinal(text=text) if text:
-                self._unanswered = text
-            case ResponseTextFinal():
-                self._unanswered = None
 
     async def switch(self, reason: str) -> None:
         """Move the conversation to the backup engine, the cut turn with it."""
@@ -142,12 +138,16 @@ class FallbackSession:
         if self.current is not None:
             await self.current.close()
         # The cut turn is asked again: out of the history until the backup hears it.
-        if self._unanswered:
-            self._config.history.drop_unanswered()
+        # The history, not the events read so far: the reader may be behind.
+        unanswered = self._config.history.unanswered()
+        self._config.history.drop_unanswered()
         # The history goes on in the same list; the backup's own voice, not the primary's.
         config = replace(self._config, voice=None)
         self.current = await engine.backup.start(config)
         self.on_backup = True
+        if self._closed:  # closed while the backup started
+            await self.current.close()
+            return
         self._notices.append(
             Error(
                 ErrorCode.ENGINE_FALLBACK,
@@ -155,6 +155,6 @@ class FallbackSession:
                 f"{engine.backup.name}",
             )
         )
-        if self._unanswered:
-            self._asked_again = self._unanswered
-            await self.current.push_text(self._unanswered)
+        if unanswered:
+            self._asked_again = unanswered
+            await self.current.push_text(unanswered)

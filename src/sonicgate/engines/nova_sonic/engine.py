@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -309,20 +309,21 @@ class NovaSession(BaseEngineSession):
         return stream
 
     async def _send(self, stream: _Stream, event: NovaEvent) -> None:
-        try:
+        async with self._stream_failures("the stream stopped taking input"):
             # Bounded: on a broken stream the SDK buffers a few events, then waits forever.
             async with asyncio.timeout(SEND_TIMEOUT):
                 await send_event(stream.raw, event)
-        except TimeoutError as exc:
-            stalled = "the stream stopped taking input"
-            await self._failed(ErrorCode.PROVIDER_ERROR, stalled)
-            raise EngineError(ErrorCode.PROVIDER_ERROR, f"Nova Sonic: {stalled}") from exc
-        except NovaStreamError as exc:
-            await self._failed(exc.code, exc.message)
-            raise EngineError(exc.code, f"Nova Sonic: {exc.message}") from exc
-        except (OSError, RuntimeError) as exc:  # the transport went away under us
-            await self._failed(ErrorCode.PROVIDER_ERROR, str(exc))
-            raise EngineError(ErrorCode.PROVIDER_ERROR, f"Nova Sonic: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _stream_failures(self, on_timeout: str) -> AsyncIterator[None]:
+        """A stream that fails is told (a fatal ``Error``: a fallback takes over) and
+        raised as ``EngineError`` to the input that met it."""
+        try:
+            yield
+        except (NovaStreamError, OSError, RuntimeError) as exc:  # TimeoutError is an OSError
+            code, message = _failure(exc, on_timeout)
+            await self._failed(code, message)
+            raise EngineError(code, f"Nova Sonic: {message}") from exc
 
     def _due_for_rotation(self, stream: _Stream) -> bool:
         """Old enough, and between turns: no reply under way, the user quiet.
@@ -339,7 +340,8 @@ class NovaSession(BaseEngineSession):
 
     async def _rotate(self, old: _Stream) -> _Stream:
         log.info("rotating the Nova Sonic stream after %.0f s", time.monotonic() - old.opened)
-        new = await self._new_stream()
+        async with self._stream_failures("the new stream did not answer"):
+            new = await self._new_stream()  # refused, say: the session's keys expired
         self._stream = new
         # The old stream ends in the background: audio goes on to the new one now.
         self._spawn(self._end(old))
@@ -435,3 +437,11 @@ class NovaSession(BaseEngineSession):
                 stream.prompt, str(uuid.uuid4()), use.tool_use_id, result
             ):
                 await self._send(stream, event)
+
+
+def _failure(exc: Exception, on_timeout: str) -> tuple[ErrorCode, str]:
+    if isinstance(exc, TimeoutError):
+        return ErrorCode.PROVIDER_ERROR, on_timeout
+    if isinstance(exc, NovaStreamError):
+        return exc.code, exc.message
+    return ErrorCode.PROVIDER_ERROR, str(exc)  # the transport went away under us

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from typing import Any
 
 import openai
@@ -114,9 +115,12 @@ class OpenAIRealtimeSession(BaseEngineSession):
         self._appended = False  # audio sent since the last turn ended
         self._partial = ""
         # The reply under way: its response and item, and what of it went to the client.
+        # The item outlives the response while the client still plays it: the service
+        # sends a reply faster than it plays.
         self._response: str | None = None
         self._reply_item: str | None = None
         self._reply_ms = 0.0
+        self._reply_began: float | None = None  # monotonic, at its first audio
         self._reply_text = ""
         self._cut: set[str] = set()  # responses ended here: what the service still sends is late
         self._tokens = Usage(0, 0)
@@ -201,9 +205,13 @@ class OpenAIRealtimeSession(BaseEngineSession):
 
     async def _cut_reply(self) -> None:
         """End the reply under way now, by the contract: the service is asked to stop
-        and to forget what the user never heard; what it still sends of it is dropped."""
+        and to forget what the user never heard; what it still sends of it is dropped.
+        A reply sent whole but still playing is stopped by an ``Interrupted`` alone."""
         response, self._response = self._response, None
         if response is None:
+            if self._heard_ms() < self._reply_ms:
+                await self._truncate()
+                self.emit(Interrupted())
             return
         self._cut.add(response)
         # This response by name: audio sent in a burst may have started the next by now.
@@ -223,13 +231,20 @@ class OpenAIRealtimeSession(BaseEngineSession):
 
     async def _truncate(self) -> None:
         """The service forgets the part of the reply the user never heard."""
+        heard = self._heard_ms()
         item, self._reply_item = self._reply_item, None
         if item is not None:
             await self._send(
                 self._connection.conversation.item.truncate(
-                    item_id=item, content_index=0, audio_end_ms=int(self._reply_ms)
+                    item_id=item, content_index=0, audio_end_ms=int(heard)
                 )
             )
+
+    def _heard_ms(self) -> float:
+        """How much of the reply's audio the client has played (at real time)."""
+        if self._reply_item is None or self._reply_began is None:
+            return self._reply_ms
+        return min(self._reply_ms, (time.monotonic() - self._reply_began) * 1000)
 
     # Output ----------------------------------------------------------------------
 
@@ -279,11 +294,14 @@ class OpenAIRealtimeSession(BaseEngineSession):
                 self._reply_text = ""
             case "response.output_item.added":
                 self._reply_item, self._reply_ms = event["item"]["id"], 0.0
+                self._reply_began = None
             case "response.output_audio_transcript.delta" | "response.output_text.delta":
                 self._reply_text += event.get("delta", "")
                 return [ResponseTextDelta(event.get("delta", ""))]
             case "response.output_audio.delta":
                 pcm = pybase64.b64decode(event.get("delta", ""))
+                if self._reply_began is None:
+                    self._reply_began = time.monotonic()
                 self._reply_ms += len(pcm) / 2 / RATE * 1000
                 return [AudioOut(pcm, RATE)]
             case "response.output_audio_transcript.done":
@@ -293,7 +311,7 @@ class OpenAIRealtimeSession(BaseEngineSession):
             case "response.done":
                 response = event.get("response", {})
                 cancelled = response.get("status") == "cancelled"
-                self._response = self._reply_item = None
+                self._response = None  # its item stays while it plays: see _cut_reply
                 return [self._count(response), TurnEnded(interrupted=cancelled)]
             case "error":
                 error = event.get("error", {})
