@@ -252,3 +252,35 @@ async def drain(client: Client, quiet: float = 0.5) -> list[dict[str, Any]]:
             messages.append(await client.recv(quiet))
     except TimeoutError:
         return messages
+
+
+async def test_a_live_node_taken_for_silent_after_a_store_outage_keeps_its_connections(
+    make_server: ServerFactory, scripted: ScriptedEngine, connect: Connect, postgres_schema: str
+) -> None:
+    """A PostgreSQL outage longer than the silence keeps every node from beating; once
+    it is back, the first node to beat takes the others for gone. They are alive: their
+    conversations go on, and the registry must count their connections again."""
+    node_b = await make_server({"scripted": scripted}, store=postgres_schema, node_id="b")
+    client = await connect(node_b.ws())
+    session_id = (await client.initialize())["sessionId"]
+    with psycopg.connect(postgres_schema, autocommit=True) as db:  # b's beats were lost
+        db.execute('UPDATE nodes SET "seenAt" = 0 WHERE "nodeId" = \'b\'')
+    node_a = await make_server({"scripted": scripted}, store=postgres_schema, node_id="a")
+    store = PostgresStore(postgres_schema)
+    await store.open()
+    try:
+        for _ in range(50):  # node A's first heartbeat runs as it starts
+            record = await store.get_session(session_id)
+            if record is not None and record.status is SessionStatus.ERROR:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await store.close()
+    await client.send({"type": "text_message", "text": "still talking on b"})
+    reply, _ = await client.final_reply()
+    assert reply["text"] == scripted.reply
+    await node_b.app.state.manager.services.registry.renew()  # b's next heartbeat
+    for node in (node_a, node_b):
+        async with node.http() as http:
+            status = (await http.get("/api/nova-sonic/status")).json()
+        assert status["connectionsByNode"] == {"b": 1}, status

@@ -54,22 +54,34 @@ class Registry(Protocol):
 
 class StoreRegistry:
     """The registry as the store's connections table; nodes' liveness is the store's
-    node registry (``Store.heartbeat``), so ``renew`` has nothing to do."""
+    node registry (``Store.heartbeat``). After a store outage longer than the nodes'
+    silence limit, the first node to beat again takes the others for gone and deletes
+    their connections: ``renew`` writes back those of this node's that are missing."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._mine: dict[str, Connection] = {}  # this node's connections, as stored
 
     async def add(self, connection: Connection) -> None:
+        self._mine[connection.connectionId] = connection
         await self._store.put_connection(connection)
 
     async def remove(self, connection_id: str) -> None:
+        self._mine.pop(connection_id, None)
         await self._store.delete_connection(connection_id)
 
     async def connections(self) -> list[Connection]:
         return await self._store.list_connections()
 
     async def renew(self) -> None:
-        pass
+        if not self._mine:
+            return
+        stored = {connection.connectionId for connection in await self._store.list_connections()}
+        for connection_id, connection in list(self._mine.items()):
+            if connection_id not in stored:
+                await self._store.put_connection(connection)
+                if connection_id not in self._mine:  # removed meanwhile
+                    await self._store.delete_connection(connection_id)
 
     async def forget_node(self, node_id: str) -> None:
         for connection in await self._store.list_connections():
