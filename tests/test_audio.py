@@ -121,14 +121,40 @@ def test_decode_wav_sample_widths(width: int) -> None:
     assert np.abs(np.frombuffer(pcm, dtype="<i2")).max() == pytest.approx(16384, rel=0.05)
 
 
+@pytest.mark.parametrize("channels", [1, 2])
+def test_decode_wav_cut_inside_its_last_frame(channels: int) -> None:
+    """A WAV file cut short inside its last frame decodes to its whole frames, as
+    FFmpeg's reader (``decode_file``, voice_data's) does; it used to raise a bare
+    ValueError, which a client was told as engine_failed."""
+    samples = np.frombuffer(pcm16(tone(RATE)), dtype="<i2")
+    data = _wav(np.repeat(samples, channels).tobytes(), 2, channels, RATE)
+    whole = decode_wav(data)
+    assert decode_wav(data[:-1]) == whole[:-2]
+    assert decode_file(data[:-1]) == whole[:-2]
+
+
 def test_decode_float_wav() -> None:
     """``wave`` refuses float WAVs; FFmpeg reads them."""
     data = encode(tone(22_050)[None, :], 22_050, "wav", "pcm_f32le")
     assert seconds(decode_wav(data)) == pytest.approx(1.0, abs=0.01)
 
 
+def _coded_as(data: bytes, tag: int) -> bytes:
+    """A WAV file whose header names another codec (its fmt chunk's format tag)."""
+    return data[:20] + tag.to_bytes(2, "little") + data[22:]
+
+
 @pytest.mark.parametrize(
-    "data", [GARBAGE, b"", b"RIFF\0\0\0\0WAVEjunk", _wav(b"\0\0", 2, 1, 1)], ids=repr
+    "data",
+    [
+        GARBAGE,
+        b"",
+        b"RIFF\0\0\0\0WAVEjunk",
+        _wav(b"\0\0", 2, 1, 1),
+        # A format tag FFmpeg knows no decoder for: its stream has no codec context.
+        _coded_as(_wav(b"\0\0" * 4, 2, 1, RATE), 0x1234),
+    ],
+    ids=repr,
 )
 def test_bad_wav(data: bytes) -> None:
     with pytest.raises(AudioFormatError):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import socket
+import wave
 from typing import Any
 
 import pytest
@@ -154,6 +156,36 @@ async def test_corrupt_webm_stream(server: RunningServer, connect: Connect) -> N
     )
     message, _ = await client.until("voice_error")
     assert message["data"]["code"] == "audio_format"
+
+
+def wav_coded_as(tag: int) -> bytes:
+    """A 16 kHz mono WAV file whose header names codec ``tag``, one FFmpeg cannot decode."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16_000)
+        out.writeframes(b"\0\0" * 1600)
+    data = buffer.getvalue()
+    return data[:20] + tag.to_bytes(2, "little") + data[22:]
+
+
+@pytest.mark.parametrize("kind", ["voice_chunk", "voice_data"])
+async def test_wav_of_an_unknown_codec_is_an_audio_format_error(
+    server: RunningServer, connect: Connect, kind: str
+) -> None:
+    """The message itself is wrong (audio_format, not retryable), not the engine
+    (engine_failed, retryable: "an engine or the service behind it")."""
+    client, session_id = await action(connect, server, "wav")
+    audio = base64.b64encode(wav_coded_as(0x1234)).decode()
+    await client.send(
+        {
+            "action": kind,
+            "sessionId": session_id,
+            "data": {"audioData": audio, "audioFormat": "wav", "isFinal": kind == "voice_chunk"},
+        }
+    )
+    await expect_error(client, "audio_format", "action")
 
 
 async def test_unsupported_session_settings(server: RunningServer, connect: Connect) -> None:

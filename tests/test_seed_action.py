@@ -113,6 +113,29 @@ async def test_voice_data_takes_a_complete_recording(
     assert response["data"]["triggerReason"] == "voice_data"
 
 
+async def test_voice_data_takes_a_recording_in_the_sessions_pcm16(
+    server: RunningServer, connect: Connect
+) -> None:
+    """``voice_data`` is "complete audio data" in the format the session was started
+    with (``data.audioFormat``): a pcm16 session's whole recording is raw pcm16, as
+    its ``voice_chunk`` audio is."""
+    client = await connect(server.ws())
+    ready = await start(client)  # data.audioFormat: pcm16
+    await client.send(
+        {
+            "action": "voice_data",
+            "sessionId": ready["sessionId"],
+            "data": {
+                "audioData": base64.b64encode(tone(1.0, 16_000)).decode(),
+                "audioFormat": "pcm16",
+            },
+        }
+    )
+    response = await client.recv()
+    assert response["type"] == "voice_response_triggered", response
+    assert response["data"]["triggerReason"] == "voice_data"
+
+
 async def test_out_of_order_chunks_are_reordered_and_gaps_reported(
     server: RunningServer, connect: Connect
 ) -> None:

@@ -93,7 +93,7 @@ class _WebmStream:
             with av.open(self._pipe, mode="r", format="webm") as container:
                 if not container.streams.audio:
                     raise AudioFormatError("it has no audio track")
-                check_codec(container.streams.audio[0].codec_context.name)
+                check_codec(container.streams.audio[0])
                 resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
                 for frame in container.decode(audio=0):
                     self._emit(to_pcm16(resampler, frame))

@@ -134,8 +134,9 @@ def decode_wav(data: bytes, limit: DecodeLimit | None = None) -> bytes:
     frame = width * channels
     out = bytearray()
     resampler = soxr.ResampleStream(rate, RATE, 1, dtype="float32") if rate != RATE else None
+    frames = frames[: len(frames) - len(frames) % frame]  # a cut last frame is dropped
     # A second at a time, so the float copies stay small whatever the file's size.
-    for start in range(0, len(frames) - len(frames) % frame, rate * frame):
+    for start in range(0, len(frames), rate * frame):
         mono = _mono(frames[start : start + rate * frame], width, channels)
         out += _float_to_pcm16(resampler.resample_chunk(mono) if resampler else mono)
     if resampler is not None:
@@ -176,7 +177,7 @@ def decode_file(data: bytes, limit: DecodeLimit | None = None) -> bytes:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.audio:
                 raise AudioFormatError("the file has no audio stream")
-            check_codec(container.streams.audio[0].codec_context.name)
+            check_codec(container.streams.audio[0])
             resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
             for frame in container.decode(audio=0):
                 _check_rate(frame.sample_rate)
@@ -188,7 +189,9 @@ def decode_file(data: bytes, limit: DecodeLimit | None = None) -> bytes:
     return bytes(out)
 
 
-def check_codec(name: str) -> None:
+def check_codec(stream: av.audio.stream.AudioStream) -> None:
+    # FFmpeg gives a codec it cannot decode no context.
+    name = stream.codec_context.name if stream.codec_context is not None else "unknown"
     if name not in CODECS:
         raise AudioFormatError(
             f"audio coded as '{name}' is not accepted: send pcm16, PCM WAV, Opus (webm or "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from sonicgate.audio.decoder import InputDecoder
 from sonicgate.audio.formats import (
@@ -21,6 +22,7 @@ from sonicgate.events import AudioIn, EngineEvent, TranscriptFinal, TriggerReaso
 from sonicgate.sessions.sequencer import Notice, Sequencer
 from sonicgate.store.base import Store, saved
 
+RAW_FORMATS = ("pcm16", "pcm16-24k")  # no container to tell what they hold
 KEPT_SEQUENCE_NUMBERS = 64
 # Numbered chunks kept in the store for a resume elsewhere: a turn's first minute.
 KEPT_TURN_AUDIO_BYTES = 60 * BYTES_PER_SECOND
@@ -66,7 +68,8 @@ class AudioInput:
     async def push(self, event: AudioIn) -> None:
         """Raises ``SessionError`` for the client (bad audio, a turn past its limit)."""
         if event.complete_recording:
-            pcm = await asyncio.to_thread(_decode_whole, event.data, self._limit)
+            decode = partial(_decode_whole, event.data, event.audio_format, self._limit)
+            pcm = await asyncio.to_thread(decode)
             self._count(pcm)
             await self._engine.push_utterance(pcm, TriggerReason.VOICE_DATA)
             return
@@ -181,9 +184,17 @@ class AudioInput:
             await saved(write, "turn audio")
 
 
-def _decode_whole(data: bytes, limit: DecodeLimit) -> bytes:
+def _decode_whole(data: bytes, audio_format: str | None, limit: DecodeLimit) -> bytes:
+    """A whole recording: a file (its container says what it holds), or raw pcm16 when
+    the message says so."""
     try:
-        return decode_file(data, limit)
+        if audio_format not in RAW_FORMATS:
+            return decode_file(data, limit)
+        decoder = InputDecoder(audio_format, limit)
+        try:
+            return decoder.feed(data) + decoder.flush()
+        finally:
+            decoder.close()
     except AudioFormatError as exc:
         raise _audio_error(exc) from exc
 
