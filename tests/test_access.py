@@ -241,6 +241,24 @@ async def test_a_message_flood_is_answered_in_the_typed_dialect(
     assert {e["code"] for e in errors} == {"rate_limited"}
 
 
+async def test_the_message_limit_does_not_reset_the_request_limit(
+    make_server: ServerFactory,
+    scripted: ScriptedEngine,
+    connect: Connect,
+    message_clock: ManualClock,
+) -> None:
+    """The request and message limits count in the app's one ``Counters``. A request
+    rate under one per window (here one in 10 s) must hold when the messages' shorter
+    window (2 s) is the one whose hit sweeps the emptied windows (once a minute)."""
+    server = await make_server({"scripted": scripted}, max_requests_per_second=0.1)
+    message_clock.now += 58
+    client = await connect(server.ws())  # the handshake: this client's request for 10 s
+    message_clock.now += 3  # past the sweep's minute
+    assert (await initialize(client))["type"] == "initialized"  # a message: the sweep
+    limited = await get(server, STATUS)  # 3 s after the handshake
+    assert limited.status_code == 429, limited.json()
+
+
 async def test_a_message_flood_is_answered_in_the_action_dialect(
     make_server: ServerFactory,
     scripted: ScriptedEngine,

@@ -284,3 +284,35 @@ async def test_a_live_node_taken_for_silent_after_a_store_outage_keeps_its_conne
         async with node.http() as http:
             status = (await http.get("/api/nova-sonic/status")).json()
         assert status["connectionsByNode"] == {"b": 1}, status
+
+
+async def test_a_conversation_streaming_on_another_node_is_not_ended_by_a_cleanup(
+    make_server: ServerFactory, scripted: ScriptedEngine, connect: Connect, postgres_schema: str
+) -> None:
+    """A user streams audio on node A for longer than the stale limit, no turn ended
+    yet: the session is in use. Node A's cleanup counts the chunks as activity and
+    leaves it alone; node B's, on the same store, must not end it either."""
+    node_a, node_b = [
+        await make_server(
+            {"scripted": scripted}, node_id=name, store=postgres_schema, stale_after_seconds=1
+        )
+        for name in ("a", "b")
+    ]
+    client = await connect(node_a.ws())
+    session_id = (await client.initialize())["sessionId"]
+    for _ in range(8):  # 1.6 s of chunks (too short for a transcript): still talking
+        await client.send({"type": "audio_chunk", "audio": B64})
+        await asyncio.sleep(0.2)
+    ended: dict[str, int] = {}
+    for node in (node_a, node_b):
+        async with node.http() as http:
+            response = await http.post("/api/nova-sonic/cleanup")
+        ended[node.settings.node_id] = response.json()["endedSessions"]
+    store = PostgresStore(postgres_schema)
+    await store.open()
+    try:
+        record = await store.get_session(session_id)
+    finally:
+        await store.close()
+    assert ended == {"a": 0, "b": 0}
+    assert record is not None and record.status is SessionStatus.ACTIVE

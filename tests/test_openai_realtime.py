@@ -19,7 +19,7 @@ from sonicgate.engines.openai.client import OpenAISettings
 from sonicgate.engines.openai.realtime import OpenAIRealtimeEngine
 from sonicgate.events import AudioOut, EngineEvent, Interrupted, SpeechStarted, TurnEnded
 from tests.conftest import Client, Connect, RunningServer, ServerFactory
-from tests.emulators.openai_api import OpenAIEmulator
+from tests.emulators.openai_api import OpenAIEmulator, _RealtimeSession
 
 
 @pytest.fixture
@@ -111,6 +111,27 @@ async def test_a_refused_key_is_a_clear_error(
     error = await client.recv()
     assert error["type"] == "error" and error["code"] == "unauthorized", error
     assert emulator.keys_seen[-1] == "sk-not-this"
+
+
+async def test_a_socket_dropped_as_it_opens_is_a_clear_error(
+    emulator: OpenAIEmulator,
+    make_server: ServerFactory,
+    connect: Connect,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The service accepts the WebSocket, then drops it before the session is set up:
+    the client is told in its protocol (and a fallback could take over), rather than
+    losing its connection to an unexpected exception."""
+
+    async def drop_at_once(self: _RealtimeSession) -> None:
+        await self.ws.close(code=1011)
+
+    monkeypatch.setattr(_RealtimeSession, "run", drop_at_once)
+    server = await make_server({"openai-realtime": realtime(emulator)})
+    client: Client = await connect(server.ws())
+    await client.send({"type": "initialize", "engine": "openai-realtime"})
+    error = await client.recv()
+    assert error["type"] == "error" and error["code"] == "provider_unreachable", error
 
 
 @pytest.mark.models

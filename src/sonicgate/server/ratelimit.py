@@ -33,7 +33,8 @@ class LocalWindows:
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self._hits: dict[str, deque[float]] = {}
+        # Each key's window length with its hits: limiters of other windows share this.
+        self._hits: dict[str, tuple[float, deque[float]]] = {}
         self._pruned = clock()
 
     def hit(self, item: RateLimitItem, client: str) -> float | None:
@@ -41,8 +42,8 @@ class LocalWindows:
         now = self._clock()
         period = item.get_expiry()
         if now - self._pruned > PRUNE_EVERY:
-            self._prune(now, period)
-        hits = self._hits.setdefault(item.key_for(client), deque())
+            self._prune(now)
+        _, hits = self._hits.setdefault(item.key_for(client), (period, deque()))
         while hits and hits[0] <= now - period:
             hits.popleft()
         if len(hits) >= item.amount:
@@ -50,9 +51,13 @@ class LocalWindows:
         hits.append(now)
         return None
 
-    def _prune(self, now: float, period: float) -> None:
+    def _prune(self, now: float) -> None:
         self._pruned = now
-        for key in [k for k, hits in self._hits.items() if not hits or hits[-1] <= now - period]:
+        for key in [
+            key
+            for key, (period, hits) in self._hits.items()
+            if not hits or hits[-1] <= now - period
+        ]:
             del self._hits[key]
 
 

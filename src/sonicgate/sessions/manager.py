@@ -321,6 +321,15 @@ class SessionManager:
             await self.close(live, SessionStatus.COMPLETED)
             await live.tell_ended()
 
+    async def _connected_sessions(self) -> set[str] | None:
+        """Sessions with a connection on some node; None while the registry is down."""
+        try:
+            connections = await self.services.registry.connections()
+        except StoreUnavailable as exc:
+            log.warning("cleanup leaves other nodes' sessions alone: %s", exc)
+            return None
+        return {c.sessionId for c in connections if c.sessionId is not None}
+
     def new_connection_id(self) -> str:
         return new_connection_id(self.node_id)
 
@@ -375,8 +384,13 @@ class SessionManager:
                 await self.close(live, SessionStatus.COMPLETED)
                 ended += 1
         store = self.services.store
+        # A session connected on another node is that node's to judge: its record is
+        # written at turn ends only, and a user may stream for long within one turn.
+        connected = await self._connected_sessions()
         for record in await store.list_sessions(SessionStatus.ACTIVE):
             if record.sessionId in self.live or _epoch(record.updatedAt) >= cutoff:
+                continue
+            if connected is None or record.sessionId in connected:
                 continue
             if everyone or principal.owns(record.owner):
                 record.status = SessionStatus.COMPLETED

@@ -97,7 +97,11 @@ class OpenAIRealtimeEngine:
         except (OSError, websockets.WebSocketException, openai.OpenAIError) as exc:
             raise EngineError(*provider_error(exc)) from exc
         session = OpenAIRealtimeSession(connection, config, self.settings)
-        await session.configure()
+        try:
+            await session.configure()
+        except EngineError:
+            await session.close()  # the socket dropped as it opened, say
+            raise
         return session
 
     async def aclose(self) -> None:
@@ -129,7 +133,7 @@ class OpenAIRealtimeSession(BaseEngineSession):
     async def configure(self) -> None:
         config, settings = self.config, self._settings
         audio_format = {"type": "audio/pcm", "rate": RATE}
-        await self._connection.session.update(
+        update = self._connection.session.update(
             session={
                 "type": "realtime",
                 "instructions": config.system_prompt,
@@ -147,6 +151,7 @@ class OpenAIRealtimeSession(BaseEngineSession):
                 },
             }
         )
+        await self._send(update)
         for message in config.history:  # the conversation so far, as items
             item: UserItem | AssistantItem
             if message.role is Role.USER:
@@ -161,7 +166,7 @@ class OpenAIRealtimeSession(BaseEngineSession):
                     "role": "assistant",
                     "content": [{"type": "output_text", "text": message.text}],
                 }
-            await self._connection.conversation.item.create(item=item)
+            await self._send(self._connection.conversation.item.create(item=item))
 
     # Input -----------------------------------------------------------------------
 
