@@ -238,6 +238,8 @@ class Turn:
     user_text: str = ""
     before: tuple[Message, ...] = ()  # the conversation before this turn, for the prompt
     spoken: list[str] = field(default_factory=list)  # reply text whose audio went out
+    said: list[str] = field(default_factory=list)  # reply text sent (held, if uncommitted)
+    opened: bool = False  # its TranscriptFinal is out: a TurnEnded closes it
     # Estimated client playback, which runs on after the reply is all sent.
     audio_started: float | None = None
     audio_seconds: float = 0.0
@@ -294,7 +296,7 @@ class LocalSession(BaseEngineSession):
             await self._on_frame(frame, probability)
 
     async def push_text(self, text: str) -> None:
-        await self._barge_in()
+        await self._take_turn()
         self._start_turn(Turn(TriggerReason.TEXT, text=text, committed=True))
 
     async def end_turn(self, reason: TriggerReason) -> bool:
@@ -305,8 +307,17 @@ class LocalSession(BaseEngineSession):
         return True
 
     async def push_utterance(self, pcm: bytes, reason: TriggerReason) -> None:
-        await self._barge_in()
+        await self._take_turn()
         self._start_turn(Turn(reason, pcm=pcm, committed=True))
+
+    async def _take_turn(self) -> None:
+        """Input that is a whole turn by itself: the reply under way stops, and speech
+        under way is dropped (two turns at once would answer at once). Speech that goes
+        on starts a turn of its own, which interrupts this one's reply."""
+        await self._barge_in()
+        self._drop_speculation()
+        self._endpointer.reset()
+        self._utterance.clear()
 
     async def interrupt(self) -> None:
         await self._barge_in()
@@ -336,9 +347,9 @@ class LocalSession(BaseEngineSession):
             del self._preroll[:-PREROLL_BYTES]
         match cue:
             case Cue.SPEECH_STARTED:
-                self._utterance[:0] = self._preroll[: -len(frame)]
+                self._utterance[:0] = self._preroll  # this frame is in the utterance
                 self._preroll.clear()
-                await self._barge_in()
+                await self._barge_in(speech_goes_on=True)
                 self.emit(SpeechStarted())
             case Cue.PARTIAL:
                 # At most half the recogniser's time goes to partials: the final
@@ -408,8 +419,10 @@ class LocalSession(BaseEngineSession):
             turn.task.cancel()
             self._turn = None
 
-    async def _barge_in(self) -> None:
-        """The user spoke (or typed) over the reply: stop it, keep what was said."""
+    async def _barge_in(self, speech_goes_on: bool = False) -> None:
+        """The user spoke (or typed) over the reply: stop it, keep what was said.
+        ``speech_goes_on``: a turn cut before its words were heard is heard again with
+        the speech that cut it (the user paused, then went on)."""
         turn = self._turn
         if turn is None or not turn.committed or turn.task is None:
             return
@@ -430,9 +443,12 @@ class LocalSession(BaseEngineSession):
             # future done while the thread still ran.
             await asyncio.wait([turn.generation], timeout=BARGE_IN_WAIT)
         self._turn = None
-        if not turn.user_text:
-            return  # cut before anything was said back
-        spoken = " ".join(turn.spoken)
+        if not turn.user_text:  # cut before anything was said back
+            if speech_goes_on and turn.text is None:
+                self._utterance[:0] = turn.pcm
+            return
+        # What the user received: the text read, or the pieces heard.
+        spoken = "".join(turn.said).strip() if self.config.text_only else " ".join(turn.spoken)
         self.emit(Interrupted())
         self.emit(ResponseTextFinal(spoken))
         self.emit(Metrics({"barge_in_stopped": _since(onset)}))
@@ -458,12 +474,15 @@ class LocalSession(BaseEngineSession):
             raise
         except EngineError as exc:  # a backend refused: the client (or a fallback) is told
             log.warning("%s engine turn failed: %s: %s", self._engine.name, exc.code, exc.message)
-            await self._emit(turn, Error(exc.code, exc.message, fatal=True))
-            await self._emit(turn, TurnEnded())
+            await self._failed(turn, Error(exc.code, exc.message, fatal=True))
         except Exception as exc:
             log.exception("%s engine turn failed", self._engine.name)
             message = f"the {self._engine.name} engine failed: {exc}"
-            await self._emit(turn, Error(ErrorCode.ENGINE_FAILED, message))
+            await self._failed(turn, Error(ErrorCode.ENGINE_FAILED, message))
+
+    async def _failed(self, turn: Turn, error: Error) -> None:
+        await self._emit(turn, error)
+        if turn.opened:  # else no turn began for the client (the recognizer failed)
             await self._emit(turn, TurnEnded())
 
     async def _answer_turn(self, turn: Turn) -> None:
@@ -478,6 +497,7 @@ class LocalSession(BaseEngineSession):
         seconds = len(turn.pcm) / 32_000
         turn.user_text = text
         await self._emit(turn, TranscriptFinal(text, confidence, turn.reason, seconds))
+        turn.opened = True
         if not text:
             if turn.reason in (TriggerReason.EXPLICIT, TriggerReason.VOICE_DATA):
                 await self._emit(turn, Error(ErrorCode.NO_SPEECH, "no speech was recognised"))
@@ -498,6 +518,7 @@ class LocalSession(BaseEngineSession):
                 reply.append(delta)
                 if delta:
                     await self._emit(turn, ResponseTextDelta(delta))
+                    turn.said.append(delta)
                 for piece in splitter.push(delta):
                     await synthesis.put(piece)
                 if code:
@@ -517,8 +538,7 @@ class LocalSession(BaseEngineSession):
         tts = self._models.tts
         while (piece := await pieces.get()) is not None:
             if self.config.text_only:
-                turn.spoken.append(piece)
-                continue
+                continue  # read, not heard: see turn.said
             pcm = await self._run(self._engine.tts_pool, tts.synthesize, piece)
             turn.mark("first_sentence_synthesized")
             await self._emit(turn, AudioOut(pcm, tts.sample_rate, piece))
