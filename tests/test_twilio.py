@@ -220,6 +220,26 @@ async def test_a_reply_played_out_is_kept_whole() -> None:
     assert dialect.heard_replies(closing=True) == []  # the call ended before it played
 
 
+async def test_the_answer_to_a_barge_in_plays_even_before_its_transcript() -> None:
+    # OpenAI Realtime transcribes the caller's audio beside the response: its
+    # transcript may come after the answer's first audio (and never, if it fails).
+    playout = Playout("MZ1")
+    dialect = TwilioDialect(CALL, playout)
+    await reply(dialect, "It is sunny.", "Tomorrow it rains.")
+    await dialect.render(TurnEnded(), VIEW)  # made whole, still playing
+    assert await dialect.render(SpeechStarted(), VIEW) == [{"event": "clear", "streamSid": "MZ1"}]
+    await dialect.render(Interrupted(), VIEW)  # the engine stops it too: no TurnEnded follows
+    assert not playout.playing
+    await dialect.render(ResponseTextDelta("Rain, then snow. "), VIEW)
+    await dialect.render(AudioOut(tone(0.26, 8000), 8000, "Rain, then snow."), VIEW)
+    assert playout.playing, "the answer's audio was dropped as the cut reply's"
+    await dialect.render(TranscriptFinal("and tomorrow?", 1.0, TriggerReason.SILENCE), VIEW)
+    await dialect.render(ResponseTextFinal("Rain, then snow."), VIEW)
+    await dialect.render(TurnEnded(), VIEW)
+    dialect.parse(twilio("mark", 3, mark={"name": "2.0"}))
+    assert dialect.heard_replies() == ["Rain, then snow."]
+
+
 async def test_words_are_estimated_when_the_engine_does_not_say_them() -> None:
     dialect = TwilioDialect(CALL, Playout("MZ1"))
     await reply(dialect, "one two three", "four five six", "seven eight", "nine ten", worded=False)
@@ -234,7 +254,8 @@ async def test_twilio_messages_become_input_events() -> None:
     audio = dialect.parse(twilio("media", 3, media={"track": "inbound", "payload": payload}))
     assert isinstance(audio, AudioIn) and len(audio.data) >= 600
     assert dialect.parse(twilio("dtmf", 4, dtmf={"digit": "3"})) == TextIn("The caller pressed 3.")
-    assert dialect.parse(twilio("stop", 5, stop={"callSid": "CA1"})) == End()
+    hung_up = End(answer_pending=False)  # no answer is waited for
+    assert dialect.parse(twilio("stop", 5, stop={"callSid": "CA1"})) == hung_up
     assert dialect.opening().session_id == "CA1"
     assert dialect.opening().engine == "scripted"
 
@@ -528,6 +549,23 @@ async def test_speaking_over_a_reply_clears_it_and_keeps_what_was_heard(
     ]
 
 
+async def test_a_keypress_over_a_reply_still_playing_keeps_the_history_in_order(
+    phone_server: RunningServer, talking: TalkingEngine
+) -> None:
+    # The reply is all made, so the engine leaves it to the dialect (as it does for
+    # speech, and as the local engine does once it thinks a reply has played out).
+    phone = await Phone.ring(phone_server.url, query="?engine=talking")
+    await phone.press("1")
+    await phone.until(lambda: "1.0" in phone.echoed, within=10)  # 1.2 s of it still to play
+    await phone.press("2")
+    await phone.until(lambda: "2.2" in phone.echoed, within=10)
+    await phone.hang_up()
+    await ended(phone_server, phone.call_sid)
+    kept = await history(phone_server, phone.call_sid)
+    assert [role for role, _ in kept] == [Role.USER, Role.ASSISTANT] * 2, kept
+    assert kept[2] == (Role.USER, "The caller pressed 2.")
+
+
 async def test_hanging_up_mid_reply_keeps_what_was_heard(
     phone_server: RunningServer, talking: TalkingEngine
 ) -> None:
@@ -542,6 +580,40 @@ async def test_hanging_up_mid_reply_keeps_what_was_heard(
     ]
     seen = await scrape(phone_server)
     assert seen[("sonicgate_active_sessions", ())] == 0
+
+
+class PendingSession(TalkingSession):
+    """Speech under way when the session ends is answered, as the local engine's is."""
+
+    async def end_turn(self, reason: TriggerReason) -> bool:
+        if not self.speaking:
+            return False
+        self.speaking = False
+        await self._answer("and goodb", reason)
+        return True
+
+
+class PendingEngine(TalkingEngine):
+    async def start(self, config: EngineConfig) -> TalkingSession:
+        self.configs.append(config)
+        return PendingSession(self)
+
+
+async def test_hanging_up_mid_sentence_does_not_wait_for_an_answer_nobody_hears(
+    make_uvicorn: ServerFactory,
+) -> None:
+    engine = PendingEngine()
+    engine.sentence_delay = 1.0  # a reply that takes 3 s to make
+    server = await make_uvicorn({"talking": engine})
+    phone = await Phone.ring(server.url, query="?engine=talking")
+    phone.say(tone(3.0, 16_000))
+    await eventually(lambda: phone.speech_sent_at is not None, "the caller speaks")
+    await asyncio.sleep(0.5)  # the caller hangs up mid-sentence
+    await phone.hang_up()
+    hung_up = time.perf_counter()
+    await ended(server, phone.call_sid)
+    # The caller is gone: the session ends now, not once its engine has answered.
+    assert time.perf_counter() - hung_up < 1.5
 
 
 async def test_a_call_resumes_by_its_call_sid(

@@ -192,7 +192,8 @@ class TextIn:
 
 @dataclass(frozen=True, slots=True)
 class End:
-    pass
+    # A caller who hung up hears no answer to what they said last: none is waited for.
+    answer_pending: bool = True
 
 
 @dataclass(frozen=True, slots=True)

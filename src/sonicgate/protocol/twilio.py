@@ -112,7 +112,8 @@ class Playout:
         self._stream_sid = stream_sid
         self._clock = clock
         self._sleep = sleep
-        self._queue: deque[bytes | str] = deque()  # μ-law frames, and marks' names
+        # μ-law frames, marks' names, and None: tell Twilio to drop what it holds.
+        self._queue: deque[bytes | str | None] = deque()
         self._queued = asyncio.Event()
         self._playhead = 0.0  # when the caller will have heard everything sent
 
@@ -123,11 +124,15 @@ class Playout:
         if self._queue:
             self._queued.set()
 
-    def clear(self) -> None:
-        """Drop what was not sent; Twilio is told to drop the rest."""
+    def clear(self, tell_twilio: bool = False) -> None:
+        """Drop what was not sent; Twilio is told to drop the rest (by the caller, or
+        with ``tell_twilio`` by this sender)."""
         self._queue.clear()
         self._queued.clear()
         self._playhead = self._clock()
+        if tell_twilio:
+            self._queue.append(None)
+            self._queued.set()
 
     @property
     def playing(self) -> bool:
@@ -147,6 +152,8 @@ class Playout:
                 self._playhead = max(self._playhead, self._clock()) + FRAME_SECONDS
                 payload = pybase64.b64encode_as_string(item)
                 await send(self._message("media", media={"payload": payload}))
+            elif item is None:
+                await send(self._message("clear"))
             else:
                 await send(self._message("mark", mark={"name": item}))
 
@@ -236,10 +243,13 @@ class TwilioDialect:
             self._played(_mark_name(message))
             return None
         if kind == "dtmf":
+            if self._playing():  # a key over a reply still playing stops it, as speech does
+                self._stop_replies()
+                self._playout.clear(tell_twilio=True)
             return TextIn(f"The caller pressed {_key(message)}.")
         if kind == "stop":
             self._playout.clear()
-            return End()
+            return End(answer_pending=False)  # the caller hung up
         if kind in ("connected", "start"):
             raise ProtocolError(
                 ErrorCode.OUT_OF_ORDER, f"'{kind}' came again in the middle of the call"
@@ -350,12 +360,20 @@ class TwilioDialect:
 
     def _clear(self) -> list[JsonObject]:
         """The caller barged in: stop the reply at once, here and at Twilio."""
+        self._stop_replies()
         self._playout.clear()
+        return [{"event": "clear", "streamSid": self.call.stream_sid}]
+
+    def _stop_replies(self) -> None:
+        """Replies not played out are cut where the caller stopped hearing them."""
         self._reply_audio.drop()
-        self._reply, self._unmarked, self._cut = None, _Piece(), True
+        # Only a reply still being made has a rest to drop: one made whole and playing
+        # is over, and what comes next (its audio maybe before its transcript) answers
+        # the caller's new turn.
+        self._cut = self._cut or self._reply is not None
+        self._reply, self._unmarked = None, _Piece()
         for reply in self._replies.values():
             reply.cut = reply.cut or not reply.settled
-        return [{"event": "clear", "streamSid": self.call.stream_sid}]
 
     def heard_replies(self, *, closing: bool = False) -> list[str]:
         """Replies done with (played out, or cut), oldest first, as the caller heard them;

@@ -230,7 +230,7 @@ class ClientConnection:
         if isinstance(claimed, str) and claimed != session.session_id:
             raise SessionError(ErrorCode.UNKNOWN_SESSION, f"session '{claimed}' is not open here")
         if isinstance(event, End):
-            await self._end(session)
+            await self._end(session, event.answer_pending)
             return
         try:
             await session.handle(event)
@@ -268,10 +268,10 @@ class ClientConnection:
         log.info("session %s started on %s", self._session.session_id, self.id)
         await self.send(dialect.ready(self._session.view))
 
-    async def _end(self, session: LiveSession) -> None:
+    async def _end(self, session: LiveSession, answer_pending: bool = True) -> None:
         """End the session as ``end_conversation`` does: pending speech is answered first."""
         self._stop_clock()
-        await session.finish()
+        await session.finish(answer_pending)
         self._session = None
         await self._manager.close(session, SessionStatus.COMPLETED)
         log.info("session %s ended", session.session_id)

@@ -213,10 +213,13 @@ class LiveSession:
             case TurnEnded() if self._answering_last:
                 self._last_reply.set()
 
-    async def finish(self) -> None:
-        """The client ends the session: speech it has not heard answered yet still is."""
+    async def finish(self, answer_pending: bool = True) -> None:
+        """The client ends the session: speech it has not heard answered yet still is
+        (``answer_pending``), or is cut with the engine's close."""
         async with self._engine_failure_told():
             await self._input.release()
+            if not answer_pending:
+                return
             if await self._engine.end_turn(TriggerReason.SESSION_END):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._last_reply.wait(), LAST_REPLY_TIMEOUT)
