@@ -44,8 +44,9 @@ from sonicgate.events import (
     TurnEnded,
     Usage,
 )
-from sonicgate.tools import CURRENT_TIME
-from tests.conftest import Connect, ManualClock, ServerFactory
+from sonicgate.tools import CURRENT_TIME, Tool
+from tests.conftest import Connect, ManualClock, ServerFactory, eventually
+from tests.contract import Listener, check_grammar, turn_ended
 from tests.emulators.nova_sonic import Failure, NovaEmulator, ToolCall, Turn
 from tests.scripted_engine import ScriptedEngine
 
@@ -454,3 +455,164 @@ async def test_a_stream_that_cannot_rotate_is_a_fatal_error(
     assert isinstance(failure[-1], Error) and failure[-1].fatal
     assert failure[-1].code == "unauthorized"
     assert closing is None, closing  # close ends the session, whatever the stream did
+
+
+# Rotation must not lose a turn in progress ---------------------------------------
+
+SEED_CHUNK = 8192  # the seed clients' audio chunks: 0.256 s
+
+
+async def test_a_question_asked_as_the_stream_comes_of_age_is_answered(
+    emulator: NovaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream passes ``rotate_after`` while the user speaks. The quiet that ends
+    the question must reach the stream that heard it: rotating after the first half
+    second of it leaves the speech on the old stream, which never hears the turn end,
+    and the new stream hears only silence. The user is never answered."""
+    emulator.script = [Turn("A question at the rotation", "Its answer.")]
+    clock = ManualClock()
+    monkeypatch.setattr(nova_engine, "time", SimpleNamespace(monotonic=clock))
+    session = await nova(emulator, rotate_after=0.5).start(EngineConfig(credentials=CREDENTIALS))
+    events = session.events()
+    await say(session, speech())
+    await eventually(lambda: emulator.streams[0].speech >= 0.5, "the speech reached Nova")
+    clock.now += 0.6  # the stream comes of age as the user stops speaking
+    pause = quiet(1.0)
+    for start in range(0, len(pause), SEED_CHUNK):  # the client streams on, in real time
+        await session.push_audio(pause[start : start + SEED_CHUNK])
+        await asyncio.sleep(0.05)
+    turn: list[EngineEvent] = []
+    with contextlib.suppress(TimeoutError):
+        turn = await until(events, TurnEnded, within=5)
+    await session.close()
+    assert ResponseTextFinal("Its answer.") in turn, (
+        f"unanswered; {len(emulator.streams)} streams, events: {turn}"
+    )
+
+
+def slow_lookup() -> tuple[Tool, asyncio.Event, asyncio.Event]:
+    """An order lookup that answers once released: the tool, its start, its release."""
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def lookup(arguments: dict[str, Any]) -> dict[str, str]:
+        started.set()
+        await release.wait()
+        return {"status": "shipped"}
+
+    tool = Tool("lookupOrder", "An order's status.", {"type": "object"}, lookup)
+    return tool, started, release
+
+
+async def test_a_rotation_while_a_tool_runs_does_not_lose_the_turn(
+    emulator: NovaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's turn is in (TranscriptFinal) and Nova waits on a slow tool: no reply
+    text or audio yet, the user quiet. That is not between turns: a rotation there
+    drops the tool's result (for the old stream) and the reply, and the turn never ends."""
+    lookup, started, release = slow_lookup()
+    emulator.script = [Turn("Where is my order?", "It is {tool_result}", ToolCall("lookupOrder"))]
+    clock = ManualClock()
+    monkeypatch.setattr(nova_engine, "time", SimpleNamespace(monotonic=clock))
+    engine = NovaSonicEngine(
+        NovaSettings(endpoint_uri=emulator.endpoint, ca_file=emulator.ca_file, rotate_after=0.5),
+        (lookup,),
+    )
+    session = await engine.start(EngineConfig(credentials=CREDENTIALS))
+    events = session.events()
+    await say(session, speech() + quiet(0.6))
+    heard = await until(events, TranscriptFinal)
+    async with asyncio.timeout(5):
+        await started.wait()
+    clock.now += 0.6  # the stream comes of age while the tool works
+    await say(session, quiet(0.6))  # the client streams on: the user waits, quiet
+    await asyncio.sleep(0.3)
+    release.set()
+    rest: list[EngineEvent] = []
+    with contextlib.suppress(TimeoutError):
+        rest = await until(events, TurnEnded, within=5)
+    await session.close()
+    check_grammar(heard + rest)  # the turn opened must end
+    assert any(isinstance(e, ResponseTextFinal) and "shipped" in e.text for e in rest), rest
+
+
+async def test_a_rotation_past_the_grace_period_ends_the_reply_under_way(
+    emulator: NovaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``rotate_after`` + ``ROTATION_GRACE`` the stream moves even mid-reply (a
+    noisy room never reads as quiet). The reply under way on the old stream is then
+    dropped, event by event: its turn must still end, or the next one opens inside it."""
+    emulator.realtime_output = True  # the reply takes seconds, as the service's does
+    emulator.script = [
+        Turn("Tell me a story", "Once upon a time " * 20),
+        Turn("And then?", "The end."),
+    ]
+    clock = ManualClock()
+    monkeypatch.setattr(nova_engine, "time", SimpleNamespace(monotonic=clock))
+    session = await nova(emulator, rotate_after=0.5).start(EngineConfig(credentials=CREDENTIALS))
+    listener = Listener(session)
+    await say(session, speech() + quiet(0.6))
+    await listener.until(lambda e: isinstance(e, AudioOut))  # the reply is under way
+    clock.now += 0.5 + nova_engine.ROTATION_GRACE + 1  # past the grace period
+    await say(session, quiet(0.1))  # the client streams on: the writer rotates here
+    await eventually(lambda: len(emulator.streams) == 2, "the stream rotated")
+    await asyncio.sleep(0.5)
+    await say(session, speech() + quiet(0.6))  # the next question, on the new stream
+    second = await listener.until(lambda e: isinstance(e, TranscriptFinal), 1)
+    end = await listener.until(turn_ended, second)
+    await session.close()
+    check_grammar(listener.events[: end + 1])
+
+
+async def test_usage_keeps_counting_the_conversation_across_a_rotation(
+    emulator: NovaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Usage`` carries the conversation's running totals (metrics count what is new
+    since the last one). Nova's usageEvent totals are the stream's: a rotated-to
+    stream starts again from its own seed, so passed on as they are, the totals fall
+    back and the next turns' tokens go uncounted."""
+    emulator.script = [Turn("First question", "First answer."), Turn("Second", "Second answer.")]
+    clock = ManualClock()
+    monkeypatch.setattr(nova_engine, "time", SimpleNamespace(monotonic=clock))
+    session = await nova(emulator, rotate_after=0.5).start(EngineConfig(credentials=CREDENTIALS))
+    events = session.events()
+    await say(session, speech() + quiet(0.6))
+    first = await until(events, Usage)
+    clock.now += 0.6  # the stream is old enough to rotate
+    await say(session, quiet(0.6) + speech() + quiet(0.6))
+    second = await until(events, Usage)
+    await session.close()
+    assert len(emulator.streams) == 2
+    before, after = first[-1], second[-1]
+    assert isinstance(before, Usage) and isinstance(after, Usage)
+    # The second turn used tokens of its own: the running totals grow.
+    assert after.input_tokens > before.input_tokens, (before, after)
+    assert after.output_tokens > before.output_tokens, (before, after)
+
+
+async def test_stop_while_a_tool_runs_ends_the_turn_and_nothing_of_the_reply_follows(
+    emulator: NovaEmulator,
+) -> None:
+    """The client presses stop after the user's turn is in, while Nova waits on a slow
+    tool: no reply text or audio has come yet, but the reply is under way. Stop must
+    end it (``interrupt`` ends a reply as a barge-in does); it is ignored instead, and
+    the whole reply is spoken once the tool answers."""
+    lookup, started, release = slow_lookup()
+    emulator.script = [Turn("Where is my order?", "It is {tool_result}", ToolCall("lookupOrder"))]
+    engine = NovaSonicEngine(
+        NovaSettings(endpoint_uri=emulator.endpoint, ca_file=emulator.ca_file), (lookup,)
+    )
+    session = await engine.start(EngineConfig(credentials=CREDENTIALS))
+    listener = Listener(session)
+    await say(session, speech() + quiet(0.6))
+    await listener.until(lambda e: isinstance(e, TranscriptFinal))
+    async with asyncio.timeout(5):
+        await started.wait()
+    await session.interrupt()  # the client pressed stop
+    release.set()
+    await asyncio.sleep(1.0)  # the tool's answer reaches Nova, and Nova replies
+    await session.close()
+    check_grammar(listener.events)
+    names = [type(e).__name__ for e in listener.events]
+    assert TurnEnded(interrupted=True) in listener.events, f"stop ignored: {names}"
+    assert not [e for e in listener.events if isinstance(e, AudioOut | ResponseTextDelta)], names

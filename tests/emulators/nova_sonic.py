@@ -154,6 +154,7 @@ class NovaStream:
         self.tool_results: asyncio.Queue[str] = asyncio.Queue()
         self.completion_started = False
         self.ended = False
+        self.tokens = (0, 0)  # the stream's running totals (input, output), as usageEvent says
         self.opened = time.monotonic()
 
     # Input -----------------------------------------------------------------
@@ -367,12 +368,15 @@ class NovaStream:
                     await asyncio.wait_for(self.barge_in.wait(), CHUNK_SECONDS)
         await self.emit({"contentEnd": {"contentId": audio_id, "stopReason": "END_TURN"}})
         await self._text("ASSISTANT", reply, "FINAL", "END_TURN")
+        used_in, used_out = 20 + len(turn.user_text) // 4, len(reply) // 4
+        total_in, total_out = self.tokens[0] + used_in, self.tokens[1] + used_out
+        self.tokens = (total_in, total_out)
         await self.emit(
             {
                 "usageEvent": {
-                    "totalInputTokens": 20 + len(turn.user_text) // 4,
-                    "totalOutputTokens": len(reply) // 4,
-                    "totalTokens": 20 + (len(turn.user_text) + len(reply)) // 4,
+                    "totalInputTokens": total_in,  # the stream's running totals
+                    "totalOutputTokens": total_out,
+                    "totalTokens": total_in + total_out,
                     "details": {"delta": {"output": {"speechTokens": len(pcm) // 960}}},
                 }
             }

@@ -57,6 +57,7 @@ from sonicgate.events import (
     TranscriptFinal,
     TriggerReason,
     TurnEnded,
+    Usage,
 )
 from sonicgate.tools import Tool
 
@@ -126,6 +127,7 @@ class _Stream:
         self.opened = time.monotonic()
         self.mapper = OutputMapper()
         self.reader: asyncio.Task[None] | None = None
+        self.usage = Usage(0, 0)  # its running totals: each stream counts from zero
 
 
 class NovaSession(BaseEngineSession):
@@ -144,6 +146,12 @@ class NovaSession(BaseEngineSession):
         self._pending = bytearray()  # audio not yet sent
         self._audio_waiting = asyncio.Event()
         self._heard = False  # speech since the last transcript: an answer is due
+        # A stream moves only between turns: none heard (speech sent, no transcript
+        # yet) nor answered (a transcript out, its TurnEnded not).
+        self._loud_pending = False  # loud audio among the pending
+        self._speech_sent = False
+        self._turn_open = False
+        self._usage_before = Usage(0, 0)  # the streams rotated out counted these
         # The reply was ended here (stop, or typed over): the rest of it is dropped.
         self._muted = False
         self._received: list[str] = []  # the reply's text as the client got it
@@ -222,7 +230,7 @@ class NovaSession(BaseEngineSession):
         self._writable()
         if _loud(pcm):
             self._quiet_bytes = 0
-            self._heard = True
+            self._heard = self._loud_pending = True
         else:
             self._quiet_bytes += len(pcm)
         self._pending += pcm
@@ -262,7 +270,8 @@ class NovaSession(BaseEngineSession):
         """End the reply under way, by the contract. Nova has no "stop" event: the rest
         of the reply, as Nova goes on with it, is not passed on."""
         stream = self._stream
-        if stream is not None and stream.mapper.replying and not self._muted:
+        under_way = self._turn_open or (stream is not None and stream.mapper.replying)
+        if stream is not None and under_way and not self._muted:
             self._muted = True
             self.emit(Interrupted())
             self.emit(ResponseTextFinal(" ".join(self._received)))
@@ -306,6 +315,8 @@ class NovaSession(BaseEngineSession):
             pcm = bytes(self._pending[:MAX_EVENT_BYTES])
             del self._pending[:MAX_EVENT_BYTES]
             await self._send(stream, grammar.audio_input(stream.prompt, stream.audio, pcm))
+        if self._loud_pending:
+            self._speech_sent, self._loud_pending = True, False
         return stream
 
     async def _send(self, stream: _Stream, event: NovaEvent) -> None:
@@ -335,13 +346,16 @@ class NovaSession(BaseEngineSession):
         if age < self._settings.rotate_after:
             return False
         quiet = self._quiet_bytes >= QUIET_BEFORE_ROTATION * 32_000
-        calm = quiet and not stream.mapper.replying
-        return calm or age >= self._settings.rotate_after + ROTATION_GRACE
+        between_turns = not (self._speech_sent or self._turn_open or stream.mapper.replying)
+        return (quiet and between_turns) or age >= self._settings.rotate_after + ROTATION_GRACE
 
     async def _rotate(self, old: _Stream) -> _Stream:
         log.info("rotating the Nova Sonic stream after %.0f s", time.monotonic() - old.opened)
         async with self._stream_failures("the new stream did not answer"):
             new = await self._new_stream()  # refused, say: the session's keys expired
+        self._cut_reply()  # past the grace period: a turn under way ends here
+        self._speech_sent = False  # speech the old stream heard goes with it
+        self._usage_before = _added(self._usage_before, old.usage)
         self._stream = new
         # The old stream ends in the background: audio goes on to the new one now.
         self._spawn(self._end(old))
@@ -370,6 +384,9 @@ class NovaSession(BaseEngineSession):
                 for mapped in stream.mapper.map(event):
                     if stream is not self._stream:
                         continue  # a rotated-out stream: its last words are not news
+                    if isinstance(mapped, Usage):  # the conversation's, not the stream's
+                        stream.usage = mapped
+                        mapped = _added(self._usage_before, mapped)
                     if isinstance(mapped, ToolUse):
                         # Off the reader, so audio keeps flowing while the tool works.
                         self._spawn(self._answer_tool(stream, mapped))
@@ -390,7 +407,7 @@ class NovaSession(BaseEngineSession):
     async def _deliver(self, event: EngineEvent) -> None:
         match event:
             case TranscriptFinal(text=text):
-                self._muted = self._heard = False
+                self._muted = self._heard = self._speech_sent = False
                 self._received.clear()
                 if self._typed and text == self._typed[0]:
                     del self._typed[0]
@@ -402,6 +419,14 @@ class NovaSession(BaseEngineSession):
         if self.config.text_only and isinstance(event, AudioOut):
             return  # Nova always speaks; a text-only client gets the words alone
         self.emit(event)
+
+    def emit(self, event: EngineEvent) -> None:
+        match event:
+            case TranscriptFinal():
+                self._turn_open = True
+            case TurnEnded():
+                self._turn_open = False
+        super().emit(event)
 
     async def _failed(self, code: ErrorCode, message: str) -> None:
         stream = self._stream
@@ -445,3 +470,7 @@ def _failure(exc: Exception, on_timeout: str) -> tuple[ErrorCode, str]:
     if isinstance(exc, NovaStreamError):
         return exc.code, exc.message
     return ErrorCode.PROVIDER_ERROR, str(exc)  # the transport went away under us
+
+
+def _added(one: Usage, other: Usage) -> Usage:
+    return Usage(one.input_tokens + other.input_tokens, one.output_tokens + other.output_tokens)
