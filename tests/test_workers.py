@@ -9,7 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from functools import partial
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import httpx
@@ -18,6 +22,7 @@ import pytest
 from bench.harness import UNLIMITED, wait_ready
 from sonicgate import cli
 from sonicgate.config import default_data_dir
+from sonicgate.server.workers import Supervisor
 from tests.conftest import Client, Connect, free_port
 
 
@@ -36,6 +41,24 @@ def test_workers_do_not_join_a_port_in_use(
         arguments = ["serve", "--workers", "2", "--bus", redis_url, "--port", str(port)]
         assert cli.main(arguments) == 1
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_a_node_id_too_long_for_its_workers_names_is_refused_before_they_start(
+    redis_url: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """--node-id accepts 64 characters, but each worker is NODE-wK: three more, which
+    SessionManager refuses with a ValueError in every worker, after its models load."""
+    node_id = "n" * 64
+    arguments = ["serve", "--workers", "2", "--bus", redis_url, "--port", str(free_port())]
+    code: int | str | None
+    try:
+        code = cli.main([*arguments, "--node-id", node_id, "--data-dir", str(tmp_path)])
+    except SystemExit as exit_:  # refused as the arguments are parsed: as good
+        code = exit_.code
+    assert code not in (0, None)
+    errors = capfd.readouterr().err
+    assert "node id" in errors, errors
+    assert "did not start" not in errors  # refused by serve, not by a worker's crash
 
 
 class Workers:
@@ -179,3 +202,72 @@ def test_a_worker_that_cannot_start_stops_the_rest(
     assert "run `make run`" in errors  # the worker's own error
     assert "worker 0 did not start" in errors and "worker 1" not in errors
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the caller's handlers back
+
+
+def _dies_once(marker: Path, index: int, sock: socket.socket, ready: Event) -> int:
+    """A worker that listens, then dies the first time; started again, it serves
+    until SIGTERM (the default action: it ends at once), and says so in ``marker``."""
+    ready.set()
+    sock.close()
+    if not marker.exists():
+        marker.write_text(f"{os.getpid()}\n")
+        return 3
+    with marker.open("a") as restarted:
+        restarted.write(f"{os.getpid()}\n")
+    while True:
+        time.sleep(1)
+
+
+def test_a_worker_that_died_is_started_again(tmp_path: Path) -> None:
+    marker = tmp_path / "workers"
+    supervisor = Supervisor(partial(_dies_once, marker), 1, "127.0.0.1", free_port())
+
+    def stop_once_restarted() -> None:
+        deadline = time.monotonic() + 30
+        while len(marker.read_text().split() if marker.exists() else []) < 2:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    stopper = threading.Thread(target=stop_once_restarted)
+    stopper.start()
+    try:
+        assert supervisor.run() == 0
+    finally:
+        stopper.join()
+    started = marker.read_text().split()
+    assert len(started) == 2, f"the dead worker was never started again: {started}"
+
+
+def test_a_stop_while_a_worker_is_restarted_stops_the_new_worker_too(tmp_path: Path) -> None:
+    """SIGTERM while the supervisor waits to start a dead worker again: a worker it
+    starts then must stop too, or it serves unsupervised and the stop never ends."""
+    marker = tmp_path / "workers"
+    supervisor = Supervisor(partial(_dies_once, marker), 1, "127.0.0.1", free_port())
+    leftovers: list[int] = []
+
+    def stop_during_the_restart_pause() -> None:
+        deadline = time.monotonic() + 60
+        while not marker.exists() or not marker.read_text().endswith("\n"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        first = int(marker.read_text().split()[0])
+        while Path(f"/proc/{first}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # the supervisor waits RESTART_SECONDS before starting it again
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # a worker started meanwhile had time to start and to stop
+        for pid in [int(pid) for pid in marker.read_text().split()[1:]]:
+            if Path(f"/proc/{pid}").exists():
+                leftovers.append(pid)
+                os.kill(pid, signal.SIGKILL)  # else the supervisor waits for it for ever
+
+    stopper = threading.Thread(target=stop_during_the_restart_pause)
+    stopper.start()
+    try:
+        code = supervisor.run()
+    finally:
+        stopper.join()
+    assert leftovers == [], "a worker started after SIGTERM kept running"
+    assert code == 0

@@ -530,11 +530,16 @@ def _models(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     if args.workers == 1:
         return _serve_node(args)
-    from sonicgate.server.workers import Supervisor, check_port_free
+    from sonicgate.server.workers import Supervisor, check_port_free, worker_node_id
 
     logs.configure(args.log_level, args.log_format)
     if args.workers < 1:
         print("error: --workers must be 1 or more", file=sys.stderr)
+        return 1
+    try:  # each worker is NODE-wK: checked now, not after every worker loads its models
+        check_node_id(worker_node_id(args.node_id, args.workers - 1))
+    except ValueError as exc:
+        print(f"error: --node-id with --workers {args.workers}: {exc}", file=sys.stderr)
         return 1
     if args.bus == "memory" or args.port == 0:
         print(

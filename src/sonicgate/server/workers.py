@@ -92,6 +92,7 @@ class Supervisor:
         self._port = port
         self._context = multiprocessing.get_context("spawn")  # no inherited loop or threads
         self._workers: dict[int, BaseProcess] = {}
+        self._ready: dict[int, Event] = {}  # each worker's "listening" signal
         self._stopping = False
 
     def run(self) -> int:
@@ -122,7 +123,8 @@ class Supervisor:
                 if process.pid is not None:
                     metrics.process_ended(process.pid)
                 time.sleep(RESTART_SECONDS)
-                self._start(index, wait_ready=False)
+                if not self._stopping:  # a stop during the pause: no new worker
+                    self._start(index, wait_ready=False)
         self._join()
         return 0
 
@@ -135,6 +137,9 @@ class Supervisor:
         )
         process.start()
         self._workers[index] = process
+        # Kept while the worker lives: start() drops its copy of the arguments, and a
+        # child still unpickling its Event fails once the parent's last reference goes.
+        self._ready[index] = ready
         if not wait_ready:
             return True
         deadline = time.monotonic() + READY_SECONDS
