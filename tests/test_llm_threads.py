@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import builtins
+import io
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sonicgate.engines.local import threads
+from sonicgate.engines.local.cpu import read_cpu
 from sonicgate.engines.local.threads import Speed, Threads, Timing, choose
 from sonicgate.models import ModelError
 
@@ -100,6 +105,40 @@ def test_counts_timed_are_one_two_and_all() -> None:
     assert threads.counts(1) == [1]
     assert threads.counts(2) == [1, 2]
     assert threads.counts(8) == [1, 2, 8]
+
+
+# A container given one CPU by quota (docker --cpus=1, a Kubernetes limit of 1) on a
+# 64-core host: cgroup v2's cpu.max (and v1's files, for either reader).
+CGROUP_FILES = {
+    "/proc/self/cgroup": "0::/\n",
+    "/sys/fs/cgroup/cpu.max": "100000 100000\n",
+    "/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "100000\n",
+    "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000\n",
+    "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "100000\n",
+    "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000\n",
+}
+
+
+def test_a_cpu_quota_below_the_cores_bounds_the_thread_counts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Affinity gives the process 64 cores, its cgroup's quota one CPU's time: llama.cpp
+    and Whisper get one core's worth of threads. Before, 64 were timed (and taken for
+    the prompt before the timing), each stalled by throttling; the timing looked busy,
+    so it was never kept and ran again at every start."""
+    real_open: Callable[..., Any] = io.open
+
+    def opened(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if str(file) in CGROUP_FILES and "r" in mode:
+            return io.StringIO(CGROUP_FILES[str(file)])
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", opened)
+    monkeypatch.setattr(io, "open", opened)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    cores = read_cpu("model name\t: Big Host CPU\nflags\t\t: sse4_2 avx avx2\n").cores
+    assert cores == 1
+    assert threads.counts(cores) == [1]
 
 
 class Clock:

@@ -53,6 +53,10 @@ class CpuError(RuntimeError):
     pass
 
 
+CGROUP_V2_MAX = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_V1_CPU = (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup/cpu,cpuacct"))
+
+
 @dataclass(frozen=True, slots=True)
 class Cpu:
     model: str
@@ -73,7 +77,30 @@ def read_cpu(cpuinfo: str | None = None) -> Cpu:
             model = value.strip()
         elif key.strip() == "flags" and not flags:
             flags = frozenset(value.split())
-    return Cpu(model, len(os.sched_getaffinity(0)), flags)
+    cores = len(os.sched_getaffinity(0))
+    return Cpu(model, min(cores, quota_cores() or cores), flags)
+
+
+def quota_cores() -> int | None:
+    """How many CPUs' time the process's cgroup allows (docker --cpus, a Kubernetes
+    limit), rounded up; None when uncapped. Threads beyond it only wait for the quota."""
+    try:  # cgroup v2: "QUOTA PERIOD", or "max PERIOD"
+        limit, period = CGROUP_V2_MAX.read_text().split()[:2]
+        return None if limit == "max" else _cpus(int(limit), int(period))
+    except (OSError, ValueError):
+        pass
+    for directory in CGROUP_V1_CPU:  # v1: a quota of -1 is none
+        try:
+            quota = int((directory / "cpu.cfs_quota_us").read_text())
+            length = int((directory / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return _cpus(quota, length) if quota > 0 else None
+    return None
+
+
+def _cpus(quota: int, period: int) -> int:
+    return max(1, -(-quota // max(period, 1)))
 
 
 def choose_variant(available: Iterable[str], flags: frozenset[str]) -> str | None:
