@@ -20,7 +20,7 @@ from sonicgate.config import default_data_dir
 from sonicgate.domain import Message, Role
 from sonicgate.engines.base import EngineConfig, EngineError, supports_language
 from sonicgate.engines.local import LocalEngine, LocalModels
-from sonicgate.engines.local.engine import HISTORY_STEP, chat_prompt
+from sonicgate.engines.local.engine import HISTORY_STEP, MAX_REPLY_TOKENS, chat_prompt
 from sonicgate.engines.local.llm import ChatModel
 from sonicgate.engines.local.turns import TurnOptions
 from sonicgate.events import (
@@ -420,3 +420,17 @@ def test_the_prompt_keeps_its_start_while_history_grows() -> None:
         history += [Message(Role.USER, f"question {turn}"), Message(Role.ASSISTANT, "an answer")]
     changes = sum(a != b for a, b in pairwise(starts))
     assert 0 < changes <= 40 // (HISTORY_STEP // 2)  # the start moves a step at a time
+
+
+def test_a_message_longer_than_the_context_leaves_room_for_the_reply() -> None:
+    """A typed message (up to the 8 MB frame limit) or a long recording's transcript
+    may alone outgrow the context: the prompt still fits it with room for the reply.
+    Before, it went to llama.cpp whole, which failed ("llama_decode returned 1"), and the
+    turn ended in engine_failed."""
+    llm = WordCounter()
+    history = (Message(Role.USER, "Hi"), Message(Role.ASSISTANT, "Hello"))
+    text = " ".join(f"word{n}" for n in range(1000))
+    messages = chat_prompt(llm, "Be brief.", history, text)
+    assert messages[-1]["role"] == "user"
+    used = sum(llm.count_tokens(m["content"]) + 8 for m in messages)
+    assert used <= llm.n_ctx - MAX_REPLY_TOKENS, used

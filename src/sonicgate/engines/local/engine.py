@@ -192,8 +192,9 @@ def chat_prompt(
     dropped from the front ``HISTORY_STEP`` messages at a time, so the prompt
     mostly begins as the last one did: llama.cpp then reads only what is new.
     """
-    budget = llm.n_ctx - MAX_REPLY_TOKENS - 64  # 64: chat-template overhead
-    budget -= llm.count_tokens(system) + llm.count_tokens(text)
+    room = llm.n_ctx - MAX_REPLY_TOKENS - 64 - llm.count_tokens(system)  # 64: the template's
+    text = _last_words(llm, text, room)
+    budget = room - llm.count_tokens(text)
     costs = [llm.count_tokens(message.text) + 8 for message in history]
     start = 0
     while start < len(history) and sum(costs[start:]) > budget:
@@ -203,6 +204,20 @@ def chat_prompt(
         *({"role": message.role.value, "content": message.text} for message in history[start:]),
         {"role": "user", "content": text},
     ]
+
+
+def _last_words(llm: Chat, text: str, room: int) -> str:
+    """``text``, or as much of its end as fits ``room`` tokens: a message longer than
+    the context (a long recording's transcript, say) is answered from its last words."""
+    words = text.split()
+    tokens = llm.count_tokens(text)
+    if tokens <= room:
+        return text
+    while words and (tokens := llm.count_tokens(" ".join(words))) > room:
+        keep = min(len(words) - 1, len(words) * max(room, 0) // tokens)
+        words = words[len(words) - keep :] if keep > 0 else []
+    log.warning("a message too long for the context: its last %d words kept", len(words))
+    return " ".join(words)
 
 
 def _chat_model(path: Path) -> ChatModel:
