@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import soxr
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, WebSocketRoute, async_playwright
 
 from bench.speech import natural, silence, speak
 from sonicgate.engines.local import LocalEngine, LocalModels
@@ -479,3 +479,132 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
             await sink.drain()
     finally:
         sink.close()
+
+
+async def test_stop_audio_silences_the_rest_of_the_reply(server: RunningServer) -> None:
+    """A reply's audio comes sentence by sentence (the local engine synthesizes each as
+    the LLM writes it): Stop must silence the reply, not only what was queued so far."""
+    held: list[str] = []
+    release = asyncio.Event()
+
+    async def hold_the_second_chunk(ws: WebSocketRoute) -> None:
+        to_server = ws.connect_to_server()
+
+        def from_server(message: str | bytes) -> None:
+            if isinstance(message, str) and '"audio_response"' in message:
+                held.append(message)
+                if len(held) > 1:
+                    return  # the next sentence, synthesized while the first plays
+            ws.send(message)
+
+        to_server.on_message(from_server)
+        await release.wait()
+        ws.send(held[1])
+
+    async with chromium() as browser:
+        page = await browser.new_page()
+        stream = re.compile(r".*/api/nova-sonic/stream.*")
+        await page.route_web_socket(stream, hold_the_second_chunk)
+        await page.goto(server.url + "/")
+        await until(page, "sonicgate.state.connection === 'ready'", 10_000)
+        await page.fill("#text", "tell me a story")
+        await page.press("#text", "Enter")
+        await until(page, "sonicgate.state.audioChunksReceived === 1", 10_000)
+        await page.click("#stop")
+        played = (await page_state(page))["played"]
+        release.set()
+        await until(page, "sonicgate.state.audioChunksReceived === 2", 10_000)
+        await asyncio.sleep(1)  # the chunk's 0.2 s, had it been scheduled
+        state = await page_state(page)
+    assert state["played"] == played, "audio of the stopped reply played after Stop"
+
+
+async def test_the_microphone_can_be_muted_once_the_conversation_ended(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """README: **Mute microphone** releases the device. After End conversation the page
+    must not keep the microphone open with its button disabled."""
+    async with chromium(microphone(tmp_path / "mic.wav", speak("hello there"))) as browser:
+        page = await browser.new_page()
+        await page.add_init_script(COUNT_AUDIO)
+        await page.goto(server.url + "/")
+        await until(page, "sonicgate.state.connection === 'ready'", 10_000)
+        await toggle(page, on=True)
+        await until(page, "sonicgate.state.chunksSent > 5", 10_000)
+        await page.click("#end")
+        await until(page, "sonicgate.state.connection === 'idle'", 10_000)
+        made = await page.evaluate(MADE)
+        can_mute = await page.is_enabled("#talk")
+        label = await page.inner_text("#talk")
+    assert made["live"] == 0 or can_mute, (made, label, can_mute)
+
+
+async def test_an_idle_page_does_not_reconnect_on_its_own_again_and_again(
+    make_uvicorn: ServerFactory, scripted: ScriptedEngine
+) -> None:
+    """The server closes a connection idle for --idle-timeout (error idle_timeout, close
+    1001): the page left open must not resume at once, over and over, each time adding
+    a "Resumed conversation" note to the history."""
+    server = await make_uvicorn({"scripted": scripted}, idle_timeout_seconds=1.0)
+    async with chromium() as browser:
+        page = await open_page(browser, server.url)
+        await asyncio.sleep(5)  # nobody touches the page
+        notes = await page.locator("#history li.note").all_inner_texts()
+    assert not [note for note in notes if "Resumed" in note], notes
+
+
+async def test_a_duplicated_tab_leaves_the_first_one_usable_or_says_it_is_not(
+    server: RunningServer,
+) -> None:
+    """A duplicated tab gets a copy of sessionStorage, so it resumes the same session and
+    the server tells the first tab session_moved. The first must not then stay "ready"
+    with its controls on, failing every message with no_session."""
+    async with chromium() as browser:
+        first = await open_page(browser, server.url)
+        session_id = (await page_state(first))["sessionId"]
+        duplicate = await browser.new_page()
+        await duplicate.add_init_script(
+            f"sessionStorage.setItem('sonicgate.sessionId', {json.dumps(session_id)})"
+        )
+        await duplicate.goto(server.url + "/")
+        await until(duplicate, "sonicgate.state.connection === 'ready'", 10_000)
+        await until(first, "sonicgate.state.errors.length > 0", 10_000)
+        shown = await page_state(first)
+        if await first.is_enabled("#send"):
+            await first.fill("#text", "hello")
+            await first.press("#text", "Enter")
+            answered = "sonicgate.state.replies.length > 0 || sonicgate.state.errors.length > 1"
+            await until(first, answered, 10_000)
+        state = await page_state(first)
+    codes = [error["code"] for error in state["errors"]]
+    assert "no_session" not in codes, (shown["connection"], state["errors"])
+
+
+async def test_a_turn_heard_as_nothing_adds_no_empty_bubble(server: RunningServer) -> None:
+    """A cough or a door sets the local engine's turn off, and Whisper hears no speech:
+    the server sends a final `transcription` with text "" (confidence 0, and for a
+    silence-ended turn no error). The page must not show an empty "you said" bubble."""
+    routes: list[WebSocketRoute] = []
+
+    async def relay(ws: WebSocketRoute) -> None:
+        ws.connect_to_server()
+        routes.append(ws)
+
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.route_web_socket(re.compile(r".*/api/nova-sonic/stream.*"), relay)
+        await page.goto(server.url + "/")
+        await until(page, "sonicgate.state.connection === 'ready'", 10_000)
+        session_id = (await page_state(page))["sessionId"]
+        heard_nothing = {
+            "type": "transcription",
+            "sessionId": session_id,
+            "text": "",
+            "isFinal": True,
+            "confidence": 0.0,
+            "role": "user",
+        }
+        routes[0].send(json.dumps(heard_nothing))
+        await until(page, "sonicgate.state.transcripts.length === 1", 10_000)
+        bubbles = await page.locator("#history li.user").all_inner_texts()
+    assert not bubbles, bubbles

@@ -36,6 +36,7 @@ window.sonicgate = { state };
 let socket = null;
 let ready = false;
 let ended = false; // the user ended the conversation: do not reconnect
+let paused = false; // idle, or continued in another tab: reconnect when the user says
 let retries = 0;
 let lastVoiceAt = null; // performance.now() when the user's speech last ended
 let turn = null; // {from, reply, heard}: the latest user turn and the reply to it
@@ -62,7 +63,7 @@ function connect() {
   socket.onmessage = (event) => receive(JSON.parse(event.data));
   socket.onclose = () => {
     setReady(false);
-    if (ended) return;
+    if (ended || paused) return;
     const wait = RETRY_SECONDS[Math.min(retries++, RETRY_SECONDS.length - 1)];
     setConnection("down", `server unreachable, retrying in ${wait} s`);
     setTimeout(connect, wait * 1000);
@@ -99,6 +100,10 @@ function receive(message) {
       return onMetrics(message.stages);
     case "error":
       state.errors.push(message);
+      if (message.code === "idle_timeout") return pause("idle");
+      // Another tab (a duplicate shares this one's sessionId) has the conversation:
+      // taking it back at once would make the two tabs take it from each other.
+      if (message.code === "session_moved") return pause("continued in another tab");
       return notify(`${message.error} (${message.code})`);
     case "conversation_ended":
       return onEnded(message);
@@ -116,8 +121,21 @@ function onInitialized(message) {
   if (message.resumed) note(`Resumed conversation (${message.messageCount} messages so far).`);
 }
 
+function pause(reason) {
+  paused = true;
+  if (socket) {
+    socket.onclose = null;
+    socket.close();
+  }
+  setReady(false);
+  setConnection("idle", `${reason}: press Continue to go on`);
+  $("end").textContent = "Continue";
+  $("end").disabled = false;
+}
+
 function onEnded(message) {
   ended = true;
+  if (microphone.live) toggleMicrophone(); // nothing listens: the device is released
   sessionStorage.removeItem(SESSION_KEY);
   state.sessionId = null;
   setReady(false);
@@ -138,17 +156,18 @@ function onTranscription(message) {
   }
   $("partial").textContent = "";
   state.transcripts.push(message.text);
+  if (!message.text.trim()) return; // a noise the recognizer heard no words in
   const turn = bubble("user", message.text);
   meta(turn, `heard with confidence ${Math.round(message.confidence * 100)}%`);
   startReply(lastVoiceAt ?? performance.now());
 }
 
 function startReply(from) {
-  turn = { from, reply: null, heard: false };
+  turn = { from, reply: null, heard: false, muted: false };
 }
 
 function replyBubble() {
-  turn ??= { from: null, reply: null, heard: true };
+  turn ??= { from: null, reply: null, heard: true, muted: false };
   turn.reply ??= bubble("assistant", "");
   return turn.reply;
 }
@@ -166,6 +185,7 @@ function onText(message) {
 
 function onAudio(message) {
   state.audioChunksReceived += 1;
+  if (turn?.muted) return; // Stop audio: the rest of this reply stays silent
   const bytes = Uint8Array.from(atob(message.audio), (c) => c.charCodeAt(0));
   player.play(bytes.buffer, message.sampleRate);
   const element = replyBubble();
@@ -294,6 +314,7 @@ function setConnection(kind, label) {
 function setReady(value) {
   ready = value;
   for (const id of ["talk", "end", "text", "send"]) $(id).disabled = !value;
+  $("talk").disabled = !value && !microphone.live; // a live microphone can always be muted
   if (value) $("end").textContent = "End conversation";
 }
 
@@ -318,11 +339,15 @@ async function loadEngines() {
 $("talk").onclick = toggleMicrophone;
 $("stop").onclick = () => {
   player.stop();
+  if (turn) turn.muted = true;
   $("stop").disabled = true;
 };
 $("end").onclick = () => {
   if (ended) {
     $("history").replaceChildren();
+    connect();
+  } else if (paused) {
+    paused = false;
     connect();
   } else {
     send({ type: "end_conversation" });
