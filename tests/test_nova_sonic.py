@@ -341,6 +341,30 @@ async def raw_stream(emulator: NovaEmulator) -> Any:
     return await open_stream(client, "amazon.nova-2-sonic-v1:0")
 
 
+async def test_a_refused_setting_never_repeats_the_secret_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The SDK's message for a setting it refuses goes to the client: if it quotes what
+    it was given, the secret key and session token must not be in it (nor in the
+    exception's chain, which a log would print)."""
+
+    async def refuse(**settings: Any) -> None:
+        raise ValueError(f"bad settings: {settings}")
+
+    config = "sonicgate.engines.nova_sonic.client.AsyncBedrockRuntimeConfig"
+    monkeypatch.setattr(f"{config}.resolve", refuse)
+    credentials = AwsCredentials("AKIDEXAMPLE", "the-secret-key", "the-session-token")
+    with pytest.raises(NovaStreamError) as refused:
+        await open_client(
+            region="us-east-1",
+            endpoint_uri=None,
+            credentials=credentials,
+            transport=crt_transport(),
+        )
+    said = str(refused.value.message) + repr(refused.value.__cause__)
+    assert "the-secret-key" not in said and "the-session-token" not in said, said
+
+
 START = grammar.session_start(max_tokens=100, top_p=0.9, temperature=0.7, endpointing=None)
 
 

@@ -107,8 +107,19 @@ async def open_client(
     try:
         config = await AsyncBedrockRuntimeConfig.resolve(**overrides)
     except (SmithyError, ValueError) as exc:
-        raise NovaStreamError(ErrorCode.ENGINE_UNAVAILABLE, str(exc)) from exc
+        message = _without_secrets(str(exc), credentials)
+        raise NovaStreamError(ErrorCode.ENGINE_UNAVAILABLE, message) from None
     return AsyncBedrockRuntimeClient(config=config)
+
+
+def _without_secrets(message: str, credentials: AwsCredentials | None) -> str:
+    """The SDK's words for a setting it refused, which the client is told: a message
+    that repeats a value it was given must not repeat a key."""
+    if credentials is not None:
+        for secret in (credentials.secret_access_key, credentials.session_token):
+            if secret:
+                message = message.replace(secret, "***")
+    return message
 
 
 async def open_stream(client: AsyncBedrockRuntimeClient, model_id: str) -> Stream:
