@@ -29,6 +29,17 @@ from tests.conftest import Connect, ServerFactory, eventually
 from tests.scripted_engine import RATE, ScriptedEngine, ScriptedSession, tone
 
 
+def local_services(store: SqliteStore, tmp_path: Path) -> Services:
+    """One node's services on ``store``: its registry, an in-memory bus, files for audio."""
+    return Services(
+        store=store,
+        registry=StoreRegistry(store),
+        bus=MemoryBus(),
+        audio=FileAudioStore(tmp_path / "audio"),
+        metrics=GatewayMetrics(),
+    )
+
+
 async def test_a_store_that_fails_unexpectedly_silences_nothing(
     make_server: ServerFactory,
     scripted: ScriptedEngine,
@@ -81,13 +92,7 @@ async def test_the_keep_alive_goes_on_after_any_error(
     """A node that stops beating is taken for dead by the others."""
     store = SqliteStore(tmp_path / "db.sqlite")
     await store.open()
-    services = Services(
-        store=store,
-        registry=StoreRegistry(store),
-        bus=MemoryBus(),
-        audio=FileAudioStore(tmp_path / "audio"),
-        metrics=GatewayMetrics(),
-    )
+    services = local_services(store, tmp_path)
     renewals = 0
     third = asyncio.Event()
 
@@ -352,13 +357,7 @@ async def test_a_silent_nodes_sessions_are_marked_lost_even_if_the_store_blinks_
 
     monkeypatch.setattr(SqliteStore, "list_sessions", blinking)
     monkeypatch.setattr(SqliteStore, "heartbeat", counted)
-    services = Services(
-        store=store,
-        registry=StoreRegistry(store),
-        bus=MemoryBus(),
-        audio=FileAudioStore(tmp_path / "audio"),
-        metrics=GatewayMetrics(),
-    )
+    services = local_services(store, tmp_path)
     manager = SessionManager(
         {"scripted": ScriptedEngine()},
         "scripted",
