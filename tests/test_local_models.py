@@ -491,6 +491,23 @@ def test_markdown_symbols_are_dropped() -> None:
     assert split("# Tip\n", "Use `ls` and **not** __rm__. ") == ["Tip\nUse ls and not rm."]
 
 
+@pytest.mark.parametrize(
+    ("deltas", "said"),
+    [
+        (("Unity games use C# as their programming language.",), r"\bC sharp as"),
+        (("Unity games use", " C", "#", " as their programming language."), r"\bC sharp as"),
+        (("Five times three is 5 * 3 = 15.",), r"5 times 3"),
+        (("Five times three is", " 5", " *", " 3", " = 15."), r"5 times 3"),
+    ],
+)
+def test_symbols_that_are_words_are_said(deltas: tuple[str, ...], said: str) -> None:
+    """Markdown's symbols go (see above), but not where they are words, whole or split
+    over tokens: the default model says "Unity games use C# as their programming
+    language.", which was spoken as "Unity games use C as ...", and "5 * 3" as "5  3"."""
+    spoken = " ".join(split(*deltas))
+    assert re.search(said, spoken), spoken
+
+
 def test_a_reply_ends_where_code_begins() -> None:
     assert before_code("Use this:", " print(1)") == (" print(1)", False)
     assert before_code("Use this:", " ```python\nprint(1)") == (" ", True)

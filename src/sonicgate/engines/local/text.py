@@ -16,6 +16,12 @@ MIN_CLAUSE_WORDS = 4
 FIRST_CLAUSE_WORDS = 2
 FIRST_PIECE_WORDS = 7
 MARKUP = re.compile(r"[*#`_]+")
+# Where those symbols are words: "C#" (a capital letter's sharp), and a lone star after
+# a number ("5 * 3"); bold after a number ("**Step 1**") has no space before its stars.
+SPOKEN_SYMBOLS = (
+    (re.compile(r"(?<=\b[A-Z])#"), " sharp"),
+    (re.compile(r"(?<=\d) \*(?!\*)"), " times"),
+)
 CODE_FENCE = "```"
 
 
@@ -36,7 +42,7 @@ class SentenceSplitter:
         self._first = True
 
     def push(self, delta: str) -> list[str]:
-        self._pending += MARKUP.sub("", delta)
+        self._pending += _speakable(self._pending[-1:], delta)
         pieces: list[str] = []
         while True:
             match = _sentence_end(self._pending)
@@ -86,3 +92,12 @@ def _ends_sentence(text: str, match: re.Match[str]) -> bool:
 def _after_words(text: str, count: int) -> re.Match[str] | None:
     """The whitespace after the ``count``-th complete word, if there is one."""
     return re.match(rf"\s*(?:\S+\s+){{{count}}}", text)
+
+
+def _speakable(before: str, delta: str) -> str:
+    """``delta`` without markdown's symbols, but with those that are words said; the
+    character ``before`` it (already cleaned) is the context a token split leaves."""
+    text = before + delta
+    for symbol, word in SPOKEN_SYMBOLS:
+        text = symbol.sub(word, text)
+    return MARKUP.sub("", text)[len(before) :]
