@@ -186,20 +186,29 @@ async def test_a_typed_turn_in_text_only_mode_gets_words_and_no_audio(
     assert typed["contentStart"]["interactive"] and typed["contentStart"]["role"] == "USER"
 
 
-async def test_the_stream_rotates_with_the_history_and_nothing_is_said_twice(
-    emulator: NovaEmulator, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def two_turns_with_a_rotation(
+    emulator: NovaEmulator, monkeypatch: pytest.MonkeyPatch, upto: type[EngineEvent]
+) -> tuple[list[EngineEvent], list[EngineEvent]]:
+    """Two spoken turns, the stream old enough to rotate between them: each turn's
+    events up to its first ``upto``."""
     emulator.script = [Turn("First question", "First answer."), Turn("Second", "Second answer.")]
     clock = ManualClock()
     monkeypatch.setattr(nova_engine, "time", SimpleNamespace(monotonic=clock))
     session = await nova(emulator, rotate_after=0.5).start(EngineConfig(credentials=CREDENTIALS))
     events = session.events()
     await say(session, speech() + quiet(0.6))
-    first = await until(events, TurnEnded)
+    first = await until(events, upto)
     clock.now += 0.6  # the stream is old enough to rotate
     await say(session, quiet(0.6) + speech() + quiet(0.6))  # quiet first: rotation happens here
-    second = await until(events, TurnEnded)
+    second = await until(events, upto)
     await session.close()
+    return first, second
+
+
+async def test_the_stream_rotates_with_the_history_and_nothing_is_said_twice(
+    emulator: NovaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = await two_turns_with_a_rotation(emulator, monkeypatch, TurnEnded)
 
     assert len(emulator.streams) == 2
     seeded = [e["textInput"]["content"] for e in emulator.streams[1].received if "textInput" in e]
@@ -595,17 +604,7 @@ async def test_usage_keeps_counting_the_conversation_across_a_rotation(
     since the last one). Nova's usageEvent totals are the stream's: a rotated-to
     stream starts again from its own seed, so passed on as they are, the totals fall
     back and the next turns' tokens go uncounted."""
-    emulator.script = [Turn("First question", "First answer."), Turn("Second", "Second answer.")]
-    clock = ManualClock()
-    monkeypatch.setattr(nova_engine, "time", SimpleNamespace(monotonic=clock))
-    session = await nova(emulator, rotate_after=0.5).start(EngineConfig(credentials=CREDENTIALS))
-    events = session.events()
-    await say(session, speech() + quiet(0.6))
-    first = await until(events, Usage)
-    clock.now += 0.6  # the stream is old enough to rotate
-    await say(session, quiet(0.6) + speech() + quiet(0.6))
-    second = await until(events, Usage)
-    await session.close()
+    first, second = await two_turns_with_a_rotation(emulator, monkeypatch, Usage)
     assert len(emulator.streams) == 2
     before, after = first[-1], second[-1]
     assert isinstance(before, Usage) and isinstance(after, Usage)
