@@ -193,8 +193,11 @@ def chat_prompt(
     mostly begins as the last one did: llama.cpp then reads only what is new.
     """
     room = llm.n_ctx - MAX_REPLY_TOKENS - 64 - llm.count_tokens(system)  # 64: the template's
-    text = _last_words(llm, text, room)
-    budget = room - llm.count_tokens(text)
+    tokens = llm.count_tokens(text)
+    if tokens > room:
+        text = _last_words(llm, text, room)
+        tokens = llm.count_tokens(text)
+    budget = room - tokens
     costs = [llm.count_tokens(message.text) + 8 for message in history]
     start = 0
     while start < len(history) and sum(costs[start:]) > budget:
@@ -207,12 +210,9 @@ def chat_prompt(
 
 
 def _last_words(llm: Chat, text: str, room: int) -> str:
-    """``text``, or as much of its end as fits ``room`` tokens: a message longer than
-    the context (a long recording's transcript, say) is answered from its last words."""
+    """As much of the end of ``text`` as fits ``room`` tokens: a message longer than the
+    context (a long recording's transcript, say) is answered from its last words."""
     words = text.split()
-    tokens = llm.count_tokens(text)
-    if tokens <= room:
-        return text
     while words and (tokens := llm.count_tokens(" ".join(words))) > room:
         keep = min(len(words) - 1, len(words) * max(room, 0) // tokens)
         words = words[len(words) - keep :] if keep > 0 else []
@@ -253,7 +253,7 @@ class Turn:
     user_text: str = ""
     before: tuple[Message, ...] = ()  # the conversation before this turn, for the prompt
     spoken: list[str] = field(default_factory=list)  # reply text whose audio went out
-    said: list[str] = field(default_factory=list)  # reply text sent (held, if uncommitted)
+    said: list[str] = field(default_factory=list)  # the reply's text deltas, as sent
     opened: bool = False  # its TranscriptFinal is out: a TurnEnded closes it
     # Estimated client playback, which runs on after the reply is all sent.
     audio_started: float | None = None
@@ -525,15 +525,13 @@ class LocalSession(BaseEngineSession):
         synthesis: asyncio.Queue[str | None] = asyncio.Queue()
         speaker = asyncio.create_task(self._speak(turn, synthesis))
         splitter = SentenceSplitter()
-        reply: list[str] = []
         try:
             async for delta in self._generate(messages, turn):
                 turn.mark("llm_first_token")
-                delta, code = before_code("".join(reply), delta)
-                reply.append(delta)
+                delta, code = before_code("".join(turn.said), delta)
+                turn.said.append(delta)
                 if delta:
                     await self._emit(turn, ResponseTextDelta(delta))
-                    turn.said.append(delta)
                 for piece in splitter.push(delta):
                     await synthesis.put(piece)
                 if code:
@@ -544,7 +542,7 @@ class LocalSession(BaseEngineSession):
             await speaker
         finally:
             speaker.cancel()
-        full = "".join(reply).strip()
+        full = "".join(turn.said).strip()
         await self._emit(turn, ResponseTextFinal(full))
         await self._emit(turn, Metrics(dict(turn.stages)))
         await self._emit(turn, TurnEnded())
