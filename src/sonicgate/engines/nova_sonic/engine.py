@@ -270,8 +270,8 @@ class NovaSession(BaseEngineSession):
         """End the reply under way, by the contract. Nova has no "stop" event: the rest
         of the reply, as Nova goes on with it, is not passed on."""
         stream = self._stream
-        under_way = self._turn_open or (stream is not None and stream.mapper.replying)
-        if stream is not None and under_way and not self._muted:
+        under_way = stream is not None and (self._turn_open or stream.mapper.replying)
+        if under_way and not self._muted:
             self._muted = True
             self.emit(Interrupted())
             self.emit(ResponseTextFinal(" ".join(self._received)))
